@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Integration layer: tests/*.rs, each test binary with its own throwaway cluster (see
+# tests/common/mod.rs). Runs against the installed release build (`make install`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p target
+cargo test --no-default-features --features pg15 --test '*' "$@" -- --test-threads="${TEST_THREADS:-2}" 2>&1 \
+    | tee target/integration-tests.log
+passed=$(grep -oE 'test result: ok\. [0-9]+ passed' target/integration-tests.log | awk '{s += $4} END {print s + 0}')
+echo "integration layer (own cluster): $passed passed"
+[ "$passed" -gt 0 ] || { echo "integration layer ran no test" >&2; exit 1; }

@@ -1,0 +1,32 @@
+//! One way to raise: SQLSTATE + message + detail + hint.
+//!
+//! Every user-facing error goes through [`raise`] so that each one carries a proper SQLSTATE
+//! and, where we can say what to do about it, a hint.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+pub use pgrx::PgSqlErrorCode as Code;
+
+/// Raise an ERROR. Never returns: Postgres longjmps out through pgrx's guard.
+pub fn raise(code: Code, message: impl Into<String>, detail: Option<String>, hint: Option<&str>) -> ! {
+    let mut report = ErrorReport::new(code, message.into(), "pg_lifecycle");
+    if let Some(detail) = detail {
+        report = report.set_detail(detail);
+    }
+    if let Some(hint) = hint {
+        report = report.set_hint(hint);
+    }
+    report.report(PgLogLevel::ERROR);
+    unreachable!("ERROR-level reports do not return")
+}
+
+/// 22004: a required argument was NULL.
+pub fn null_argument(name: &str, hint: &str) -> ! {
+    raise(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{name} must not be NULL"), None, Some(hint))
+}
+
+/// 22023: an argument has a value outside what the function accepts.
+pub fn invalid_argument(message: String, hint: &str) -> ! {
+    raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, message, None, Some(hint))
+}

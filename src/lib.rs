@@ -1,0 +1,35 @@
+//! pg_lifecycle: identity-data lifecycle inside PostgreSQL.
+//!
+//! This file only wires modules and `_PG_init`; each capability lives in its own module
+//! (see STYLE: one module per capability).
+
+use pgrx::prelude::*;
+
+mod error;
+mod expiry;
+mod shmem;
+
+::pgrx::pg_module_magic!();
+
+/// Declares schema `lifecycle`; every capability places its objects there with
+/// `#[pg_extern(schema = "lifecycle")]`. The extension script creates it (the control file
+/// names no schema), which makes it a member: DROP EXTENSION removes it, and CREATE EXTENSION
+/// refuses to adopt a pre-existing schema of that name instead of silently taking it over.
+#[pg_schema]
+mod lifecycle {}
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    shmem::init();
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}
