@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# `make bench`: pgbench against a throwaway cluster; every figure is a ratio against a
+# baseline measured in the same run on the same cluster. BENCH_SECONDS / ROUNDS / BENCH_CLIENTS
+# tune the length.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/cluster.sh
+source bench/lib.sh
+trap cluster_stop EXIT
+
+cluster_start
+psql_q -q -d postgres -c "CREATE DATABASE bench"
+psql_q -q -d bench -c "CREATE EXTENSION pg_lifecycle"
+echo "bench: cluster on port $CLUSTER_PORT; pgbench -M prepared -c $BENCH_CLIENTS, ${BENCH_SECONDS}s x $ROUNDS rounds each"
+
+echo "== expiry =="
+compare "token_is_expired(timestamptz) vs x <= now()" bench bench/sql/now_compare.sql bench/sql/token_is_expired.sql 0.9
+compare "token_is_expired(bigint ms) vs ms <= now() in ms" bench bench/sql/ms_compare.sql bench/sql/token_is_expired_ms.sql 0.9
+
+echo
+echo "bench summary:"
+for r in "${RESULTS[@]}"; do IFS='|' read -r n ratio target verdict <<<"$r"; printf '  %-58s %s (target %s) %s\n' "$n" "$ratio" "$target" "$verdict"; done

@@ -1,0 +1,2 @@
+\set s random(1700000000, 1900000000)
+SELECT to_timestamp(:s) <= now();
