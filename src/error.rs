@@ -30,3 +30,8 @@ pub fn null_argument(name: &str, hint: &str) -> ! {
 pub fn invalid_argument(message: String, hint: &str) -> ! {
     raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, message, None, Some(hint))
 }
+
+/// XX000: something that cannot happen did (an SPI misuse, not a user error).
+pub fn internal(e: impl std::fmt::Display) -> ! {
+    raise(Code::ERRCODE_INTERNAL_ERROR, format!("pg_lifecycle internal error: {e}"), None, None)
+}

@@ -7,6 +7,9 @@ use pgrx::prelude::*;
 
 mod error;
 mod expiry;
+mod reap;
+mod role;
+mod sql;
 mod shmem;
 
 ::pgrx::pg_module_magic!();

@@ -1,0 +1,251 @@
+-- Reaping: declarative retention policies. See docs/reaping.md.
+-- Definitions are written only through lifecycle.add_policy (validated, src/reap/policy.rs);
+-- batches are run by lifecycle._reap_batch (src/reap/batch.rs) under the loops below.
+
+CREATE TABLE lifecycle.policies (
+    id              serial PRIMARY KEY,
+    name            text NOT NULL UNIQUE CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    relation        regclass NOT NULL,
+    key_column      name NOT NULL,
+    key_type        text NOT NULL,
+    time_column     name NOT NULL,
+    time_type       text NOT NULL,
+    time_kind       text NOT NULL CHECK (time_kind IN ('timestamptz', 'timestamp', 'unix_ms', 'unix_s', 'ulid')),
+    older_than      interval CHECK (older_than > interval '0'),   -- NULL: rule "expires"
+    filter          text,
+    action          text NOT NULL CHECK (action IN ('delete', 'nullify')),
+    nullify_columns name[] CHECK ((action = 'nullify') = (nullify_columns IS NOT NULL)),
+    dependents      text NOT NULL CHECK (dependents IN ('none', 'block', 'delete')),
+    child_relations regclass[] NOT NULL DEFAULT '{}',              -- dependents = 'delete'
+    child_columns   name[] NOT NULL DEFAULT '{}',
+    audit_columns   name[],
+    batch_size      integer NOT NULL CHECK (batch_size BETWEEN 1 AND 100000),
+    enabled         boolean NOT NULL DEFAULT true,
+    owner           regrole NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE lifecycle.policies IS 'Retention policies; write them with lifecycle.add_policy.';
+
+-- Run state, one row per policy. `cursor` is the keyset position [time, key] of the sweep in
+-- progress (NULL: the next batch starts a new sweep from the oldest due row).
+CREATE TABLE lifecycle.policy_state (
+    policy_id         integer PRIMARY KEY REFERENCES lifecycle.policies (id) ON DELETE CASCADE,
+    cursor            jsonb,
+    sweep_started_at  timestamptz,
+    last_run_at       timestamptz,
+    last_acted        bigint NOT NULL DEFAULT 0,
+    total_acted       bigint NOT NULL DEFAULT 0,
+    total_blocked     bigint NOT NULL DEFAULT 0,
+    batches           bigint NOT NULL DEFAULT 0,
+    last_error        text,
+    last_error_at     timestamptz,
+    errors            bigint NOT NULL DEFAULT 0
+);
+
+-- One row per acted-on row, written in the transaction that acted, so the two commit or
+-- roll back together. `data` holds only the columns a policy chose (never secrets); for
+-- nullify it holds the values after the action.
+CREATE TABLE lifecycle.audit_log (
+    id        bigserial PRIMARY KEY,
+    at        timestamptz NOT NULL DEFAULT now(),
+    policy    text NOT NULL,
+    relation  text NOT NULL,
+    row_key   text NOT NULL,
+    action    text NOT NULL,
+    data      jsonb
+);
+CREATE INDEX audit_log_at_idx ON lifecycle.audit_log (at);
+CREATE INDEX audit_log_policy_at_idx ON lifecycle.audit_log (policy, at);
+
+SELECT pg_catalog.pg_extension_config_dump('lifecycle.policies', '');
+SELECT pg_catalog.pg_extension_config_dump('lifecycle.policy_state', '');
+SELECT pg_catalog.pg_extension_config_dump('lifecycle.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('lifecycle.policies_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('lifecycle.audit_log_id_seq', '');
+
+GRANT USAGE ON SCHEMA lifecycle TO PUBLIC;
+REVOKE ALL ON lifecycle.policies, lifecycle.policy_state, lifecycle.audit_log FROM PUBLIC;
+GRANT SELECT ON lifecycle.policies, lifecycle.policy_state TO PUBLIC;
+
+-- FKs that reference a policy's table, and what a delete of a parent row would do to them.
+CREATE FUNCTION lifecycle.check_policy(policy_name text)
+RETURNS TABLE (child regclass, child_column name, on_delete text, handled_by text, child_column_indexed boolean)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.conrelid::regclass,
+           a.attname,
+           CASE c.confdeltype WHEN 'a' THEN 'NO ACTION' WHEN 'r' THEN 'RESTRICT' WHEN 'c' THEN 'CASCADE'
+                              WHEN 'n' THEN 'SET NULL' WHEN 'd' THEN 'SET DEFAULT' END,
+           CASE WHEN p.dependents = 'block' THEN 'block: parent kept while this child references it'
+                WHEN p.dependents = 'delete' AND (c.conrelid, a.attname) IN
+                     (SELECT r, col FROM unnest(p.child_relations, p.child_columns) AS u(r, col))
+                     THEN 'delete: child rows deleted first, same transaction'
+                WHEN c.confdeltype IN ('c', 'n', 'd') THEN 'the foreign key''s own ON DELETE action'
+                ELSE 'NOTHING: deleting a referenced parent fails' END,
+           EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.conrelid AND i.indkey[0] = c.conkey[1])
+      FROM lifecycle.policies p
+      JOIN pg_constraint c ON c.confrelid = p.relation AND c.contype = 'f'
+      JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+     WHERE p.name = policy_name
+     ORDER BY 1, 2
+$$;
+
+-- One bounded batch for every enabled policy the caller may act for (its own, or those of
+-- roles it is a member of). Each policy runs in its own subtransaction: a failing policy is
+-- rolled back alone, its error recorded in policy_state and raised as a WARNING.
+CREATE FUNCTION lifecycle._reap_round(batch integer, skip integer[] DEFAULT '{}')
+RETURNS TABLE (policy_id integer, acted bigint, examined bigint, sweep_done boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p record;
+    r record;
+BEGIN
+    IF batch IS NULL THEN
+        RAISE EXCEPTION 'batch must not be NULL' USING ERRCODE = '22004', HINT = 'Omit it for the default of 1000.';
+    ELSIF batch < 1 OR batch > 100000 THEN
+        RAISE EXCEPTION 'batch must be between 1 and 100000, got %', batch
+            USING ERRCODE = '22023', HINT = 'A batch is the most rows one policy acts on per transaction.';
+    END IF;
+    FOR p IN SELECT id, name FROM lifecycle.policies
+              WHERE enabled AND id <> ALL (coalesce(skip, '{}'))
+                AND pg_has_role(current_user, owner, 'USAGE')
+              ORDER BY id
+    LOOP
+        BEGIN
+            SELECT * INTO r FROM lifecycle._reap_batch(p.id, batch);
+            policy_id := p.id; acted := r.acted; examined := r.examined; sweep_done := r.sweep_done;
+            RETURN NEXT;
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM lifecycle._note_policy_error(p.id, SQLSTATE, SQLERRM);
+            RAISE WARNING 'pg_lifecycle: policy % failed: % (SQLSTATE %)', p.name, SQLERRM, SQLSTATE
+                USING HINT = 'See lifecycle.policy_status; the batch was rolled back and is retried next run.';
+            policy_id := p.id; acted := 0; examined := 0; sweep_done := true;
+            RETURN NEXT;
+        END;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION lifecycle.reap_expired(batch integer DEFAULT 1000)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(sum(acted), 0)::bigint FROM lifecycle._reap_round(batch)
+$$;
+
+-- What pg_cron calls: batches until every policy finished one sweep, max_batches rounds were
+-- run or time_budget is spent, committing after each round so locks stay short and a kill
+-- loses at most one batch.
+CREATE PROCEDURE lifecycle.reap(max_batches integer DEFAULT 1000,
+                                time_budget interval DEFAULT '5 minutes',
+                                batch integer DEFAULT 1000)
+LANGUAGE plpgsql
+-- No SET clause: Postgres forbids COMMIT in a procedure that has one. It runs with the
+-- caller's rights, and everything it calls is schema-qualified.
+AS $$
+DECLARE
+    started   timestamptz := pg_catalog.clock_timestamp();
+    finished  integer[] := '{}';
+    rounds    integer := 0;
+    total     bigint := 0;
+    round_acted bigint;
+    r record;
+BEGIN
+    IF max_batches IS NULL OR time_budget IS NULL THEN
+        RAISE EXCEPTION 'max_batches and time_budget must not be NULL' USING ERRCODE = '22004';
+    ELSIF max_batches < 1 OR time_budget <= interval '0' THEN
+        RAISE EXCEPTION 'max_batches must be >= 1 and time_budget positive, got % and %', max_batches, time_budget
+            USING ERRCODE = '22023', HINT = 'E.g. CALL lifecycle.reap(100, ''1 minute'').';
+    END IF;
+    LOOP
+        round_acted := 0;
+        FOR r IN SELECT * FROM lifecycle._reap_round(batch, finished) LOOP
+            round_acted := round_acted + r.acted;
+            -- Swept to the end (or failed, or busy in another reaper): done for this call.
+            IF r.sweep_done THEN
+                finished := finished || r.policy_id;
+            END IF;
+        END LOOP;
+        COMMIT;
+        rounds := rounds + 1;
+        total := total + round_acted;
+        RAISE NOTICE 'pg_lifecycle: round %: % rows acted on (% total), % policies done, %',
+            rounds, round_acted, total, pg_catalog.cardinality(finished), pg_catalog.clock_timestamp() - started;
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM lifecycle.policies
+                               WHERE enabled AND id <> ALL (finished)
+                                 AND pg_catalog.pg_has_role(current_user, owner, 'USAGE'));
+        IF rounds >= max_batches THEN
+            RAISE NOTICE 'pg_lifecycle: stopping after max_batches = % rounds; the rest is done next run', max_batches;
+            EXIT;
+        END IF;
+        IF pg_catalog.clock_timestamp() - started >= time_budget THEN
+            RAISE NOTICE 'pg_lifecycle: stopping, time budget % spent; the rest is done next run', time_budget;
+            EXIT;
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION lifecycle.add_policy(
+    name         text,
+    relation     regclass,
+    time_column  name,
+    older_than   interval DEFAULT NULL,   -- NULL: rule "expires" (due once the time is past)
+    time_kind    text     DEFAULT NULL,   -- inferred for timestamptz/timestamp; else unix_ms, unix_s, ulid
+    filter       text     DEFAULT NULL,   -- boolean expression over the row
+    nullify      name[]   DEFAULT NULL,   -- NULL: delete rows; else set these columns to NULL
+    dependents   text     DEFAULT 'none', -- none | block | delete
+    delete_from  text[]   DEFAULT NULL,   -- with 'delete': 'schema.table(column)', default every FK child
+    audit        name[]   DEFAULT NULL,   -- columns copied into lifecycle.audit_log (never secrets)
+    batch_size   integer  DEFAULT 1000,
+    enabled      boolean  DEFAULT true)
+RETURNS lifecycle.policies
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_id integer;
+    result lifecycle.policies;
+BEGIN
+    new_id := lifecycle._add_policy($1, $2::oid, $3::text, $4, $5, $6, $7::text[], $8, $9, $10::text[], $11, $12);
+    SELECT * INTO result FROM lifecycle.policies p WHERE p.id = new_id;
+    RETURN result;
+END
+$$;
+
+CREATE FUNCTION lifecycle._estimate_backlog(policy_id integer)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN lifecycle._estimate_backlog_unchecked(policy_id);
+EXCEPTION WHEN OTHERS THEN
+    RETURN NULL;  -- a broken policy shows NULL here and its error in last_error / lifecycle.check
+END
+$$;
+
+CREATE VIEW lifecycle.policy_status AS
+SELECT p.name,
+       p.relation,
+       p.enabled,
+       p.owner,
+       s.last_run_at,
+       s.last_acted,
+       s.total_acted,
+       s.total_blocked,
+       s.batches,
+       s.cursor IS NOT NULL AS sweep_in_progress,
+       s.last_error,
+       s.last_error_at,
+       s.errors,
+       lifecycle._estimate_backlog(p.id) AS estimated_backlog,
+       EXISTS (SELECT 1 FROM pg_index i
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                WHERE i.indrelid = p.relation AND a.attname = p.time_column) AS has_time_index
+  FROM lifecycle.policies p
+  JOIN lifecycle.policy_state s ON s.policy_id = p.id;

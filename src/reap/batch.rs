@@ -1,0 +1,311 @@
+//! One batch of one policy: pick due rows by keyset cursor, act on them, audit, move the cursor.
+//!
+//! Cost is O(batch): the candidate scan starts at the persisted cursor `[time, key]` on the
+//! time index instead of rescanning from the oldest row, so rows already reaped (dead tuples)
+//! and rows passed over (blocked by children, locked by the app) are not read again in the same
+//! sweep. `(time, key)` ordering makes equal timestamps at a batch boundary neither skipped nor
+//! processed twice. A sweep ends when a batch comes back short; the next one starts from the
+//! oldest due row again, which is how skipped rows are retried.
+
+use crate::error::{self, Code};
+use crate::role;
+use crate::sql::{self, col, ident};
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::datum::Interval;
+
+/// Distinguishes our advisory locks from the application's (two-int4 key space: "LCyc").
+const ADVISORY_LOCK_CLASS: i32 = 0x4c43_7963;
+
+/// A policy as a batch needs it, with table names resolved now (renames are followed).
+pub struct Policy {
+    pub id: i32,
+    pub name: String,
+    pub owner: pg_sys::Oid,
+    pub relation: String,
+    key_column: String,
+    key_type: String,
+    time_column: String,
+    time_type: String,
+    time_kind: String,
+    older_than: Option<Interval>,
+    filter: Option<String>,
+    nullify: Option<Vec<String>>,
+    dependents: String,
+    children: Vec<(String, String)>,
+    blocking: Vec<(String, String)>,
+    audit: Option<Vec<String>>,
+    batch_size: i32,
+    pub cursor: Option<String>,
+}
+
+const LOAD: &str = "
+SELECT p.id, p.name, p.owner::oid,
+       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),
+       p.key_column::text, p.key_type, p.time_column::text, p.time_type, p.time_kind, p.older_than,
+       p.filter, p.nullify_columns::text[], p.dependents,
+       ARRAY(SELECT pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(cc.relname) || ' ' || u.col
+               FROM unnest(p.child_relations, p.child_columns) WITH ORDINALITY AS u(r, col, ord)
+               JOIN pg_catalog.pg_class cc ON cc.oid = u.r
+               JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace ORDER BY u.ord),
+       ARRAY(SELECT pg_catalog.quote_ident(fn.nspname) || '.' || pg_catalog.quote_ident(fc.relname) || ' ' || fa.attname
+               FROM pg_catalog.pg_constraint f
+               JOIN pg_catalog.pg_class fc ON fc.oid = f.conrelid
+               JOIN pg_catalog.pg_namespace fn ON fn.oid = fc.relnamespace
+               JOIN pg_catalog.pg_attribute fa ON fa.attrelid = f.conrelid AND fa.attnum = f.conkey[1]
+              WHERE f.confrelid = p.relation AND f.contype = 'f' AND cardinality(f.conkey) = 1 ORDER BY f.oid),
+       p.audit_columns::text[], p.batch_size, s.cursor::text, c.oid IS NOT NULL
+  FROM lifecycle.policies p
+  JOIN lifecycle.policy_state s ON s.policy_id = p.id
+  LEFT JOIN pg_catalog.pg_class c ON c.oid = p.relation
+  LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE p.id = $1";
+
+/// "relation column" pairs from LOAD; the relation part is already quoted, the column is not.
+fn pairs(items: Vec<String>) -> Vec<(String, String)> {
+    items.into_iter().filter_map(|s| s.rsplit_once(' ').map(|(r, c)| (r.to_string(), c.to_string()))).collect()
+}
+
+impl Policy {
+    /// Loads a policy and checks that the caller may act for its owner.
+    pub fn load(id: i32) -> Policy {
+        let found = sql::optional_row(LOAD, &[id.into()], |row| {
+            if !row.get::<bool>(19)?.unwrap_or(false) {
+                let name = row.get::<String>(2)?.unwrap_or_default();
+                error::raise(
+                    Code::ERRCODE_UNDEFINED_TABLE,
+                    format!("the table of policy {name} no longer exists"),
+                    None,
+                    Some("Drop the policy with lifecycle.drop_policy, or register it again on the new table."),
+                );
+            }
+            Ok(Policy {
+                id: row.get(1)?.unwrap_or_default(),
+                name: row.get(2)?.unwrap_or_default(),
+                owner: row.get(3)?.unwrap_or_default(),
+                relation: row.get(4)?.unwrap_or_default(),
+                key_column: row.get(5)?.unwrap_or_default(),
+                key_type: row.get(6)?.unwrap_or_default(),
+                time_column: row.get(7)?.unwrap_or_default(),
+                time_type: row.get(8)?.unwrap_or_default(),
+                time_kind: row.get(9)?.unwrap_or_default(),
+                older_than: row.get(10)?,
+                filter: row.get(11)?,
+                nullify: row.get(12)?,
+                dependents: row.get(13)?.unwrap_or_default(),
+                children: pairs(row.get(14)?.unwrap_or_default()),
+                blocking: pairs(row.get(15)?.unwrap_or_default()),
+                audit: row.get(16)?,
+                batch_size: row.get(17)?.unwrap_or(1000),
+                cursor: row.get(18)?,
+            })
+        });
+        let policy = found.unwrap_or_else(|| {
+            error::raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("policy with id {id} does not exist"), None, None)
+        });
+        check_may_act(policy.owner, &policy.name);
+        policy
+    }
+
+    fn same_time_and_key(&self) -> bool {
+        self.time_column == self.key_column
+    }
+
+    /// The due predicate over alias `t`: rule, time kind, "never" values, nullify, filter.
+    /// `$3` is `older_than`.
+    pub fn due(&self) -> String {
+        let t = col("t", &self.time_column);
+        let reference = if self.older_than.is_some() { "(now() - $3::interval)" } else { "now()" };
+        let op = if self.older_than.is_some() { "<" } else { "<=" };
+        let mut due = match self.time_kind.as_str() {
+            "timestamptz" => format!("{t} {op} {reference}"),
+            "timestamp" => format!("{t} {op} ({reference} AT TIME ZONE pg_catalog.current_setting('TimeZone'))"),
+            "unix_ms" => format!("{t} > 0 AND {t} {op} pg_catalog.floor(extract(epoch FROM {reference}) * 1000)::bigint"),
+            "unix_s" => format!("{t} > 0 AND {t} {op} pg_catalog.floor(extract(epoch FROM {reference}))::bigint"),
+            _ if self.time_type == "uuid" => format!("{t} < lifecycle.ulid_floor({reference})"),
+            _ => format!("{t} < lifecycle.ulid_floor_text({reference})"),
+        };
+        if let Some(columns) = &self.nullify {
+            let any_set: Vec<String> = columns.iter().map(|c| format!("{} IS NOT NULL", col("t", c))).collect();
+            due.push_str(&format!(" AND ({})", any_set.join(" OR ")));
+        }
+        if let Some(filter) = &self.filter {
+            due.push_str(&format!(" AND ({filter})"));
+        }
+        due
+    }
+
+    /// Keyset position after `$1` (the cursor as jsonb text `[time, key]`).
+    fn after_cursor(&self) -> String {
+        let (t, k) = (col("t", &self.time_column), col("t", &self.key_column));
+        if self.same_time_and_key() {
+            format!("{k} > ($1::jsonb ->> 1)::{}", self.key_type)
+        } else {
+            format!(
+                "{t} >= ($1::jsonb ->> 0)::{tt} AND ({t} > ($1::jsonb ->> 0)::{tt} OR {k} > ($1::jsonb ->> 1)::{kt})",
+                tt = self.time_type,
+                kt = self.key_type
+            )
+        }
+    }
+
+    fn order(&self, alias: &str, key: &str, time: &str, desc: bool) -> String {
+        let dir = if desc { " DESC" } else { "" };
+        if self.same_time_and_key() {
+            format!("{alias}.{key}{dir}")
+        } else {
+            format!("{alias}.{time}{dir}, {alias}.{key}{dir}")
+        }
+    }
+
+    /// Whether children still reference row `t` (dependents = 'block').
+    fn blocked(&self) -> String {
+        if self.dependents != "block" || self.blocking.is_empty() {
+            return "false".into();
+        }
+        let key = col("t", &self.key_column);
+        let checks: Vec<String> = self
+            .blocking
+            .iter()
+            .map(|(rel, c)| format!("EXISTS (SELECT 1 FROM {rel} c WHERE {} = {key})", col("c", c)))
+            .collect();
+        checks.join(" OR ")
+    }
+
+    /// Candidate rows of the next batch, in keyset order (`$2` = limit).
+    pub fn candidates(&self, locking: bool) -> String {
+        let (t, k) = (ident(&self.time_column), ident(&self.key_column));
+        let mut sql = format!(
+            "SELECT t.{k} AS k, t.{t} AS tm, {blocked} AS blocked, {audit} AS data FROM {rel} t WHERE {due}",
+            blocked = self.blocked(),
+            audit = sql::jsonb_of_columns("t", self.audit.as_deref().unwrap_or_default()),
+            rel = self.relation,
+            due = self.due(),
+        );
+        if self.cursor.is_some() {
+            sql.push_str(&format!(" AND {}", self.after_cursor()));
+        }
+        sql.push_str(&format!(" ORDER BY {} LIMIT $2", self.order("t", &k, &t, false)));
+        if locking {
+            sql.push_str(" FOR UPDATE OF t SKIP LOCKED");
+        }
+        sql
+    }
+
+    /// The whole batch as one statement: returns acted, examined, blocked, new cursor, audit.
+    fn statement(&self) -> String {
+        let key = ident(&self.key_column);
+        let mut sql = format!(
+            "WITH batch AS ({}), acted AS (SELECT k FROM batch WHERE NOT blocked)",
+            self.candidates(true)
+        );
+        for (i, (rel, c)) in self.children.iter().enumerate() {
+            sql.push_str(&format!(
+                ", child_{i} AS (DELETE FROM {rel} c USING acted a WHERE {} = a.k)",
+                col("c", c)
+            ));
+        }
+        let returning = format!("t.{key} AS k, {} AS data", sql::jsonb_of_columns("t", self.audit.as_deref().unwrap_or_default()));
+        match &self.nullify {
+            None => sql.push_str(&format!(
+                ", done AS (DELETE FROM {rel} t USING acted a WHERE t.{key} = a.k RETURNING {returning})",
+                rel = self.relation
+            )),
+            Some(columns) => sql.push_str(&format!(
+                ", done AS (UPDATE {rel} t SET {sets} FROM acted a WHERE t.{key} = a.k RETURNING {returning})",
+                rel = self.relation,
+                sets = columns.iter().map(|c| format!("{} = NULL", ident(c))).collect::<Vec<_>>().join(", ")
+            )),
+        }
+        let audit = if self.audit.is_some() {
+            "(SELECT jsonb_agg(jsonb_build_array(d.k::text, d.data))::text FROM done d)"
+        } else {
+            "NULL::text"
+        };
+        sql.push_str(&format!(
+            " SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM batch), (SELECT count(*) FROM batch WHERE blocked),
+                     (SELECT jsonb_build_array(b.tm, b.k)::text FROM batch b ORDER BY {} LIMIT 1), {audit}",
+            self.order("b", "k", "tm", true)
+        ));
+        sql
+    }
+
+    pub fn args<'a>(&'a self, limit: i32) -> Vec<DatumWithOid<'a>> {
+        vec![self.cursor.clone().into(), limit.into(), self.older_than.into()]
+    }
+}
+
+/// Refuses callers that are not the policy's owner (or a member of that role).
+pub fn check_may_act(owner: pg_sys::Oid, policy_name: &str) {
+    if !role::has_privs_of(role::current(), owner) {
+        error::raise(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for policy {policy_name}"),
+            None,
+            Some("Only the policy's owner (or a member of that role) can run, preview or change it."),
+        );
+    }
+}
+
+/// What one batch did. `sweep_done`: nothing due is left after the cursor (or another
+/// reaper holds the policy), so this policy is finished for the current `reap` call.
+pub struct Outcome {
+    pub acted: i64,
+    pub examined: i64,
+    pub sweep_done: bool,
+}
+
+/// Runs one batch of policy `id` with at most `limit` rows. Skips (examined = 0) when another
+/// reaper holds the policy's lock.
+pub fn run(id: i32, limit: i32) -> Outcome {
+    let policy = Policy::load(id);
+    let limit = limit.min(policy.batch_size);
+    let locked = Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)", &[ADVISORY_LOCK_CLASS.into(), id.into()])
+        .unwrap_or_else(|e| error::internal(e))
+        .unwrap_or(false);
+    if !locked {
+        return Outcome { acted: 0, examined: 0, sweep_done: true };
+    }
+    let statement = policy.statement();
+    let (acted, examined, blocked, cursor, audit) = role::run_as(policy.owner, true, || {
+        Spi::connect_mut(|client| {
+            let row = client.update(statement.as_str(), Some(1), &policy.args(limit))?.first();
+            Ok::<_, pgrx::spi::Error>((
+                row.get::<i64>(1)?.unwrap_or(0),
+                row.get::<i64>(2)?.unwrap_or(0),
+                row.get::<i64>(3)?.unwrap_or(0),
+                row.get::<String>(4)?,
+                row.get::<String>(5)?,
+            ))
+        })
+        .unwrap_or_else(|e| error::internal(e))
+    });
+    let sweep_done = examined < i64::from(limit);
+    let action = if policy.nullify.is_some() { "nullify" } else { "delete" };
+    role::as_extension_owner(|| {
+        Spi::run_with_args(
+            "WITH audit AS (
+                INSERT INTO lifecycle.audit_log (policy, relation, row_key, action, data)
+                SELECT $2, $3, e ->> 0, $4, e -> 1 FROM jsonb_array_elements($5::jsonb) AS e)
+             UPDATE lifecycle.policy_state
+                SET cursor = CASE WHEN $6 THEN NULL ELSE $7::jsonb END,
+                    sweep_started_at = CASE WHEN cursor IS NULL THEN now() ELSE sweep_started_at END,
+                    last_run_at = now(), last_acted = $8, total_acted = total_acted + $8,
+                    total_blocked = total_blocked + $9, batches = batches + 1, last_error = NULL
+              WHERE policy_id = $1",
+            &[
+                policy.id.into(),
+                policy.name.as_str().into(),
+                policy.relation.as_str().into(),
+                action.into(),
+                audit.into(),
+                sweep_done.into(),
+                cursor.into(),
+                acted.into(),
+                blocked.into(),
+            ],
+        )
+        .unwrap_or_else(|e| error::internal(e))
+    });
+    Outcome { acted, examined, sweep_done }
+}

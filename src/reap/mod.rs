@@ -1,0 +1,155 @@
+//! Reaping: declarative retention policies (`add_policy`) and bounded batches (`reap_expired`,
+//! `CALL reap`). The loops and views are SQL (sql/reap.sql); this module holds what needs
+//! Rust: validation (policy.rs), the batch itself (batch.rs) and the role switches around it.
+
+mod batch;
+mod policy;
+
+use crate::error::{self, Code};
+use crate::role;
+use batch::Policy;
+use pgrx::prelude::*;
+use ulid::Ulid;
+
+/// One batch of one policy (called per policy by lifecycle._reap_round).
+#[pg_extern(schema = "lifecycle", name = "_reap_batch")]
+fn reap_batch(
+    policy_id: i32,
+    batch: i32,
+) -> TableIterator<'static, (name!(acted, i64), name!(examined, i64), name!(sweep_done, bool))> {
+    let outcome = batch::run(policy_id, batch);
+    TableIterator::once((outcome.acted, outcome.examined, outcome.sweep_done))
+}
+
+/// Records a failed batch in policy_state (the batch itself was rolled back).
+#[pg_extern(schema = "lifecycle", name = "_note_policy_error")]
+fn note_policy_error(policy_id: i32, sqlstate: &str, message: &str) {
+    let owner = Spi::get_one_with_args::<pg_sys::Oid>("SELECT owner::oid FROM lifecycle.policies WHERE id = $1", &[policy_id.into()])
+        .unwrap_or_else(|e| error::internal(e))
+        .unwrap_or_else(|| error::raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("policy with id {policy_id} does not exist"), None, None));
+    batch::check_may_act(owner, &policy_id.to_string());
+    role::as_extension_owner(|| {
+        Spi::run_with_args(
+            "UPDATE lifecycle.policy_state
+                SET last_error = $2 || ': ' || $3, last_error_at = now(), last_run_at = now(), errors = errors + 1
+              WHERE policy_id = $1",
+            &[policy_id.into(), sqlstate.into(), message.into()],
+        )
+        .unwrap_or_else(|e| error::internal(e))
+    });
+}
+
+/// The planner's estimate of due rows, computed as the policy's owner. NULL when the caller
+/// may not act for the owner. Wrapped by lifecycle._estimate_backlog, which turns errors
+/// (a vanished column, say) into NULL.
+#[pg_extern(schema = "lifecycle", name = "_estimate_backlog_unchecked")]
+fn estimate_backlog(policy_id: i32) -> Option<i64> {
+    let owner = Spi::get_one_with_args::<pg_sys::Oid>("SELECT owner::oid FROM lifecycle.policies WHERE id = $1", &[policy_id.into()])
+        .unwrap_or_else(|e| error::internal(e))?;
+    if !role::has_privs_of(role::current(), owner) {
+        return None;
+    }
+    let mut policy = Policy::load(policy_id);
+    policy.cursor = None;
+    let query = format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} t WHERE {}", policy.relation, policy.due());
+    let plan = role::run_as(policy.owner, true, || {
+        Spi::connect(|client| client.select(query.as_str(), None, &policy.args(0))?.first().get_one::<pgrx::Json>())
+            .unwrap_or_else(|e| error::internal(e))
+    })?;
+    plan.0.get(0)?.get("Plan")?.get("Plan Rows")?.as_f64().map(|rows| rows as i64)
+}
+
+/// What the next batch would touch, without touching it: key, time, whether children block
+/// it, and the audit columns.
+#[pg_extern(schema = "lifecycle")]
+fn preview(
+    policy_name: &str,
+    max_rows: default!(i32, 10),
+) -> TableIterator<'static, (name!(row_key, String), name!(time_value, String), name!(blocked, bool), name!(audit_data, Option<pgrx::JsonB>))> {
+    if !(1..=100_000).contains(&max_rows) {
+        error::invalid_argument(format!("max_rows must be between 1 and 100000, got {max_rows}"), "E.g. preview('my_policy', 20).");
+    }
+    let (id, _) = policy_for_change(policy_name);
+    let policy = Policy::load(id);
+    let query = format!("SELECT k::text, tm::text, blocked, data FROM ({}) c", policy.candidates(false));
+    let rows = role::run_as(policy.owner, true, || {
+        Spi::connect(|client| {
+            client
+                .select(query.as_str(), None, &policy.args(max_rows))?
+                .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default(), r.get::<bool>(3)?.unwrap_or(false), r.get::<pgrx::JsonB>(4)?)))
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        })
+        .unwrap_or_else(|e| error::internal(e))
+    });
+    TableIterator::new(rows)
+}
+
+/// A policy's id and owner by name, after checking the caller may act for the owner. Works
+/// when the policy's table is gone (unlike `Policy::load`), so broken policies can be dropped.
+fn policy_for_change(name: &str) -> (i32, pg_sys::Oid) {
+    let found = crate::sql::optional_row(
+        "SELECT id, owner::oid FROM lifecycle.policies WHERE name = $1",
+        &[name.into()],
+        |row| Ok((row.get::<i32>(1)?.unwrap_or_default(), row.get::<pg_sys::Oid>(2)?.unwrap_or_default())),
+    );
+    let Some((id, owner)) = found else {
+        error::raise(
+            Code::ERRCODE_UNDEFINED_OBJECT,
+            format!("policy {} does not exist", crate::sql::literal(name)),
+            None,
+            Some("SELECT name FROM lifecycle.policies lists them."),
+        )
+    };
+    batch::check_may_act(owner, name);
+    (id, owner)
+}
+
+/// Removes a policy (its state goes with it; audit rows stay).
+#[pg_extern(schema = "lifecycle")]
+fn drop_policy(policy_name: &str) -> bool {
+    let (id, _) = policy_for_change(policy_name);
+    role::as_extension_owner(|| Spi::run_with_args("DELETE FROM lifecycle.policies WHERE id = $1", &[id.into()]))
+        .unwrap_or_else(|e| error::internal(e));
+    true
+}
+
+/// Turns a policy on or off without losing its state.
+#[pg_extern(schema = "lifecycle")]
+fn set_policy_enabled(policy_name: &str, enabled: bool) -> bool {
+    let (id, _) = policy_for_change(policy_name);
+    role::as_extension_owner(|| {
+        Spi::run_with_args("UPDATE lifecycle.policies SET enabled = $2 WHERE id = $1", &[id.into(), enabled.into()])
+    })
+    .unwrap_or_else(|e| error::internal(e));
+    enabled
+}
+
+fn ulid_ms(at: TimestampWithTimeZone) -> u64 {
+    if at.is_neg_infinity() {
+        return 0;
+    }
+    if at.is_infinity() {
+        return (1 << 48) - 1;
+    }
+    let unix_ms = at.into_inner().div_euclid(1000) + 946_684_800_000;
+    unix_ms.clamp(0, (1 << 48) - 1) as u64
+}
+
+/// The smallest ULID (as uuid) of time `at`: every ULID created before `at` sorts below it,
+/// so `id < ulid_floor(t)` is an index range scan on a ULID primary key.
+#[pg_extern(schema = "lifecycle", immutable, parallel_safe)]
+fn ulid_floor(at: TimestampWithTimeZone) -> pgrx::Uuid {
+    pgrx::Uuid::from_bytes(Ulid::from_parts(ulid_ms(at), 0).to_bytes())
+}
+
+/// `ulid_floor` for ULIDs stored as canonical (upper-case Crockford base32) text.
+#[pg_extern(schema = "lifecycle", immutable, parallel_safe)]
+fn ulid_floor_text(at: TimestampWithTimeZone) -> String {
+    Ulid::from_parts(ulid_ms(at), 0).to_string()
+}
+
+pgrx::extension_sql_file!(
+    "../../sql/reap.sql",
+    name = "reap",
+    requires = [reap_batch, note_policy_error, estimate_backlog, policy::add_policy, ulid_floor, ulid_floor_text, "expiry"]
+);

@@ -1,0 +1,57 @@
+//! Running a piece of work as another role: the only place that switches user.
+//!
+//! Policy actions run as the role that registered the policy, flagged as a
+//! security-restricted operation (what VACUUM and REFRESH MATERIALIZED VIEW do): triggers,
+//! filter functions and FK actions on the owner's tables then run with the owner's rights,
+//! never the caller's or the extension's. Bookkeeping (audit rows, policy state) runs as the
+//! extension's owner, because the tables that hold it are not writable by policy owners.
+
+use pgrx::prelude::*;
+use std::panic::AssertUnwindSafe;
+
+/// Runs `work` with `role` as the current user; the previous user is restored afterwards,
+/// also when `work` raises (an aborting (sub)transaction restores it too).
+pub fn run_as<R>(role: pg_sys::Oid, restricted: bool, work: impl FnOnce() -> R) -> R {
+    let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0);
+    // SAFETY: plain reads/writes of the backend's current-user state.
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context) };
+    let mut context = saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32;
+    if restricted {
+        context |= pg_sys::SECURITY_RESTRICTED_OPERATION as i32;
+    }
+    unsafe { pg_sys::SetUserIdAndSecContext(role, context) };
+    PgTryBuilder::new(AssertUnwindSafe(work))
+        .finally(|| unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) })
+        .execute()
+}
+
+/// The role running the current statement (the caller, for SECURITY INVOKER functions).
+pub fn current() -> pg_sys::Oid {
+    unsafe { pg_sys::GetUserId() }
+}
+
+/// Whether `member` has the privileges of `role` (is it, or inherits from it).
+pub fn has_privs_of(member: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+    unsafe { pg_sys::has_privs_of_role(member, role) }
+}
+
+/// The owner of the pg_lifecycle extension, who owns its bookkeeping tables. Looked up each
+/// time (one catalog read per batch): a cached value would go stale across DROP/CREATE.
+pub fn extension_owner() -> pg_sys::Oid {
+    Spi::get_one::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_lifecycle'")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            crate::error::raise(
+                crate::error::Code::ERRCODE_UNDEFINED_OBJECT,
+                "extension pg_lifecycle is not installed in this database",
+                None,
+                Some("Run CREATE EXTENSION pg_lifecycle."),
+            )
+        })
+}
+
+/// Runs bookkeeping as the extension owner (not restricted: it only touches our own tables).
+pub fn as_extension_owner<R>(work: impl FnOnce() -> R) -> R {
+    run_as(extension_owner(), false, work)
+}

@@ -1,0 +1,390 @@
+#![cfg(not(feature = "pg_test"))]
+//! Reaping against the example schemas: every seed cleanup job as one add_policy call, plus
+//! boundaries, concurrency, a killed reaper, bad input and rights.
+mod common;
+use common::{sqlstate, Cluster};
+use postgres::Client;
+
+fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+/// Mattermost: N tokens (40 % expired, 10 % never expiring, rest live), one session per token
+/// for the first half.
+fn mattermost_tokens(c: &mut Client, n: i64) {
+    c.batch_execute(&format!(
+        "INSERT INTO mattermost.users VALUES ('bulk', 'bulk', 0);
+         INSERT INTO mattermost.useraccesstokens (id, token, userid, expiresat)
+         SELECT 't' || g, 'secret' || g, 'bulk',
+                CASE WHEN g % 10 < 4 THEN (extract(epoch FROM now() - g * interval '1 second') * 1000)::bigint
+                     WHEN g % 10 = 4 THEN 0
+                     ELSE (extract(epoch FROM now() + interval '1 day') * 1000)::bigint END
+           FROM generate_series(1, {n}) g;
+         INSERT INTO mattermost.sessions (id, token, userid, createat, useraccesstokenid)
+         SELECT 's' || g, 'secret' || g, 'bulk', 0, 't' || g FROM generate_series(1, {n} / 2) g;"
+    ))
+    .unwrap();
+}
+
+const MM_POLICY: &str = "SELECT lifecycle.add_policy('mm_pats', 'mattermost.useraccesstokens', 'expiresat',
+    time_kind => 'unix_ms', dependents => 'delete', audit => '{id,userid,expiresat}', batch_size => 100)";
+
+#[test]
+fn mattermost_expired_tokens_go_with_their_sessions_and_one_audit_row_each() {
+    let db = Cluster::shared().fresh_db();
+    db.load_example("mattermost.sql");
+    let mut c = db.connect();
+    mattermost_tokens(&mut c, 1000);
+    c.batch_execute(MM_POLICY).unwrap();
+    let due = count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)");
+    let kept_before = count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE NOT lifecycle.token_is_expired(expiresat)");
+    assert_eq!(due, 401);
+
+    // Rolled back together: nothing deleted, nothing audited.
+    c.batch_execute("BEGIN").unwrap();
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired(1000)"), 100, "one batch is capped by the policy's batch_size");
+    c.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log"), 0);
+
+    c.batch_execute("CALL lifecycle.reap(100, '1 minute')").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)"), 0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens"), kept_before, "a token that was not due is gone");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mattermost.sessions s WHERE NOT EXISTS (SELECT 1 FROM mattermost.useraccesstokens t WHERE t.id = s.useraccesstokenid)"), 0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'mm_pats'"), due);
+    assert_eq!(count(&mut c, "SELECT count(DISTINCT row_key) FROM lifecycle.audit_log"), due, "a row audited twice");
+    // The secret column is never read into the audit trail.
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE data ? 'token' OR data::text LIKE '%secret%'"), 0);
+    let row = c.query_one("SELECT total_acted, last_error, sweep_in_progress FROM lifecycle.policy_status WHERE name = 'mm_pats'", &[]).unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, Option<String>>(1), row.get::<_, bool>(2)), (due, None, false));
+}
+
+#[test]
+fn mas_jobs_clear_ips_and_delete_in_fk_order() {
+    let db = Cluster::shared().fresh_db();
+    db.load_example("mas.sql");
+    let mut c = db.connect();
+    c.batch_execute(
+        "SET search_path = mas;
+         -- 20 finished browser sessions 45 days old: the first 10 keep a compat child.
+         INSERT INTO user_sessions (user_session_id, user_id, created_at, finished_at, last_active_at, last_active_ip)
+         SELECT ulid_at(now() - interval '50 days' + g * interval '1 minute'), '01890000-0000-0000-0000-000000000001',
+                now() - interval '50 days', now() - interval '45 days' + g * interval '1 minute',
+                now() - interval '45 days', '198.51.100.1'
+           FROM generate_series(1, 20) g;
+         INSERT INTO compat_sessions (compat_session_id, user_id, user_session_id, created_at, last_active_at, last_active_ip)
+         SELECT ulid_at(now() - interval '40 days'), user_id, user_session_id, now() - interval '40 days',
+                now() - interval '1 day', '198.51.100.2'
+           FROM (SELECT * FROM user_sessions WHERE last_active_ip = '198.51.100.1' ORDER BY finished_at LIMIT 10) s;
+         -- oauth2 sessions: active 40 days ago (IP cleared) and yesterday (kept).
+         INSERT INTO oauth2_sessions (oauth2_session_id, user_id, created_at, last_active_at, last_active_ip)
+         VALUES (ulid_at(now()), '01890000-0000-0000-0000-000000000001', now(), now() - interval '40 days', '198.51.100.3'),
+                (ulid_at(now()), '01890000-0000-0000-0000-000000000001', now(), now() - interval '1 day', '198.51.100.4');
+         -- queue jobs: the example's 40 completed jobs (1..40 days old) + a running old one + a retry chain.
+         INSERT INTO queue_jobs (queue_job_id, queue_name, status, created_at)
+         VALUES (ulid_at(now() - interval '35 days'), 'email', 'running', now() - interval '35 days');
+         UPDATE queue_jobs SET next_attempt_id = (SELECT queue_job_id FROM queue_jobs WHERE created_at < now() - interval '31 days' AND status = 'completed' ORDER BY 1 LIMIT 1)
+          WHERE queue_job_id = (SELECT queue_job_id FROM queue_jobs WHERE created_at > now() - interval '2 days' ORDER BY 1 LIMIT 1);
+         -- upstream: sessions 31 and 2 days old; links never associated 8 and 2 days old.
+         INSERT INTO upstream_oauth_links VALUES
+            (ulid_at(now() - interval '8 days'), gen_random_uuid(), NULL, 'sub-old', now() - interval '8 days'),
+            (ulid_at(now() - interval '2 days'), gen_random_uuid(), NULL, 'sub-new', now() - interval '2 days'),
+            (ulid_at(now() - interval '9 days'), gen_random_uuid(), '01890000-0000-0000-0000-000000000001', 'sub-user', now() - interval '9 days');
+         INSERT INTO upstream_oauth_authorization_sessions (upstream_oauth_authorization_session_id, upstream_oauth_provider_id, state, created_at)
+         VALUES (ulid_at(now() - interval '31 days'), gen_random_uuid(), 's1', now() - interval '31 days'),
+                (ulid_at(now() - interval '2 days'), gen_random_uuid(), 's2', now() - interval '2 days');
+         -- recovery sessions 8 and 1 days old, each with a ticket (tickets cascade).
+         INSERT INTO user_recovery_sessions (user_recovery_session_id, email, created_at)
+         VALUES (ulid_at(now() - interval '8 days'), 'a@example.com', now() - interval '8 days'),
+                (ulid_at(now() - interval '1 day'), 'b@example.com', now() - interval '1 day');
+         INSERT INTO user_recovery_tickets SELECT gen_random_uuid(), user_recovery_session_id, 'ticket-' || email, now(), now() + interval '1 hour'
+           FROM user_recovery_sessions;
+         RESET search_path;",
+    )
+    .unwrap();
+    // The seed's jobs, one call each.
+    c.batch_execute(
+        "SELECT lifecycle.add_policy('mas_user_session_ips', 'mas.user_sessions', 'last_active_at', older_than => '30 days', nullify => '{last_active_ip}');
+         SELECT lifecycle.add_policy('mas_compat_session_ips', 'mas.compat_sessions', 'last_active_at', older_than => '30 days', nullify => '{last_active_ip}');
+         SELECT lifecycle.add_policy('mas_oauth2_session_ips', 'mas.oauth2_sessions', 'last_active_at', older_than => '30 days', nullify => '{last_active_ip}');
+         SELECT lifecycle.add_policy('mas_user_sessions', 'mas.user_sessions', 'finished_at', older_than => '30 days',
+                                     dependents => 'block', batch_size => 3, audit => '{user_session_id,finished_at}');
+         SELECT lifecycle.add_policy('mas_queue_jobs', 'mas.queue_jobs', 'queue_job_id', time_kind => 'ulid', older_than => '30 days',
+                                     filter => $$status IN ('completed', 'failed')$$);
+         SELECT lifecycle.add_policy('mas_upstream_sessions', 'mas.upstream_oauth_authorization_sessions',
+                                     'upstream_oauth_authorization_session_id', time_kind => 'ulid', older_than => '30 days');
+         SELECT lifecycle.add_policy('mas_orphan_links', 'mas.upstream_oauth_links', 'upstream_oauth_link_id', time_kind => 'ulid',
+                                     older_than => '7 days', filter => 'user_id IS NULL');
+         SELECT lifecycle.add_policy('mas_recovery_sessions', 'mas.user_recovery_sessions', 'user_recovery_session_id',
+                                     time_kind => 'ulid', older_than => '7 days');",
+    )
+    .unwrap();
+    // check_policy shows the FKs the block rule found.
+    let handled: Vec<String> = c
+        .query("SELECT child::text || '.' || child_column || ': ' || handled_by FROM lifecycle.check_policy('mas_user_sessions')", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(handled.iter().any(|h| h.starts_with("mas.compat_sessions.user_session_id: block")), "{handled:?}");
+
+    c.batch_execute("CALL lifecycle.reap(100, '1 minute')").unwrap();
+
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.user_sessions WHERE last_active_ip IS NOT NULL"), 0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.compat_sessions WHERE last_active_ip IS NOT NULL"), 10, "recent compat IPs are kept");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.oauth2_sessions WHERE last_active_ip IS NOT NULL"), 1);
+    // 21 finished sessions were due: the 11 with a compat child stay, the 10 without go.
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.user_sessions"), 11);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.user_sessions u WHERE NOT EXISTS (SELECT 1 FROM mas.compat_sessions c WHERE c.user_session_id = u.user_session_id)"), 0);
+    // Each blocked row was looked at once in the sweep, not once per batch.
+    assert_eq!(count(&mut c, "SELECT total_blocked FROM lifecycle.policy_status WHERE name = 'mas_user_sessions'"), 11);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.queue_jobs WHERE created_at < now() - interval '30 days' AND status = 'completed'"), 0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.queue_jobs WHERE status = 'running'"), 1, "the filter keeps running jobs");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.queue_jobs"), 30);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.upstream_oauth_authorization_sessions"), 1);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.upstream_oauth_links"), 2, "recent orphan and the associated link stay");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.user_recovery_sessions"), 1);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.user_recovery_tickets"), 1, "tickets cascade with their session");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.policy_status WHERE last_error IS NOT NULL"), 0);
+
+    // A nullified row is not due again; once the children are gone, the parent goes next run.
+    c.batch_execute("DELETE FROM mas.compat_sessions WHERE user_session_id IS NOT NULL").unwrap();
+    c.batch_execute("CALL lifecycle.reap(100, '1 minute')").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.user_sessions WHERE finished_at < now() - interval '30 days'"), 0);
+    assert_eq!(count(&mut c, "SELECT last_acted FROM lifecycle.policy_status WHERE name = 'mas_user_session_ips'"), 0);
+}
+
+#[test]
+fn equal_timestamps_at_batch_boundaries_are_neither_skipped_nor_doubled() {
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE grants (id bigint PRIMARY KEY, expires_at timestamptz NOT NULL);
+         CREATE INDEX ON grants (expires_at);
+         INSERT INTO grants SELECT g, '2020-01-01'::timestamptz + (g / 25) * interval '1 hour' FROM generate_series(1, 100) g;
+         INSERT INTO grants SELECT g, now() + interval '1 day' FROM generate_series(101, 110) g;
+         SELECT lifecycle.add_policy('grants', 'grants', 'expires_at', batch_size => 10, audit => '{id}');",
+    )
+    .unwrap();
+    // One batch at a time, committing in between, as pg_cron would.
+    for _ in 0..9 {
+        c.query_one("SELECT lifecycle.reap_expired(7)", &[]).unwrap();
+    }
+    assert_eq!(count(&mut c, "SELECT count(*) FROM grants WHERE expires_at < now()"), 100 - 63);
+    c.batch_execute("CALL lifecycle.reap(1000, '1 minute', 7)").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM grants"), 10);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log"), 100);
+    assert_eq!(count(&mut c, "SELECT count(DISTINCT row_key) FROM lifecycle.audit_log"), 100);
+}
+
+#[test]
+fn locked_rows_are_skipped_not_waited_on_and_retried_next_run() {
+    let cluster = Cluster::shared();
+    let db = cluster.fresh_db();
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE codes (id int PRIMARY KEY, expires_at timestamptz);
+         INSERT INTO codes SELECT g, now() - interval '1 hour' FROM generate_series(1, 50) g;
+         SELECT lifecycle.add_policy('codes', 'codes', 'expires_at');",
+    )
+    .unwrap();
+    let mut app = db.connect();
+    app.batch_execute("BEGIN; SELECT * FROM codes WHERE id = 7 FOR UPDATE").unwrap();
+    c.batch_execute("SET lock_timeout = '2s'").unwrap();
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired()"), 49);
+    app.batch_execute("COMMIT").unwrap();
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired()"), 1);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM codes"), 0);
+}
+
+#[test]
+fn two_reapers_and_app_writes_reap_everything_exactly_once() {
+    let cluster = Cluster::shared();
+    let db = cluster.fresh_db();
+    db.load_example("mattermost.sql");
+    let mut c = db.connect();
+    mattermost_tokens(&mut c, 20_000);
+    c.batch_execute(MM_POLICY).unwrap();
+    let due = count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)");
+    std::thread::scope(|s| {
+        let reapers: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| db.connect().batch_execute("CALL lifecycle.reap(1000, '2 minutes', 100)")))
+            .collect();
+        s.spawn(|| {
+            // The app keeps minting live tokens and touching sessions meanwhile.
+            let mut app = db.connect();
+            for i in 0..200 {
+                app.batch_execute(&format!(
+                    "INSERT INTO mattermost.useraccesstokens (id, token, userid, expiresat) VALUES ('live{i}', 'sl{i}', 'bulk', 0);
+                     UPDATE mattermost.sessions SET lastactivityat = {i} WHERE id = 's{}'", i * 7 + 1
+                ))
+                .unwrap();
+            }
+        });
+        for r in reapers {
+            r.join().unwrap().expect("a reaper failed");
+        }
+    });
+    c.batch_execute("CALL lifecycle.reap(1000, '1 minute')").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)"), 0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log"), due, "audit rows must match deletes 1:1");
+    assert_eq!(count(&mut c, "SELECT count(DISTINCT row_key) FROM lifecycle.audit_log"), due, "a row was reaped twice");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE id LIKE 'live%'"), 200);
+}
+
+#[test]
+fn a_killed_reaper_loses_its_batch_and_the_next_run_finishes() {
+    let cluster = Cluster::shared();
+    let db = cluster.fresh_db();
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE tokens (id int PRIMARY KEY, expires_at timestamptz NOT NULL, user_id int);
+         CREATE INDEX ON tokens (expires_at);
+         INSERT INTO tokens SELECT g, now() - interval '1 day', g FROM generate_series(1, 2000) g;
+         -- Slow every delete down so the batch is still running when it is killed.
+         CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN OLD; END $$;
+         CREATE TRIGGER slow BEFORE DELETE ON tokens FOR EACH ROW EXECUTE FUNCTION slow();
+         SELECT lifecycle.add_policy('tokens', 'tokens', 'expires_at', audit => '{user_id}', batch_size => 100000);",
+    )
+    .unwrap();
+    let mut reaper = db.connect();
+    let pid: i32 = reaper.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let handle = std::thread::spawn(move || reaper.query_one("SELECT lifecycle.reap_expired(100000)", &[]));
+    // Wait until the batch has deleted some rows (visible as the trigger's sleeps), then kill it.
+    let started = std::time::Instant::now();
+    while count(&mut c, &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event = 'PgSleep'")) == 0 {
+        assert!(started.elapsed().as_secs() < 30, "reaper never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(c.query_one("SELECT pg_terminate_backend($1)", &[&pid]).unwrap().get::<_, bool>(0));
+    assert!(handle.join().unwrap().is_err(), "the killed reaper should have failed");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM tokens"), 2000, "the killed batch must roll back");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log"), 0);
+    c.batch_execute("DROP TRIGGER slow ON tokens").unwrap();
+    c.batch_execute("CALL lifecycle.reap(100, '1 minute')").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM tokens"), 0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log"), 2000);
+}
+
+#[test]
+fn preview_touches_nothing_and_a_broken_policy_does_not_stop_the_others() {
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY, t timestamptz);
+         CREATE TABLE b (id int PRIMARY KEY, t timestamptz, note text);
+         INSERT INTO a SELECT g, now() - interval '1 day' FROM generate_series(1, 5) g;
+         INSERT INTO b SELECT g, now() - interval '1 day', 'n' FROM generate_series(1, 5) g;
+         SELECT lifecycle.add_policy('a', 'a', 't');
+         SELECT lifecycle.add_policy('b', 'b', 't', audit => '{note}');",
+    )
+    .unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.preview('a', 3)"), 3);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM a"), 5);
+    // Break policy b: its audit column vanishes.
+    c.batch_execute("ALTER TABLE b DROP COLUMN note").unwrap();
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired()"), 5);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM b"), 5);
+    let err: String = c.query_one("SELECT last_error FROM lifecycle.policy_status WHERE name = 'b'", &[]).unwrap().get(0);
+    assert!(err.starts_with("42703"), "{err}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_registers_nothing() {
+    let db = Cluster::shared().fresh_db();
+    db.load_example("mas.sql");
+    db.load_example("mattermost.sql");
+    let mut c = db.connect();
+    c.batch_execute("CREATE TABLE nopk (t timestamptz)").unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("SELECT lifecycle.add_policy('x', 'mas.nope', 'created_at')", "42P01"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'nope', older_than => '1 day')", "42703"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'status', older_than => '1 day')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'created_at', time_kind => 'unix_ms')", "42804"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'created_at', time_kind => 'weekly')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'mattermost.useraccesstokens', 'expiresat')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'queue_job_id', time_kind => 'ulid')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'created_at', older_than => '-1 day')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'created_at', filter => 'status =')", "42601"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'created_at', filter => 'status')", "42804"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'created_at', filter => 'nope IS NULL')", "42703"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'created_at', filter => 'true) OR (true')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'created_at', filter => 'true; DROP TABLE mas.users')", "42601"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'created_at', filter => 'EXISTS (SELECT 1 FROM mas.users)')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'created_at', filter => 'queue_job_id IN (SELECT user_id FROM mas.users)')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'created_at', nullify => '{queue_name}')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'created_at', audit => '{nope}')", "42703"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'created_at', dependents => 'cascade')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'created_at', batch_size => 0)", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'mattermost.useraccesstokens', 'expiresat', time_kind => 'unix_ms')", "2BP01"),
+        ("SELECT lifecycle.add_policy('x', 'mattermost.useraccesstokens', 'expiresat', time_kind => 'unix_ms', dependents => 'delete', delete_from => '{mattermost.nope(x)}')", "42P01"),
+        ("SELECT lifecycle.add_policy('x', 'mattermost.useraccesstokens', 'expiresat', time_kind => 'unix_ms', dependents => 'delete', delete_from => '{mattermost.sessions(createat)}')", "42804"),
+        ("SELECT lifecycle.add_policy('x''; DROP TABLE mas.users; --', 'mas.queue_jobs', 'created_at')", "22023"),
+        ("SELECT lifecycle.add_policy('Robert', 'mas.queue_jobs', 'created_at')", "22023"),
+        ("SELECT lifecycle.add_policy(NULL, 'mas.queue_jobs', 'created_at')", "22004"),
+        ("SELECT lifecycle.add_policy('x', 'nopk', 't')", "0A000"),
+        ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'created_at', enabled => NULL)", "22004"),
+        ("SELECT lifecycle.reap_expired(0)", "22023"),
+        ("SELECT lifecycle.reap_expired(-5)", "22023"),
+        ("SELECT lifecycle.reap_expired(NULL)", "22004"),
+        ("CALL lifecycle.reap(0, '1 minute')", "22023"),
+        ("CALL lifecycle.reap(10, NULL)", "22004"),
+        ("SELECT * FROM lifecycle.preview('nope')", "42704"),
+        ("SELECT lifecycle.drop_policy('nope')", "42704"),
+    ];
+    for (sql, want) in cases {
+        let result = c.batch_execute(sql);
+        assert!(result.is_err(), "accepted: {sql}");
+        let (code, message, _) = sqlstate(result);
+        assert_eq!(&code, want, "{sql}: {message}");
+    }
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.policies"), 0, "a failed add_policy registered something");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.users"), 1, "SQL smuggled through an argument ran");
+    c.batch_execute("SELECT lifecycle.add_policy('dup', 'mas.queue_jobs', 'created_at', older_than => '30 days')").unwrap();
+    let (code, _, hint) = sqlstate(c.batch_execute("SELECT lifecycle.add_policy('dup', 'mas.queue_jobs', 'created_at', older_than => '30 days')"));
+    assert_eq!(code, "42710");
+    assert!(hint.is_some());
+}
+
+#[test]
+fn policies_act_with_their_owners_rights_only() {
+    let db = Cluster::shared().fresh_db();
+    let mut admin = db.connect();
+    let suffix = &db.name;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE owner_{suffix} LOGIN; CREATE ROLE app_{suffix} LOGIN;
+             GRANT CREATE ON SCHEMA public TO owner_{suffix};
+             SET ROLE owner_{suffix};
+             CREATE TABLE public.sessions (id int PRIMARY KEY, expires_at timestamptz);
+             INSERT INTO public.sessions SELECT g, now() - interval '1 day' FROM generate_series(1, 10) g;
+             GRANT SELECT ON public.sessions TO app_{suffix};
+             SELECT lifecycle.add_policy('sessions', 'public.sessions', 'expires_at');
+             RESET ROLE;"
+        ))
+        .unwrap();
+    // The app role can see the table but is not the owner: it cannot register a policy on it,
+    // and reaping as the app touches nothing.
+    admin.batch_execute(&format!("SET ROLE app_{suffix}")).unwrap();
+    let (code, _, _) = sqlstate(admin.batch_execute("SELECT lifecycle.add_policy('mine', 'public.sessions', 'expires_at')"));
+    assert_eq!(code, "42501");
+    assert_eq!(count(&mut admin, "SELECT lifecycle.reap_expired()"), 0);
+    let (code, _, _) = sqlstate(admin.batch_execute("SELECT * FROM lifecycle._reap_batch(1, 10)"));
+    assert_eq!(code, "42501");
+    let (code, _, _) = sqlstate(admin.batch_execute("SELECT * FROM lifecycle.preview('sessions')"));
+    assert_eq!(code, "42501");
+    let (code, _, _) = sqlstate(admin.batch_execute("SELECT * FROM lifecycle.audit_log"));
+    assert_eq!(code, "42501");
+    admin.batch_execute("RESET ROLE").unwrap();
+    assert_eq!(count(&mut admin, "SELECT count(*) FROM public.sessions"), 10);
+    // The owner (and a superuser acting for it) can.
+    admin.batch_execute(&format!("SET ROLE owner_{suffix}")).unwrap();
+    assert_eq!(count(&mut admin, "SELECT lifecycle.reap_expired()"), 10);
+    admin.batch_execute("RESET ROLE").unwrap();
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE public.sessions; SELECT lifecycle.drop_policy('sessions');
+             REVOKE CREATE ON SCHEMA public FROM owner_{suffix}; DROP ROLE owner_{suffix}; DROP ROLE app_{suffix};"
+        ))
+        .unwrap();
+}
