@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cluster.sh
 source bench/lib.sh
+source bench/reap.sh
 trap cluster_stop EXIT
 
 cluster_start
@@ -13,9 +14,14 @@ psql_q -q -d postgres -c "CREATE DATABASE bench"
 psql_q -q -d bench -c "CREATE EXTENSION pg_lifecycle"
 echo "bench: cluster on port $CLUSTER_PORT; pgbench -M prepared -c $BENCH_CLIENTS, ${BENCH_SECONDS}s x $ROUNDS rounds each"
 
+if [ "${BENCH_ONLY:-all}" != reap ]; then
 echo "== expiry =="
 compare "token_is_expired(timestamptz) vs x <= now()" bench bench/sql/now_compare.sql bench/sql/token_is_expired.sql 0.9
 compare "token_is_expired(bigint ms) vs ms <= now() in ms" bench bench/sql/ms_compare.sql bench/sql/token_is_expired_ms.sql 0.9
+fi
+
+echo
+[ "${BENCH_ONLY:-all}" = expiry ] || reap_bench
 
 echo
 echo "bench summary:"

@@ -162,6 +162,11 @@ BEGIN
             USING ERRCODE = '22023', HINT = 'E.g. CALL lifecycle.reap(100, ''1 minute'').';
     END IF;
     LOOP
+        -- A reaper's work is idempotent: if a crash loses the last round's commit, its
+        -- deletes and audit rows are lost together and simply done again next run. So the
+        -- rounds need not wait for a WAL flush (transaction-local; the caller's setting is
+        -- untouched).
+        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
         round_acted := 0;
         FOR r IN SELECT * FROM lifecycle._reap_round(batch, finished) LOOP
             round_acted := round_acted + r.acted;

@@ -121,14 +121,17 @@ pub fn parens_stay_balanced(expr: &str) -> bool {
     depth == 0
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
 mod tests {
     use super::*;
+    use pgrx::prelude::*;
 
+    // Plain #[test]s run outside Postgres: only pure-Rust helpers here (quoting identifiers
+    // calls into the server and is covered by the #[pg_test] below).
     #[test]
-    fn literals_and_identifiers_cannot_break_out() {
+    fn literals_cannot_break_out() {
         assert_eq!(literal("a'b"), "'a''b'");
-        assert_eq!(jsonb_of_columns("t", &["x'); DROP".into()]), "jsonb_build_object('x''); DROP', t.\"x'); DROP\")");
     }
 
     #[test]
@@ -150,5 +153,14 @@ mod tests {
         for bad in ["true) OR (true", "x)) OR ((x", ")(", "(a", "a = $q$ ) "] {
             assert!(!parens_stay_balanced(bad), "{bad}");
         }
+    }
+
+
+    #[pg_test]
+    fn column_names_cannot_break_out_of_generated_sql() {
+        let expr = super::jsonb_of_columns("t", &["x'); DROP".into()]);
+        assert_eq!(expr, "jsonb_build_object('x''); DROP', t.\"x'); DROP\")");
+        Spi::run("CREATE TEMP TABLE q (\"x'); DROP\" int)").unwrap();
+        Spi::run(&format!("SELECT {expr} FROM q t")).unwrap();
     }
 }

@@ -199,20 +199,20 @@ impl Policy {
             "WITH batch AS ({}), acted AS (SELECT k FROM batch WHERE NOT blocked)",
             self.candidates(true)
         );
+        // `= ANY (ARRAY(...))` rather than a join: the planner cannot see that `acted` holds
+        // at most one batch, and would happily hash-join it against a full scan of the table.
+        let keys = "ANY (ARRAY(SELECT k FROM acted))";
         for (i, (rel, c)) in self.children.iter().enumerate() {
-            sql.push_str(&format!(
-                ", child_{i} AS (DELETE FROM {rel} c USING acted a WHERE {} = a.k)",
-                col("c", c)
-            ));
+            sql.push_str(&format!(", child_{i} AS (DELETE FROM {rel} c WHERE {} = {keys})", col("c", c)));
         }
         let returning = format!("t.{key} AS k, {} AS data", sql::jsonb_of_columns("t", self.audit.as_deref().unwrap_or_default()));
         match &self.nullify {
             None => sql.push_str(&format!(
-                ", done AS (DELETE FROM {rel} t USING acted a WHERE t.{key} = a.k RETURNING {returning})",
+                ", done AS (DELETE FROM {rel} t WHERE t.{key} = {keys} RETURNING {returning})",
                 rel = self.relation
             )),
             Some(columns) => sql.push_str(&format!(
-                ", done AS (UPDATE {rel} t SET {sets} FROM acted a WHERE t.{key} = a.k RETURNING {returning})",
+                ", done AS (UPDATE {rel} t SET {sets} WHERE t.{key} = {keys} RETURNING {returning})",
                 rel = self.relation,
                 sets = columns.iter().map(|c| format!("{} = NULL", ident(c))).collect::<Vec<_>>().join(", ")
             )),
