@@ -31,6 +31,7 @@ cluster_start() {
         echo "unix_socket_directories = '$CLUSTER_DIR/sock'"
         echo "shared_preload_libraries = 'pg_cron,pg_lifecycle'"
         echo "cron.database_name = 'postgres'"
+        echo "cron.use_background_workers = on"
         local line
         for line in "$@"; do echo "$line"; done
     } | as_pg_user tee -a "$CLUSTER_DIR/data/postgresql.conf" >/dev/null

@@ -94,7 +94,7 @@ $$;
 -- One bounded batch for every enabled policy the caller may act for (its own, or those of
 -- roles it is a member of). Each policy runs in its own subtransaction: a failing policy is
 -- rolled back alone, its error recorded in policy_state and raised as a WARNING.
-CREATE FUNCTION lifecycle._reap_round(batch integer, skip integer[] DEFAULT '{}')
+CREATE FUNCTION lifecycle._reap_round(batch integer, skip integer[] DEFAULT '{}', only_policy text DEFAULT NULL)
 RETURNS TABLE (policy_id integer, acted bigint, examined bigint, sweep_done boolean)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -111,6 +111,7 @@ BEGIN
     END IF;
     FOR p IN SELECT id, name FROM lifecycle.policies
               WHERE enabled AND id <> ALL (coalesce(skip, '{}'))
+                AND (only_policy IS NULL OR name = only_policy)
                 AND pg_has_role(current_user, owner, 'USAGE')
               ORDER BY id
     LOOP
@@ -142,7 +143,8 @@ $$;
 -- loses at most one batch.
 CREATE PROCEDURE lifecycle.reap(max_batches integer DEFAULT 1000,
                                 time_budget interval DEFAULT '5 minutes',
-                                batch integer DEFAULT 1000)
+                                batch integer DEFAULT 1000,
+                                policy_name text DEFAULT NULL)
 LANGUAGE plpgsql
 -- No SET clause: Postgres forbids COMMIT in a procedure that has one. It runs with the
 -- caller's rights, and everything it calls is schema-qualified.
@@ -157,6 +159,9 @@ DECLARE
 BEGIN
     IF max_batches IS NULL OR time_budget IS NULL THEN
         RAISE EXCEPTION 'max_batches and time_budget must not be NULL' USING ERRCODE = '22004';
+    ELSIF policy_name IS NOT NULL AND NOT EXISTS (SELECT 1 FROM lifecycle.policies p WHERE p.name = policy_name) THEN
+        RAISE EXCEPTION 'policy % does not exist', quote_literal(policy_name)
+            USING ERRCODE = '42704', HINT = 'SELECT name FROM lifecycle.policies lists them.';
     ELSIF max_batches < 1 OR time_budget <= interval '0' THEN
         RAISE EXCEPTION 'max_batches must be >= 1 and time_budget positive, got % and %', max_batches, time_budget
             USING ERRCODE = '22023', HINT = 'E.g. CALL lifecycle.reap(100, ''1 minute'').';
@@ -168,7 +173,7 @@ BEGIN
         -- untouched).
         PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
         round_acted := 0;
-        FOR r IN SELECT * FROM lifecycle._reap_round(batch, finished) LOOP
+        FOR r IN SELECT * FROM lifecycle._reap_round(batch, finished, policy_name) LOOP
             round_acted := round_acted + r.acted;
             -- Swept to the end (or failed, or busy in another reaper): done for this call.
             IF r.sweep_done THEN
@@ -180,8 +185,9 @@ BEGIN
         total := total + round_acted;
         RAISE NOTICE 'pg_lifecycle: round %: % rows acted on (% total), % policies done, %',
             rounds, round_acted, total, pg_catalog.cardinality(finished), pg_catalog.clock_timestamp() - started;
-        EXIT WHEN NOT EXISTS (SELECT 1 FROM lifecycle.policies
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM lifecycle.policies p
                                WHERE enabled AND id <> ALL (finished)
+                                 AND (policy_name IS NULL OR p.name = policy_name)
                                  AND pg_catalog.pg_has_role(current_user, owner, 'USAGE'));
         IF rounds >= max_batches THEN
             RAISE NOTICE 'pg_lifecycle: stopping after max_batches = % rounds; the rest is done next run', max_batches;

@@ -9,6 +9,7 @@ mod error;
 mod expiry;
 mod reap;
 mod role;
+mod schedule;
 mod sql;
 mod shmem;
 

@@ -144,6 +144,8 @@ impl Cluster {
             format!("unix_socket_directories = '{}'", self.socket_dir().display()),
             format!("shared_preload_libraries = '{}'", options.preload),
             "cron.database_name = 'postgres'".into(),
+            // Jobs run in background workers: no libpq connection, so no auth setup needed.
+            "cron.use_background_workers = on".into(),
             "fsync = off".into(),
             "max_connections = 100".into(),
             "log_min_messages = log".into(),

@@ -1,0 +1,70 @@
+//! pg_cron glue. The SQL functions (sql/schedule.sql) create and inspect pg_cron jobs; this
+//! module adds what pg_cron 1.4 does not expose: when a job runs next.
+//!
+//! Nothing here, nor in sql/schedule.sql, refers to schema `cron` until it runs, so
+//! `CREATE EXTENSION pg_lifecycle` works without pg_cron.
+
+use chrono::{DateTime, Timelike, Utc};
+use croner::Cron;
+use pgrx::prelude::*;
+use std::str::FromStr;
+
+/// Microseconds between the unix epoch and Postgres' epoch (2000-01-01 UTC).
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+/// The first time after `after` that a cron schedule fires (pg_cron 1.4 evaluates schedules in
+/// GMT). NULL for what croner does not evaluate, such as '@reboot' or '30 seconds'.
+#[pg_extern(schema = "lifecycle", name = "cron_next_run", immutable, parallel_safe)]
+fn cron_next_run(schedule: &str, after: TimestampWithTimeZone) -> Option<TimestampWithTimeZone> {
+    if !after.is_finite() {
+        return None;
+    }
+    let cron = Cron::from_str(schedule).ok()?;
+    // Schedules fire on whole seconds; without truncation the fraction of `after` leaks into
+    // the result.
+    let after_utc = DateTime::<Utc>::from_timestamp_micros(after.into_inner().checked_add(PG_EPOCH_UNIX_MICROS)?)?
+        .with_nanosecond(0)?;
+    let next = cron.find_next_occurrence(&after_utc, false).ok()?;
+    TimestampWithTimeZone::try_from(next.timestamp_micros().checked_sub(PG_EPOCH_UNIX_MICROS)?).ok()
+}
+
+/// A server setting, read whatever the caller's privileges: `cron.database_name` and
+/// `shared_preload_libraries` are superuser-only, yet every role that schedules needs to be
+/// told where pg_cron lives. Only these two names are ever read.
+fn setting(name: &std::ffi::CStr) -> Option<String> {
+    // SAFETY: returns a pointer into the GUC's own storage (or NULL); copied at once.
+    let value = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    (!value.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(value) }.to_string_lossy().into_owned())
+}
+
+/// Whether pg_cron is loaded, and the database that keeps its jobs.
+#[pg_extern(schema = "lifecycle", name = "_pg_cron_setup", stable)]
+fn pg_cron_setup() -> TableIterator<'static, (name!(loaded, bool), name!(cron_database, Option<String>))> {
+    let loaded = setting(c"shared_preload_libraries")
+        .is_some_and(|libs| libs.split(',').any(|l| l.trim().trim_matches('"') == "pg_cron"));
+    let database = loaded.then(|| setting(c"cron.database_name").unwrap_or_else(|| "postgres".into()));
+    TableIterator::once((loaded, database))
+}
+
+pgrx::extension_sql_file!("../sql/schedule.sql", name = "schedule", requires = [cron_next_run, pg_cron_setup, "reap"]);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn next_run_of_common_schedules() {
+        let next = |s: &str| {
+            Spi::get_one::<String>(&format!(
+                "SET LOCAL TimeZone = 'UTC'; SELECT lifecycle.cron_next_run('{s}', '2026-11-23 10:02:30.25+00')::text"
+            ))
+            .unwrap()
+        };
+        assert_eq!(next("*/5 * * * *"), Some("2026-11-23 10:05:00+00".into()));
+        assert_eq!(next("0 * * * *"), Some("2026-11-23 11:00:00+00".into()));
+        assert_eq!(next("30 3 * * *"), Some("2026-11-24 03:30:00+00".into()));
+        assert_eq!(next("@reboot"), None);
+        assert_eq!(next("not a schedule"), None);
+    }
+}
