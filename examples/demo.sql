@@ -22,3 +22,33 @@ SELECT lifecycle.reject_if_expired('pat', id, expiresat)
 \set ON_ERROR_STOP 1
 ROLLBACK;
 SELECT * FROM lifecycle.expiry_stats;
+
+\echo
+\echo '== Retention policies: the seed cleanup jobs, one add_policy call each =='
+SELECT name, relation, time_column, time_kind, older_than, action, dependents, filter
+  FROM lifecycle.add_policy('mm_pats', 'mattermost.useraccesstokens', 'expiresat', time_kind => 'unix_ms',
+                            dependents => 'delete', audit => '{id,userid,expiresat}');
+SELECT name FROM lifecycle.add_policy('mas_compat_session_ips', 'mas.compat_sessions', 'last_active_at',
+                                      older_than => '30 days', nullify => '{last_active_ip}');
+SELECT name FROM lifecycle.add_policy('mas_user_sessions', 'mas.user_sessions', 'finished_at',
+                                      older_than => '30 days', dependents => 'block');
+SELECT name FROM lifecycle.add_policy('mas_queue_jobs', 'mas.queue_jobs', 'queue_job_id', time_kind => 'ulid',
+                                      older_than => '30 days', filter => $$status IN ('completed', 'failed')$$);
+
+\echo '== What the next batch of mas_user_sessions would touch (blocked: a compat session still references it) =='
+SELECT * FROM lifecycle.preview('mas_user_sessions');
+
+\echo '== Scheduling: one job in pg_cron (every 5 minutes) =='
+SELECT lifecycle.schedule('*/5 * * * *', max_batches => 100, time_budget => '1 minute') AS job_id;
+SELECT jobname, schedule, command FROM cron.job;
+
+\echo '== Running now exactly what pg_cron will run =='
+CALL lifecycle.reap(max_batches => 100, time_budget => '1 minute');
+
+\echo '== policy_status =='
+SELECT name, last_acted, total_acted, total_blocked, has_time_index, last_error FROM lifecycle.policy_status;
+\echo '== audit_log: one row per deleted token (no secret in it) =='
+SELECT policy, row_key, action, data FROM lifecycle.audit_log;
+\echo '== schedule_status =='
+SELECT job_name, schedule, next_run, last_status, total_acted FROM lifecycle.schedule_status;
+SELECT lifecycle.unschedule();
