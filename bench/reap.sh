@@ -17,7 +17,7 @@ reap_policy() {
     local audit=$1
     psql_q -q -d reapbench -c "SELECT lifecycle.drop_policy(name) FROM lifecycle.policies" \
         -c "SELECT lifecycle.add_policy('mm_pats', 'mm.useraccesstokens', 'expiresat', time_kind => 'unix_ms',
-               dependents => 'delete', batch_size => 1000 $( [ "$audit" = true ] && echo ", audit => '{id,userid,expiresat}'"))" >/dev/null
+               dependents => 'delete', delete_from => '{mm.sessions(useraccesstokenid)}', batch_size => 1000 $( [ "$audit" = true ] && echo ", audit => '{id,userid,expiresat}'"))" >/dev/null
 }
 
 # run_reap WAY AUDIT -> rows/s (best of 2)

@@ -236,7 +236,7 @@ AS $$
 BEGIN
     RETURN lifecycle._estimate_backlog_unchecked(policy_id);
 EXCEPTION WHEN OTHERS THEN
-    RETURN NULL;  -- a broken policy shows NULL here and its error in last_error / lifecycle.check
+    RETURN NULL;  -- a broken policy shows NULL here; its error shows in last_error after the next run
 END
 $$;
 

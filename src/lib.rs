@@ -5,8 +5,10 @@
 
 use pgrx::prelude::*;
 
+mod check;
 mod error;
 mod expiry;
+mod links;
 mod reap;
 mod role;
 mod schedule;

@@ -2,12 +2,8 @@
 //! Reaping against the example schemas: every seed cleanup job as one add_policy call, plus
 //! boundaries, concurrency, a killed reaper, bad input and rights.
 mod common;
-use common::{sqlstate, Cluster};
+use common::{count, sqlstate, Cluster};
 use postgres::Client;
-
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
-}
 
 /// Mattermost: N tokens (40 % expired, 10 % never expiring, rest live), one session per token
 /// for the first half.

@@ -3,13 +3,9 @@
 //! database and a second one), idempotent rescheduling, status, unscheduling, and the error
 //! paths without pg_cron. The one wait for pg_cron is bounded (minute granularity in 1.4).
 mod common;
-use common::{sqlstate, Cluster, ClusterOptions};
+use common::{count, sqlstate, Cluster, ClusterOptions};
 use postgres::Client;
 use std::time::{Duration, Instant};
-
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
-}
 
 fn expired_codes(c: &mut Client, n: i32) {
     c.batch_execute(&format!(

@@ -1,4 +1,4 @@
--- Reap benchmark data (Mattermost-shaped): :n tokens, 40 % due, 10 % never expiring, the rest
+-- Reap benchmark data (Mattermost-shaped, no foreign keys): :n tokens, 40 % due, 10 % never expiring, the rest
 -- live; sessions minted from the first quarter. Kept as templates so each run starts equal.
 \set ON_ERROR_STOP 1
 DROP SCHEMA IF EXISTS mm CASCADE;
@@ -26,8 +26,9 @@ BEGIN
                                       isactive boolean NOT NULL DEFAULT true, expiresat bigint NOT NULL DEFAULT 0);
     INSERT INTO mm.useraccesstokens (id, token, userid, expiresat) SELECT * FROM mm.tokens_template;
     CREATE INDEX ON mm.useraccesstokens (expiresat) WHERE expiresat > 0;
+    -- No FK, as in Mattermost (which declares none): sessions are found by the token's id.
     CREATE TABLE mm.sessions (id text PRIMARY KEY, token text NOT NULL, userid text NOT NULL,
-                              useraccesstokenid text REFERENCES mm.useraccesstokens (id));
+                              useraccesstokenid text);
     INSERT INTO mm.sessions SELECT * FROM mm.sessions_template;
     CREATE INDEX ON mm.sessions (useraccesstokenid);
     COMMIT;

@@ -37,6 +37,7 @@ pub struct Policy {
     audit: Option<Vec<String>>,
     batch_size: i32,
     pub cursor: Option<String>,
+    partitioned: bool,
 }
 
 const LOAD: &str = "
@@ -54,7 +55,7 @@ SELECT p.id, p.name, p.owner::oid,
                JOIN pg_catalog.pg_namespace fn ON fn.oid = fc.relnamespace
                JOIN pg_catalog.pg_attribute fa ON fa.attrelid = f.conrelid AND fa.attnum = f.conkey[1]
               WHERE f.confrelid = p.relation AND f.contype = 'f' AND cardinality(f.conkey) = 1 ORDER BY f.oid),
-       p.audit_columns::text[], p.batch_size, s.cursor::text, c.oid IS NOT NULL
+       p.audit_columns::text[], p.batch_size, s.cursor::text, c.oid IS NOT NULL, c.relkind = 'p'
   FROM lifecycle.policies p
   JOIN lifecycle.policy_state s ON s.policy_id = p.id
   LEFT JOIN pg_catalog.pg_class c ON c.oid = p.relation
@@ -98,6 +99,7 @@ impl Policy {
                 audit: row.get(16)?,
                 batch_size: row.get(17)?.unwrap_or(1000),
                 cursor: row.get(18)?,
+                partitioned: row.get(20)?.unwrap_or(false),
             })
         });
         let policy = found.unwrap_or_else(|| {
@@ -176,7 +178,7 @@ impl Policy {
     pub fn candidates(&self, locking: bool) -> String {
         let (t, k) = (ident(&self.time_column), ident(&self.key_column));
         let mut sql = format!(
-            "SELECT t.{k} AS k, t.{t} AS tm, {blocked} AS blocked, {audit} AS data FROM {rel} t WHERE {due}",
+            "SELECT t.{k} AS k, t.{t} AS tm, t.ctid AS tid, {blocked} AS blocked, {audit} AS data FROM {rel} t WHERE {due}",
             blocked = self.blocked(),
             audit = sql::jsonb_of_columns("t", self.audit.as_deref().unwrap_or_default()),
             rel = self.relation,
@@ -196,7 +198,7 @@ impl Policy {
     fn statement(&self) -> String {
         let key = ident(&self.key_column);
         let mut sql = format!(
-            "WITH batch AS ({}), acted AS (SELECT k FROM batch WHERE NOT blocked)",
+            "WITH batch AS ({}), acted AS (SELECT k, tid FROM batch WHERE NOT blocked)",
             self.candidates(true)
         );
         // `= ANY (ARRAY(...))` rather than a join: the planner cannot see that `acted` holds
@@ -205,14 +207,22 @@ impl Policy {
         for (i, (rel, c)) in self.children.iter().enumerate() {
             sql.push_str(&format!(", child_{i} AS (DELETE FROM {rel} c WHERE {} = {keys})", col("c", c)));
         }
+        // The candidates are locked FOR UPDATE above, so their ctids cannot change before the
+        // action: a TID scan spares a second index probe per row. Not on partitioned tables,
+        // where a ctid is only unique within one partition.
+        let target = if self.partitioned {
+            format!("t.{key} = {keys}")
+        } else {
+            "t.ctid = ANY (ARRAY(SELECT tid FROM acted))".to_string()
+        };
         let returning = format!("t.{key} AS k, {} AS data", sql::jsonb_of_columns("t", self.audit.as_deref().unwrap_or_default()));
         match &self.nullify {
             None => sql.push_str(&format!(
-                ", done AS (DELETE FROM {rel} t WHERE t.{key} = {keys} RETURNING {returning})",
+                ", done AS (DELETE FROM {rel} t WHERE {target} RETURNING {returning})",
                 rel = self.relation
             )),
             Some(columns) => sql.push_str(&format!(
-                ", done AS (UPDATE {rel} t SET {sets} WHERE t.{key} = {keys} RETURNING {returning})",
+                ", done AS (UPDATE {rel} t SET {sets} WHERE {target} RETURNING {returning})",
                 rel = self.relation,
                 sets = columns.iter().map(|c| format!("{} = NULL", ident(c))).collect::<Vec<_>>().join(", ")
             )),

@@ -258,3 +258,8 @@ pub fn sqlstate<T: std::fmt::Debug>(result: Result<T, postgres::Error>) -> (Stri
     let db = err.as_db_error().unwrap_or_else(|| panic!("not a server error: {err}"));
     (db.code().code().to_string(), db.message().to_string(), db.hint().map(str::to_string))
 }
+
+/// The single bigint a query returns (a count, a sum): panics naming the query otherwise.
+pub fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}

@@ -1,0 +1,117 @@
+-- Integrity checks over what pg_lifecycle manages. See docs/check.md.
+-- strict (default): any finding raises one ERROR (55000) naming the first problem class, with
+-- every finding in DETAIL. lenient: one WARNING per finding, and the findings as rows (the
+-- syn2mas "turn data-check errors into warnings" flag, as an argument).
+
+CREATE TYPE lifecycle._finding AS (problem text, object text, detail text);
+
+CREATE FUNCTION lifecycle._findings()
+RETURNS TABLE (problem text, object text, detail text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p record;
+    l record;
+    unfilled bigint;
+BEGIN
+    FOR p IN SELECT po.*, c.oid IS NOT NULL AS table_exists FROM lifecycle.policies po
+             LEFT JOIN pg_class c ON c.oid = po.relation ORDER BY po.name
+    LOOP
+        IF NOT p.table_exists THEN
+            problem := 'policy_table_missing'; object := 'policy ' || p.name;
+            detail := format('the table of policy %s (OID %s) no longer exists', p.name, p.relation::oid);
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        FOR object IN
+            SELECT col FROM unnest(ARRAY[p.key_column, p.time_column] || coalesce(p.nullify_columns, '{}')
+                                   || coalesce(p.audit_columns, '{}')) AS col
+             WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = p.relation AND a.attname = col
+                                 AND a.attnum > 0 AND NOT a.attisdropped)
+        LOOP
+            problem := 'policy_column_missing';
+            detail := format('policy %s uses column %s, which %s no longer has', p.name, object, p.relation);
+            object := 'policy ' || p.name;
+            RETURN NEXT;
+        END LOOP;
+        IF NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                        WHERE i.indrelid = p.relation AND a.attname = p.time_column) THEN
+            problem := 'policy_without_time_index'; object := 'policy ' || p.name;
+            detail := format('no index on %s starts with %s: every batch scans the table', p.relation, p.time_column);
+            RETURN NEXT;
+        END IF;
+        IF p.action = 'delete' AND p.dependents <> 'block' THEN
+            FOR l IN SELECT * FROM lifecycle.check_policy(p.name) c
+                      WHERE c.handled_by LIKE 'NOTHING%'
+                         OR (c.on_delete = 'CASCADE' AND c.handled_by NOT LIKE 'delete:%' AND c.child <> p.relation)
+            LOOP
+                object := 'policy ' || p.name;
+                IF l.on_delete = 'CASCADE' THEN
+                    problem := 'policy_delete_cascades';
+                    detail := format('deleting from %s cascades into %s.%s; say dependents => ''delete'' if that is intended',
+                                     p.relation, l.child, l.child_column);
+                ELSE
+                    problem := 'policy_delete_would_fail';
+                    detail := format('%s.%s references %s with ON DELETE %s: deleting a referenced row fails',
+                                     l.child, l.child_column, p.relation, l.on_delete);
+                END IF;
+                RETURN NEXT;
+            END LOOP;
+        END IF;
+    END LOOP;
+    FOR l IN SELECT li.*, (to_regclass(li.target::text) IS NOT NULL AND to_regclass(li.source::text) IS NOT NULL) AS tables_exist
+               FROM lifecycle.links li ORDER BY li.name
+    LOOP
+        object := 'link ' || l.name;
+        IF NOT l.tables_exist THEN
+            problem := 'link_table_missing'; detail := format('a table of link %s no longer exists', l.name);
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = l.source AND t.tgname = 'lifecycle_link_' || l.name
+                         AND t.tgenabled <> 'D') THEN
+            problem := 'link_trigger_missing';
+            detail := format('the trigger that keeps link %s filled is missing or disabled on %s', l.name, l.source);
+            RETURN NEXT;
+        END IF;
+        EXECUTE format('SELECT count(*) FROM (%s LIMIT 1001) x',
+                       lifecycle._unfilled_sql(l.name)) INTO unfilled;
+        IF unfilled > 0 THEN
+            problem := 'link_unfilled';
+            detail := format('%s%s rows of %s have a NULL %s that %s could fill; CALL lifecycle.backfill_link(%L)',
+                             CASE WHEN unfilled > 1000 THEN 'more than ' ELSE '' END, least(unfilled, 1000),
+                             l.target, l.target_link, l.source, l.name);
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION lifecycle.check(strict boolean DEFAULT true)
+RETURNS TABLE (problem text, object text, detail text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    findings lifecycle._finding[];
+    f lifecycle._finding;
+BEGIN
+    IF strict IS NULL THEN
+        RAISE EXCEPTION 'strict must not be NULL' USING ERRCODE = '22004', HINT = 'true raises, false warns.';
+    END IF;
+    SELECT coalesce(array_agg(ROW(x.problem, x.object, x.detail)::lifecycle._finding), '{}') INTO findings
+      FROM lifecycle._findings() x;
+    IF strict AND cardinality(findings) > 0 THEN
+        RAISE EXCEPTION 'pg_lifecycle check failed: % finding(s), first: %', cardinality(findings), findings[1].problem
+            USING ERRCODE = '55000',
+                  DETAIL = (SELECT string_agg(format('%s: %s: %s', y.problem, y.object, y.detail), E'\n') FROM unnest(findings) y),
+                  HINT = 'lifecycle.check(strict => false) lists them as rows and warnings instead.';
+    END IF;
+    FOREACH f IN ARRAY findings LOOP
+        RAISE WARNING 'pg_lifecycle check: %: %: %', f.problem, f.object, f.detail;
+        problem := f.problem; object := f.object; detail := f.detail;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;

@@ -1,0 +1,267 @@
+-- Links: keep a link column of one table filled from another (MAS: upstream OAuth sessions ->
+-- user sessions, via user_session_authentications), by a trigger for new rows and a batched,
+-- resumable backfill for old ones; plus a two-step FK action change. See docs/links.md.
+--
+-- A link named L copies source.source_link into target.target_link for the target row whose
+-- target_key equals source.source_key. It fills only NULL links unless overwrite is set.
+-- Everything runs with the rights of the role writing source rows (trigger) or calling the
+-- function (backfill), like the hand-written trigger and migration it replaces.
+
+CREATE TABLE lifecycle.links (
+    name             text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    target           regclass NOT NULL,
+    target_key       name NOT NULL,
+    target_link      name NOT NULL,
+    source           regclass NOT NULL,
+    source_key       name NOT NULL,
+    source_link      name NOT NULL,
+    overwrite        boolean NOT NULL DEFAULT false,
+    key_type         text NOT NULL,
+    link_type        text NOT NULL,
+    owner            regrole NOT NULL DEFAULT current_user::regrole,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    backfill_cursor  text,           -- last target key done by an unfinished backfill
+    backfill_done    bigint NOT NULL DEFAULT 0,
+    backfilled_at    timestamptz     -- when a backfill last reached the end
+);
+SELECT pg_catalog.pg_extension_config_dump('lifecycle.links', '');
+GRANT SELECT ON lifecycle.links TO PUBLIC;
+
+-- Column type of relation.column, or an error naming what is missing.
+CREATE FUNCTION lifecycle._column_type(relation regclass, column_name name)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result text;
+BEGIN
+    SELECT format_type(a.atttypid, NULL) INTO result
+      FROM pg_attribute a
+     WHERE a.attrelid = relation AND a.attname = column_name AND a.attnum > 0 AND NOT a.attisdropped;
+    IF result IS NULL THEN
+        RAISE EXCEPTION 'column % of % does not exist', quote_literal(column_name), relation
+            USING ERRCODE = '42703', HINT = 'Name an existing column.';
+    END IF;
+    RETURN result;
+END
+$$;
+
+-- The trigger behind every link: one function for all links, told which by its argument.
+CREATE FUNCTION lifecycle._link_trigger()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    l lifecycle.links;
+    row_json jsonb := to_jsonb(NEW);
+BEGIN
+    SELECT * INTO l FROM lifecycle.links WHERE name = TG_ARGV[0];
+    IF NOT FOUND OR row_json ->> l.source_link IS NULL OR row_json ->> l.source_key IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('UPDATE %s SET %I = $2::%s WHERE %I = $1::%s AND (%L::boolean OR %I IS NULL)',
+                   l.target, l.target_link, l.link_type, l.target_key, l.key_type, l.overwrite, l.target_link)
+      USING row_json ->> l.source_key, row_json ->> l.source_link;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION lifecycle.add_link(name text, target regclass, target_key name, target_link name,
+                                   source regclass, source_key name, source_link name,
+                                   overwrite boolean DEFAULT false)
+RETURNS lifecycle.links
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    l lifecycle.links;
+BEGIN
+    IF name IS NULL OR target IS NULL OR target_key IS NULL OR target_link IS NULL
+       OR source IS NULL OR source_key IS NULL OR source_link IS NULL OR overwrite IS NULL THEN
+        RAISE EXCEPTION 'add_link arguments must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF name !~ '^[a-z][a-z0-9_]{0,62}$' THEN
+        RAISE EXCEPTION 'invalid link name %', quote_literal(name)
+            USING ERRCODE = '22023', HINT = 'A link name is a lowercase letter, then lowercase letters, digits or _ (at most 63).';
+    END IF;
+    IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = source), 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of table % to add a trigger to it', source USING ERRCODE = '42501';
+    END IF;
+    IF NOT has_table_privilege(target, 'UPDATE') OR NOT has_table_privilege(target, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied to update %', target USING ERRCODE = '42501',
+            HINT = 'The link fills the target table: its registering role needs SELECT and UPDATE there.';
+    END IF;
+    l.name := name; l.target := target; l.target_key := target_key; l.target_link := target_link;
+    l.source := source; l.source_key := source_key; l.source_link := source_link; l.overwrite := overwrite;
+    l.key_type := lifecycle._column_type(target, target_key);
+    l.link_type := lifecycle._column_type(target, target_link);
+    IF lifecycle._column_type(source, source_key) <> l.key_type OR lifecycle._column_type(source, source_link) <> l.link_type THEN
+        RAISE EXCEPTION 'types differ: %.% is %, %.% is %; %.% is %, %.% is %',
+            target, target_key, l.key_type, source, source_key, lifecycle._column_type(source, source_key),
+            target, target_link, l.link_type, source, source_link, lifecycle._column_type(source, source_link)
+            USING ERRCODE = '42804', HINT = 'source_key must have target_key''s type, and source_link target_link''s.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM lifecycle.links x WHERE x.name = l.name) THEN
+        RAISE EXCEPTION 'link % already exists', name USING ERRCODE = '42710', HINT = 'Drop it with lifecycle.drop_link first.';
+    END IF;
+    l.owner := current_user::regrole;
+    l.created_at := now();
+    l.backfill_done := 0;
+    INSERT INTO lifecycle.links SELECT l.*;
+    EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OF %I, %I ON %s FOR EACH ROW EXECUTE FUNCTION lifecycle._link_trigger(%L)',
+                   'lifecycle_link_' || name, source_key, source_link, source, name);
+    RETURN l;
+END
+$$;
+
+CREATE FUNCTION lifecycle.drop_link(link_name text)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    l lifecycle.links;
+BEGIN
+    SELECT * INTO l FROM lifecycle.links WHERE name = link_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'link % does not exist', quote_literal(link_name) USING ERRCODE = '42704';
+    END IF;
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'lifecycle_link_' || l.name, l.source);
+    DELETE FROM lifecycle.links WHERE name = link_name;
+    RETURN true;
+END
+$$;
+
+-- Target rows whose link is NULL but that a source row could fill (what a backfill would do).
+CREATE FUNCTION lifecycle._unfilled_sql(link_name text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('SELECT t.%I AS k FROM %s t WHERE t.%I IS NULL AND EXISTS (SELECT 1 FROM %s s WHERE s.%I = t.%I AND s.%I IS NOT NULL)',
+                  l.target_key, l.target, l.target_link, l.source, l.source_key, l.target_key, l.source_link)
+      FROM lifecycle.links l WHERE l.name = link_name
+$$;
+
+-- Fills existing target rows in batches of `batch`, in target-key order, committing after each
+-- batch. The position is saved with each batch, so a backfill that is interrupted (killed,
+-- crashed, cancelled) continues where it stopped when called again. Each batch locks only the
+-- rows it fills, and only until its COMMIT.
+CREATE PROCEDURE lifecycle.backfill_link(link_name text, batch integer DEFAULT 5000)
+LANGUAGE plpgsql
+-- No SET clause: a procedure with one cannot COMMIT. Everything below is schema-qualified.
+AS $$
+DECLARE
+    l lifecycle.links;
+    estimate bigint;
+    examined bigint;
+    filled bigint;
+    last_key text;
+    started timestamptz := pg_catalog.clock_timestamp();
+    total_filled bigint := 0;
+    step text;
+BEGIN
+    IF batch IS NULL OR batch < 1 OR batch > 1000000 THEN
+        RAISE EXCEPTION 'batch must be between 1 and 1000000, got %', batch USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO l FROM lifecycle.links WHERE name = link_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'link % does not exist', pg_catalog.quote_literal(link_name) USING ERRCODE = '42704';
+    END IF;
+    -- Planner estimate of rows with a NULL link: cheap on any size of table.
+    SELECT coalesce(c.reltuples * s.null_frac, -1)::bigint INTO estimate
+      FROM pg_catalog.pg_class c
+      LEFT JOIN pg_catalog.pg_stats s ON s.schemaname = (SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = c.relnamespace)
+                                     AND s.tablename = c.relname AND s.attname = l.target_link
+     WHERE c.oid = l.target;
+    step := pg_catalog.format(
+        'WITH batch AS (SELECT t.%1$I AS k FROM %2$s t WHERE t.%3$I IS NULL AND ($1::text IS NULL OR t.%1$I > $1::%4$s)
+                         ORDER BY t.%1$I LIMIT $2),
+              fill AS (SELECT b.k, (SELECT s.%5$I FROM %6$s s WHERE s.%7$I = b.k AND s.%5$I IS NOT NULL
+                                    ORDER BY s.%5$I DESC LIMIT 1) AS v FROM batch b),
+              done AS (UPDATE %2$s t SET %3$I = f.v FROM fill f
+                        WHERE t.%1$I = f.k AND f.v IS NOT NULL AND t.%3$I IS NULL RETURNING 1)
+         SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM done),
+                (SELECT b.k::text FROM batch b ORDER BY b.k DESC LIMIT 1)',
+        l.target_key, l.target, l.target_link, l.key_type, l.source_link, l.source, l.source_key);
+    RAISE NOTICE 'pg_lifecycle: backfill % from %: about % rows with a NULL link', link_name,
+        coalesce(l.backfill_cursor, 'the start'), estimate;
+    LOOP
+        EXECUTE step INTO examined, filled, last_key USING l.backfill_cursor, batch;
+        total_filled := total_filled + filled;
+        IF examined < batch THEN
+            UPDATE lifecycle.links SET backfill_cursor = NULL, backfill_done = backfill_done + filled,
+                                       backfilled_at = pg_catalog.now()
+             WHERE name = link_name;
+            COMMIT;
+            RAISE NOTICE 'pg_lifecycle: backfill % finished: % links filled in %', link_name, total_filled,
+                pg_catalog.clock_timestamp() - started;
+            EXIT;
+        END IF;
+        UPDATE lifecycle.links SET backfill_cursor = last_key, backfill_done = backfill_done + filled
+         WHERE name = link_name;
+        l.backfill_cursor := last_key;
+        COMMIT;
+        RAISE NOTICE 'pg_lifecycle: backfill %: % links filled so far (of about %)', link_name, total_filled, estimate;
+    END LOOP;
+END
+$$;
+
+-- Changes the ON DELETE action of a foreign key in two steps, so no long lock is held:
+-- (1) one short transaction drops it and adds it back NOT VALID with the new action;
+-- (2) VALIDATE CONSTRAINT checks existing rows without blocking writes.
+-- lock_timeout bounds the wait for step 1's lock; if it cannot be had, nothing has changed.
+CREATE PROCEDURE lifecycle.change_fk_action(constraint_name text, on_delete text,
+                                            relation regclass DEFAULT NULL,
+                                            lock_timeout interval DEFAULT '5 seconds')
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    con record;
+    action text := pg_catalog.upper(pg_catalog.btrim(on_delete));
+    definition text;
+BEGIN
+    IF constraint_name IS NULL OR on_delete IS NULL OR lock_timeout IS NULL THEN
+        RAISE EXCEPTION 'constraint_name, on_delete and lock_timeout must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF action NOT IN ('NO ACTION', 'RESTRICT', 'CASCADE', 'SET NULL', 'SET DEFAULT') THEN
+        RAISE EXCEPTION 'invalid ON DELETE action %', pg_catalog.quote_literal(on_delete)
+            USING ERRCODE = '22023', HINT = 'One of NO ACTION, RESTRICT, CASCADE, SET NULL, SET DEFAULT.';
+    END IF;
+    SELECT c.oid, c.conrelid::regclass AS rel, c.conname, pg_catalog.pg_get_constraintdef(c.oid) AS def INTO con
+      FROM pg_catalog.pg_constraint c
+     WHERE c.conname = constraint_name AND c.contype = 'f' AND (relation IS NULL OR c.conrelid = relation);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'foreign key % does not exist', pg_catalog.quote_literal(constraint_name) USING ERRCODE = '42704';
+    END IF;
+    IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_constraint c
+         WHERE c.conname = constraint_name AND c.contype = 'f' AND (relation IS NULL OR c.conrelid = relation)) > 1 THEN
+        RAISE EXCEPTION 'foreign key name % is ambiguous', pg_catalog.quote_literal(constraint_name)
+            USING ERRCODE = '42725', HINT = 'Pass relation => ''schema.table''.';
+    END IF;
+    -- pg_get_constraintdef: FOREIGN KEY (c) REFERENCES t(k) [MATCH x] [ON UPDATE a] [ON DELETE a] [DEFERRABLE ...];
+    -- drop the old ON DELETE and put the new one right after REFERENCES ... [MATCH x].
+    definition := pg_catalog.regexp_replace(con.def, ' ON DELETE (NO ACTION|RESTRICT|CASCADE|SET NULL|SET DEFAULT)( \([^)]*\))?', '');
+    definition := pg_catalog.regexp_replace(definition, ' NOT VALID$', '');
+    definition := pg_catalog.regexp_replace(definition, '(REFERENCES [^(]+\([^)]*\)( MATCH (FULL|PARTIAL|SIMPLE))?)',
+                                            '\1 ON DELETE ' || action);
+    IF pg_catalog.strpos(definition, 'ON DELETE ' || action) = 0 THEN
+        RAISE EXCEPTION 'cannot rewrite foreign key definition: %', con.def USING ERRCODE = 'XX000';
+    END IF;
+    BEGIN
+        PERFORM pg_catalog.set_config('lock_timeout', (pg_catalog.date_part('epoch', lock_timeout) * 1000)::bigint::text, true);
+        EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s NOT VALID',
+                                  con.rel, con.conname, con.conname, definition);
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION 'could not lock % within %: nothing was changed', con.rel, lock_timeout
+            USING ERRCODE = '55P03', HINT = 'Retry when the table is less busy, or pass a longer lock_timeout.';
+    END;
+    COMMIT;
+    RAISE NOTICE 'pg_lifecycle: step 1/2: % on % is now % NOT VALID', con.conname, con.rel, definition;
+    EXECUTE pg_catalog.format('ALTER TABLE %s VALIDATE CONSTRAINT %I', con.rel, con.conname);
+    COMMIT;
+    RAISE NOTICE 'pg_lifecycle: step 2/2: % on % validated', con.conname, con.rel;
+END
+$$;
