@@ -52,3 +52,22 @@ SELECT policy, row_key, action, data FROM lifecycle.audit_log;
 \echo '== schedule_status =='
 SELECT job_name, schedule, next_run, last_status, total_acted FROM lifecycle.schedule_status;
 SELECT lifecycle.unschedule();
+
+\echo
+\echo '== Links (MAS): upstream sessions -> user sessions, trigger for new rows, backfill for old =='
+INSERT INTO mas.upstream_oauth_authorization_sessions (upstream_oauth_authorization_session_id, upstream_oauth_provider_id, state, created_at)
+SELECT md5('s' || g)::uuid, md5('provider')::uuid, 'st' || g, now() FROM generate_series(1, 3) g;
+INSERT INTO mas.user_session_authentications
+SELECT md5('a' || g)::uuid, (SELECT user_session_id FROM mas.user_sessions LIMIT 1), md5('s' || g)::uuid, now()
+  FROM generate_series(1, 3) g;
+SELECT name, target, source FROM lifecycle.add_link('upstream_user_session',
+       'mas.upstream_oauth_authorization_sessions', 'upstream_oauth_authorization_session_id', 'user_session_id',
+       'mas.user_session_authentications', 'upstream_oauth_authorization_session_id', 'user_session_id');
+\echo '-- the old rows are not linked yet: lifecycle.check says so (lenient: a warning and a row)'
+SELECT problem, object FROM lifecycle.check(strict => false);
+CALL lifecycle.backfill_link('upstream_user_session', 2);
+SELECT count(*) AS linked FROM mas.upstream_oauth_authorization_sessions WHERE user_session_id IS NOT NULL;
+\echo '== Two-step FK change: compat_sessions.user_session_id SET NULL -> NO ACTION =='
+CALL lifecycle.change_fk_action('compat_sessions_user_session_id_fkey', 'NO ACTION');
+\echo '== lifecycle.check(strict => false): what is left to look at =='
+SELECT problem, object, detail FROM lifecycle.check(strict => false);

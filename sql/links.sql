@@ -186,8 +186,9 @@ BEGIN
          SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM done),
                 (SELECT b.k::text FROM batch b ORDER BY b.k DESC LIMIT 1)',
         l.target_key, l.target, l.target_link, l.key_type, l.source_link, l.source, l.source_key);
-    RAISE NOTICE 'pg_lifecycle: backfill % from %: about % rows with a NULL link', link_name,
-        coalesce(l.backfill_cursor, 'the start'), estimate;
+    RAISE NOTICE 'pg_lifecycle: backfill % from %: %', link_name, coalesce(l.backfill_cursor, 'the start'),
+        CASE WHEN estimate >= 0 THEN pg_catalog.format('about %s rows with a NULL link', estimate)
+             ELSE 'no statistics yet for an estimate (ANALYZE the table for one)' END;
     LOOP
         EXECUTE step INTO examined, filled, last_key USING l.backfill_cursor, batch;
         total_filled := total_filled + filled;
@@ -204,7 +205,8 @@ BEGIN
          WHERE name = link_name;
         l.backfill_cursor := last_key;
         COMMIT;
-        RAISE NOTICE 'pg_lifecycle: backfill %: % links filled so far (of about %)', link_name, total_filled, estimate;
+        RAISE NOTICE 'pg_lifecycle: backfill %: % links filled so far%', link_name, total_filled,
+            CASE WHEN estimate >= 0 THEN pg_catalog.format(' (of about %s)', estimate) ELSE '' END;
     END LOOP;
 END
 $$;
