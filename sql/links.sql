@@ -232,7 +232,8 @@ BEGIN
         RAISE EXCEPTION 'invalid ON DELETE action %', pg_catalog.quote_literal(on_delete)
             USING ERRCODE = '22023', HINT = 'One of NO ACTION, RESTRICT, CASCADE, SET NULL, SET DEFAULT.';
     END IF;
-    SELECT c.oid, c.conrelid::regclass AS rel, c.conname, pg_catalog.pg_get_constraintdef(c.oid) AS def INTO con
+    SELECT c.oid, c.conrelid::regclass AS rel, c.confrelid::regclass AS referenced, c.conname,
+           pg_catalog.pg_get_constraintdef(c.oid) AS def INTO con
       FROM pg_catalog.pg_constraint c
      WHERE c.conname = constraint_name AND c.contype = 'f' AND (relation IS NULL OR c.conrelid = relation);
     IF NOT FOUND THEN
@@ -254,11 +255,15 @@ BEGIN
     END IF;
     BEGIN
         PERFORM pg_catalog.set_config('lock_timeout', (pg_catalog.date_part('epoch', lock_timeout) * 1000)::bigint::text, true);
+        -- Lock in the order writers do (parent row first, then child): ALTER TABLE alone would
+        -- lock the child first and deadlock with a writer inserting a parent and then a child.
+        EXECUTE pg_catalog.format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', con.referenced);
+        EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', con.rel);
         EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s NOT VALID',
                                   con.rel, con.conname, con.conname, definition);
-    EXCEPTION WHEN lock_not_available THEN
-        RAISE EXCEPTION 'could not lock % within %: nothing was changed', con.rel, lock_timeout
-            USING ERRCODE = '55P03', HINT = 'Retry when the table is less busy, or pass a longer lock_timeout.';
+    EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+        RAISE EXCEPTION 'could not lock % and % within %: nothing was changed', con.referenced, con.rel, lock_timeout
+            USING ERRCODE = '55P03', HINT = 'Retry when the tables are less busy, or pass a longer lock_timeout.';
     END;
     COMMIT;
     RAISE NOTICE 'pg_lifecycle: step 1/2: % on % is now % NOT VALID', con.conname, con.rel, definition;

@@ -14,9 +14,6 @@ use pgrx::prelude::*;
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
 
-/// Microseconds between the unix epoch and Postgres' epoch (2000-01-01 UTC).
-const PG_EPOCH_UNIX_MICROS: i128 = 946_684_800_000_000;
-
 const NEVER_EXPIRES_MS_HINT: &str = "Unix milliseconds must be >= 0; use 0 for a token that never expires.";
 
 /// Expiry in unix milliseconds, validated: `None` = never expires.
@@ -31,12 +28,10 @@ fn expiry_ms(value: i64, argument: &str) -> Option<i64> {
 /// `at` as unix microseconds; infinities map to the ends of the i128 range so comparisons
 /// with any finite expiry stay correct.
 fn unix_micros(at: TimestampWithTimeZone) -> i128 {
-    if at.is_infinity() {
-        i128::MAX
-    } else if at.is_neg_infinity() {
-        i128::MIN
-    } else {
-        i128::from(at.into_inner()) + PG_EPOCH_UNIX_MICROS
+    match crate::time::unix_micros(at) {
+        Some(micros) => i128::from(micros),
+        None if at.is_infinity() => i128::MAX,
+        None => i128::MIN,
     }
 }
 

@@ -12,8 +12,9 @@ mod links;
 mod reap;
 mod role;
 mod schedule;
-mod sql;
 mod shmem;
+mod sql;
+mod time;
 
 ::pgrx::pg_module_magic!();
 

@@ -9,23 +9,16 @@ use croner::Cron;
 use pgrx::prelude::*;
 use std::str::FromStr;
 
-/// Microseconds between the unix epoch and Postgres' epoch (2000-01-01 UTC).
-const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
-
 /// The first time after `after` that a cron schedule fires (pg_cron 1.4 evaluates schedules in
 /// GMT). NULL for what croner does not evaluate, such as '@reboot' or '30 seconds'.
 #[pg_extern(schema = "lifecycle", name = "cron_next_run", immutable, parallel_safe)]
 fn cron_next_run(schedule: &str, after: TimestampWithTimeZone) -> Option<TimestampWithTimeZone> {
-    if !after.is_finite() {
-        return None;
-    }
     let cron = Cron::from_str(schedule).ok()?;
     // Schedules fire on whole seconds; without truncation the fraction of `after` leaks into
     // the result.
-    let after_utc = DateTime::<Utc>::from_timestamp_micros(after.into_inner().checked_add(PG_EPOCH_UNIX_MICROS)?)?
-        .with_nanosecond(0)?;
+    let after_utc = DateTime::<Utc>::from_timestamp_micros(crate::time::unix_micros(after)?)?.with_nanosecond(0)?;
     let next = cron.find_next_occurrence(&after_utc, false).ok()?;
-    TimestampWithTimeZone::try_from(next.timestamp_micros().checked_sub(PG_EPOCH_UNIX_MICROS)?).ok()
+    crate::time::from_unix_micros(next.timestamp_micros())
 }
 
 /// A server setting, read whatever the caller's privileges: `cron.database_name` and

@@ -384,3 +384,32 @@ fn policies_act_with_their_owners_rights_only() {
         ))
         .unwrap();
 }
+
+/// Names with spaces and quotes are quoted everywhere a batch builds SQL (a child column with
+/// a space in its name once split wrongly).
+#[test]
+fn odd_table_and_column_names_work_in_block_and_delete_mode() {
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    c.batch_execute(
+        r#"CREATE TABLE "Parent Table" ("the id" int PRIMARY KEY, "expires at" timestamptz);
+           CREATE INDEX ON "Parent Table" ("expires at");
+           CREATE TABLE "child ""table""" (id int PRIMARY KEY, "parent ref" int REFERENCES "Parent Table");
+           CREATE INDEX ON "child ""table""" ("parent ref");
+           INSERT INTO "Parent Table" SELECT g, now() - interval '1 day' FROM generate_series(1, 10) g;
+           INSERT INTO "child ""table""" SELECT g, g FROM generate_series(1, 5) g;
+           SELECT lifecycle.add_policy('odd_block', '"Parent Table"', 'expires at', dependents => 'block', audit => '{"the id"}');"#,
+    )
+    .unwrap();
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired()"), 5);
+    assert_eq!(count(&mut c, r#"SELECT count(*) FROM "Parent Table""#), 5, "referenced parents must stay");
+    c.batch_execute(
+        r#"SELECT lifecycle.drop_policy('odd_block');
+           SELECT lifecycle.add_policy('odd_delete', '"Parent Table"', 'expires at', dependents => 'delete');"#,
+    )
+    .unwrap();
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired()"), 5);
+    assert_eq!(count(&mut c, r#"SELECT count(*) FROM "Parent Table""#), 0);
+    assert_eq!(count(&mut c, r#"SELECT count(*) FROM "child ""table""""#), 0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE data ? 'the id'"), 5);
+}

@@ -45,14 +45,18 @@ SELECT p.id, p.name, p.owner::oid,
        pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),
        p.key_column::text, p.key_type, p.time_column::text, p.time_type, p.time_kind, p.older_than,
        p.filter, p.nullify_columns::text[], p.dependents,
-       ARRAY(SELECT pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(cc.relname) || ' ' || u.col
-               FROM unnest(p.child_relations, p.child_columns) WITH ORDINALITY AS u(r, col, ord)
+       ARRAY(SELECT pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(cc.relname)
+               FROM unnest(p.child_relations) WITH ORDINALITY AS u(r, ord)
                JOIN pg_catalog.pg_class cc ON cc.oid = u.r
                JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace ORDER BY u.ord),
-       ARRAY(SELECT pg_catalog.quote_ident(fn.nspname) || '.' || pg_catalog.quote_ident(fc.relname) || ' ' || fa.attname
+       p.child_columns::text[],
+       ARRAY(SELECT pg_catalog.quote_ident(fn.nspname) || '.' || pg_catalog.quote_ident(fc.relname)
                FROM pg_catalog.pg_constraint f
                JOIN pg_catalog.pg_class fc ON fc.oid = f.conrelid
                JOIN pg_catalog.pg_namespace fn ON fn.oid = fc.relnamespace
+              WHERE f.confrelid = p.relation AND f.contype = 'f' AND cardinality(f.conkey) = 1 ORDER BY f.oid),
+       ARRAY(SELECT fa.attname::text
+               FROM pg_catalog.pg_constraint f
                JOIN pg_catalog.pg_attribute fa ON fa.attrelid = f.conrelid AND fa.attnum = f.conkey[1]
               WHERE f.confrelid = p.relation AND f.contype = 'f' AND cardinality(f.conkey) = 1 ORDER BY f.oid),
        p.audit_columns::text[], p.batch_size, s.cursor::text, c.oid IS NOT NULL, c.relkind = 'p'
@@ -62,16 +66,16 @@ SELECT p.id, p.name, p.owner::oid,
   LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE p.id = $1";
 
-/// "relation column" pairs from LOAD; the relation part is already quoted, the column is not.
-fn pairs(items: Vec<String>) -> Vec<(String, String)> {
-    items.into_iter().filter_map(|s| s.rsplit_once(' ').map(|(r, c)| (r.to_string(), c.to_string()))).collect()
+/// (quoted relation, column) pairs from two parallel arrays of LOAD.
+fn pairs(relations: Vec<String>, columns: Vec<String>) -> Vec<(String, String)> {
+    relations.into_iter().zip(columns).collect()
 }
 
 impl Policy {
     /// Loads a policy and checks that the caller may act for its owner.
     pub fn load(id: i32) -> Policy {
         let found = sql::optional_row(LOAD, &[id.into()], |row| {
-            if !row.get::<bool>(19)?.unwrap_or(false) {
+            if !row.get::<bool>(21)?.unwrap_or(false) {
                 let name = row.get::<String>(2)?.unwrap_or_default();
                 error::raise(
                     Code::ERRCODE_UNDEFINED_TABLE,
@@ -94,12 +98,12 @@ impl Policy {
                 filter: row.get(11)?,
                 nullify: row.get(12)?,
                 dependents: row.get(13)?.unwrap_or_default(),
-                children: pairs(row.get(14)?.unwrap_or_default()),
-                blocking: pairs(row.get(15)?.unwrap_or_default()),
-                audit: row.get(16)?,
-                batch_size: row.get(17)?.unwrap_or(1000),
-                cursor: row.get(18)?,
-                partitioned: row.get(20)?.unwrap_or(false),
+                children: pairs(row.get(14)?.unwrap_or_default(), row.get(15)?.unwrap_or_default()),
+                blocking: pairs(row.get(16)?.unwrap_or_default(), row.get(17)?.unwrap_or_default()),
+                audit: row.get(18)?,
+                batch_size: row.get(19)?.unwrap_or(1000),
+                cursor: row.get(20)?,
+                partitioned: row.get(22)?.unwrap_or(false),
             })
         });
         let policy = found.unwrap_or_else(|| {

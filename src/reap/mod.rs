@@ -124,15 +124,14 @@ fn set_policy_enabled(policy_name: &str, enabled: bool) -> bool {
     enabled
 }
 
+/// The 48-bit ULID time (unix ms) of `at`, clamped to what a ULID can hold.
 fn ulid_ms(at: TimestampWithTimeZone) -> u64 {
-    if at.is_neg_infinity() {
-        return 0;
+    const MAX: i64 = (1 << 48) - 1;
+    match crate::time::unix_micros(at) {
+        Some(micros) => micros.div_euclid(1000).clamp(0, MAX) as u64,
+        None if at.is_infinity() => MAX as u64,
+        None => 0,
     }
-    if at.is_infinity() {
-        return (1 << 48) - 1;
-    }
-    let unix_ms = at.into_inner().div_euclid(1000) + 946_684_800_000;
-    unix_ms.clamp(0, (1 << 48) - 1) as u64
 }
 
 /// The smallest ULID (as uuid) of time `at`: every ULID created before `at` sorts below it,
