@@ -1,6 +1,7 @@
 -- Reap benchmark data (Mattermost-shaped, no foreign keys): :n tokens, 40 % due, 10 % never expiring, the rest
 -- live; sessions minted from the first quarter. Kept as templates so each run starts equal.
 \set ON_ERROR_STOP 1
+SET client_min_messages = warning;
 DROP SCHEMA IF EXISTS mm CASCADE;
 CREATE SCHEMA mm;
 CREATE UNLOGGED TABLE mm.tokens_template AS
