@@ -260,3 +260,7 @@ SELECT p.name,
                 WHERE i.indrelid = p.relation AND a.attname = p.time_column) AS has_time_index
   FROM lifecycle.policies p
   JOIN lifecycle.policy_state s ON s.policy_id = p.id;
+
+-- Owners must see their own policies' status; the backlog column is NULL for policies the
+-- reader may not act for (see _estimate_backlog_unchecked).
+GRANT SELECT ON lifecycle.policy_status TO PUBLIC;

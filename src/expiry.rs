@@ -145,7 +145,7 @@ fn reset_expiry_rejections() -> i64 {
 pgrx::extension_sql_file!(
     "../sql/expiry.sql",
     name = "expiry",
-    requires = [token_is_expired_at, token_is_expired_ms, count_token_rejection, expiry_rejections]
+    requires = [token_is_expired_at, token_is_expired_ms, count_token_rejection, expiry_rejections, reset_expiry_rejections]
 );
 
 #[cfg(any(test, feature = "pg_test"))]

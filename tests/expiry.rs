@@ -93,3 +93,16 @@ fn works_without_preload_with_backend_local_counters() {
     let row = other.query_one("SELECT rejected_total FROM lifecycle.expiry_stats", &[]).unwrap();
     assert_eq!(row.get::<_, i64>(0), 0);
 }
+
+#[test]
+fn only_privileged_roles_may_reset_the_rejection_counter() {
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    let role = format!("app_{}", db.name);
+    c.batch_execute(&format!("CREATE ROLE {role}; SET ROLE {role}")).unwrap();
+    let (code, _, _) = sqlstate(c.query_one("SELECT lifecycle.reset_expiry_rejections()", &[]));
+    assert_eq!(code, "42501");
+    // Reading them is fine.
+    c.query_one("SELECT rejected_total FROM lifecycle.expiry_stats", &[]).unwrap();
+    c.batch_execute(&format!("RESET ROLE; DROP ROLE {role}")).unwrap();
+}

@@ -376,6 +376,8 @@ fn policies_act_with_their_owners_rights_only() {
     // The owner (and a superuser acting for it) can.
     admin.batch_execute(&format!("SET ROLE owner_{suffix}")).unwrap();
     assert_eq!(count(&mut admin, "SELECT lifecycle.reap_expired()"), 10);
+    // The owner sees its policy's status.
+    assert_eq!(count(&mut admin, "SELECT total_acted FROM lifecycle.policy_status WHERE name = 'sessions'"), 10);
     admin.batch_execute("RESET ROLE").unwrap();
     admin
         .batch_execute(&format!(
