@@ -116,6 +116,24 @@ BEGIN
 END
 $$;
 
+-- The link of that name, or 42704.
+CREATE FUNCTION lifecycle._require_link(link_name text)
+RETURNS lifecycle.links
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    l lifecycle.links;
+BEGIN
+    SELECT * INTO l FROM lifecycle.links WHERE name = link_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'link % does not exist', quote_literal(link_name)
+            USING ERRCODE = '42704', HINT = 'SELECT name FROM lifecycle.links lists them.';
+    END IF;
+    RETURN l;
+END
+$$;
+
 CREATE FUNCTION lifecycle.drop_link(link_name text)
 RETURNS boolean
 LANGUAGE plpgsql
@@ -124,10 +142,7 @@ AS $$
 DECLARE
     l lifecycle.links;
 BEGIN
-    SELECT * INTO l FROM lifecycle.links WHERE name = link_name;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'link % does not exist', quote_literal(link_name) USING ERRCODE = '42704';
-    END IF;
+    l := lifecycle._require_link(link_name);
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'lifecycle_link_' || l.name, l.source);
     DELETE FROM lifecycle.links WHERE name = link_name;
     RETURN true;
@@ -166,10 +181,7 @@ BEGIN
     IF batch IS NULL OR batch < 1 OR batch > 1000000 THEN
         RAISE EXCEPTION 'batch must be between 1 and 1000000, got %', batch USING ERRCODE = '22023';
     END IF;
-    SELECT * INTO l FROM lifecycle.links WHERE name = link_name;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'link % does not exist', pg_catalog.quote_literal(link_name) USING ERRCODE = '42704';
-    END IF;
+    l := lifecycle._require_link(link_name);
     -- Planner estimate of rows with a NULL link: cheap on any size of table.
     SELECT coalesce(c.reltuples * s.null_frac, -1)::bigint INTO estimate
       FROM pg_catalog.pg_class c

@@ -138,6 +138,20 @@ AS $$
     SELECT coalesce(sum(acted), 0)::bigint FROM lifecycle._reap_round(batch)
 $$;
 
+-- Raises 42704 unless a policy of that name exists (for the SQL entry points that take a name).
+CREATE FUNCTION lifecycle._require_policy(policy_name text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM lifecycle.policies p WHERE p.name = policy_name) THEN
+        RAISE EXCEPTION 'policy % does not exist', quote_literal(policy_name)
+            USING ERRCODE = '42704', HINT = 'SELECT name FROM lifecycle.policies lists them.';
+    END IF;
+END
+$$;
+
 -- What pg_cron calls: batches until every policy finished one sweep, max_batches rounds were
 -- run or time_budget is spent, committing after each round so locks stay short and a kill
 -- loses at most one batch.
@@ -159,12 +173,12 @@ DECLARE
 BEGIN
     IF max_batches IS NULL OR time_budget IS NULL THEN
         RAISE EXCEPTION 'max_batches and time_budget must not be NULL' USING ERRCODE = '22004';
-    ELSIF policy_name IS NOT NULL AND NOT EXISTS (SELECT 1 FROM lifecycle.policies p WHERE p.name = policy_name) THEN
-        RAISE EXCEPTION 'policy % does not exist', quote_literal(policy_name)
-            USING ERRCODE = '42704', HINT = 'SELECT name FROM lifecycle.policies lists them.';
     ELSIF max_batches < 1 OR time_budget <= interval '0' THEN
         RAISE EXCEPTION 'max_batches must be >= 1 and time_budget positive, got % and %', max_batches, time_budget
             USING ERRCODE = '22023', HINT = 'E.g. CALL lifecycle.reap(100, ''1 minute'').';
+    END IF;
+    IF policy_name IS NOT NULL THEN
+        PERFORM lifecycle._require_policy(policy_name);
     END IF;
     LOOP
         -- A reaper's work is idempotent: if a crash loses the last round's commit, its

@@ -117,9 +117,8 @@ BEGIN
     IF policy_name IS NULL THEN
         RAISE EXCEPTION 'policy_name must not be NULL' USING ERRCODE = '22004';
     END IF;
-    IF database = current_database() AND NOT EXISTS (SELECT 1 FROM lifecycle.policies p WHERE p.name = policy_name) THEN
-        RAISE EXCEPTION 'policy % does not exist', quote_literal(policy_name)
-            USING ERRCODE = '42704', HINT = 'SELECT name FROM lifecycle.policies lists them.';
+    IF database = current_database() THEN
+        PERFORM lifecycle._require_policy(policy_name);
     END IF;
     RETURN lifecycle._upsert_job(lifecycle._job_name(database, policy_name), cron,
                                  lifecycle._reap_command(max_batches, time_budget, policy_name), database);

@@ -24,10 +24,13 @@ fn reap_batch(
 /// Records a failed batch in policy_state (the batch itself was rolled back).
 #[pg_extern(schema = "lifecycle", name = "_note_policy_error")]
 fn note_policy_error(policy_id: i32, sqlstate: &str, message: &str) {
-    let owner = Spi::get_one_with_args::<pg_sys::Oid>("SELECT owner::oid FROM lifecycle.policies WHERE id = $1", &[policy_id.into()])
-        .unwrap_or_else(|e| error::internal(e))
-        .unwrap_or_else(|| error::raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("policy with id {policy_id} does not exist"), None, None));
-    batch::check_may_act(owner, &policy_id.to_string());
+    let (name, owner) = crate::sql::optional_row(
+        "SELECT name, owner::oid FROM lifecycle.policies WHERE id = $1",
+        &[policy_id.into()],
+        |row| Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<pg_sys::Oid>(2)?.unwrap_or_default())),
+    )
+    .unwrap_or_else(|| error::raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("policy with id {policy_id} does not exist"), None, None));
+    batch::check_may_act(owner, &name);
     role::as_extension_owner(|| {
         Spi::run_with_args(
             "UPDATE lifecycle.policy_state

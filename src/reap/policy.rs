@@ -241,9 +241,10 @@ fn referencing_fks(relid: pg_sys::Oid) -> Vec<(pg_sys::Oid, String, String)> {
 
 /// A delete would fail on FKs that neither act themselves (CASCADE/SET NULL/SET DEFAULT)
 /// nor are handled by the policy: refuse to register such a policy.
-fn check_deletes_can_succeed(relid: pg_sys::Oid, relation: &str, children: &[Child]) {
-    for (child_rel, child_col, action) in referencing_fks(relid) {
-        let handled = children.iter().any(|c| c.relid == child_rel && c.column == child_col);
+fn check_deletes_can_succeed(fks: &[(pg_sys::Oid, String, String)], relation: &str, children: &[Child]) {
+    for (child_rel, child_col, action) in fks {
+        let child_rel = *child_rel;
+        let handled = children.iter().any(|c| c.relid == child_rel && c.column == *child_col);
         if matches!(action.as_str(), "a" | "r") && !handled {
             let child = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[child_rel.into()])
                 .unwrap_or_else(|e| error::internal(e))
@@ -396,16 +397,17 @@ fn add_policy(
         error::invalid_argument(format!("batch_size must be between 1 and 100000, got {batch_size}"), "The default is 1000.");
     }
 
+    let fks = referencing_fks(relid);
     let children: Vec<Child> = match (dependents, &delete_from) {
         ("delete", Some(list)) => names(Some(list.clone()), "delete_from")
             .unwrap_or_default()
             .iter()
             .map(|spec| parse_child(spec, key_type_oid))
             .collect(),
-        ("delete", None) => referencing_fks(relid)
-            .into_iter()
+        ("delete", None) => fks
+            .iter()
             .filter(|(child_rel, _, _)| *child_rel != relid)
-            .map(|(child_rel, col, _)| child(child_rel, &col, key_type_oid))
+            .map(|(child_rel, col, _)| child(*child_rel, col, key_type_oid))
             .collect(),
         ("none" | "block", Some(_)) => error::invalid_argument(
             "delete_from goes with dependents => 'delete'".into(),
@@ -418,7 +420,7 @@ fn add_policy(
         ),
     };
     if nullify.is_none() && dependents != "block" {
-        check_deletes_can_succeed(relid, &relation, &children);
+        check_deletes_can_succeed(&fks, &relation, &children);
     }
     if let Some(f) = filter {
         check_filter(relid, &relation, f);
