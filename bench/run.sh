@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 source scripts/cluster.sh
 source bench/lib.sh
 source bench/reap.sh
+source bench/activity.sh
 trap cluster_stop EXIT
 
 cluster_start
@@ -14,14 +15,16 @@ psql_q -q -d postgres -c "CREATE DATABASE bench"
 psql_q -q -d bench -c "CREATE EXTENSION pg_lifecycle"
 echo "bench: cluster on port $CLUSTER_PORT; pgbench -M prepared -c $BENCH_CLIENTS, ${BENCH_SECONDS}s x $ROUNDS rounds each"
 
-if [ "${BENCH_ONLY:-all}" != reap ]; then
+case "${BENCH_ONLY:-all}" in all|expiry) ;; *) SKIP_EXPIRY=1 ;; esac
+if [ -z "${SKIP_EXPIRY:-}" ]; then
 echo "== expiry =="
 compare "token_is_expired(timestamptz) vs x <= now()" bench bench/sql/now_compare.sql bench/sql/token_is_expired.sql 0.9
 compare "token_is_expired(bigint ms) vs ms <= now() in ms" bench bench/sql/ms_compare.sql bench/sql/token_is_expired_ms.sql 0.9
 fi
 
 echo
-[ "${BENCH_ONLY:-all}" = expiry ] || reap_bench
+case "${BENCH_ONLY:-all}" in all|activity) activity_bench; echo ;; esac
+case "${BENCH_ONLY:-all}" in all|reap) reap_bench ;; esac
 
 echo
 echo "bench summary:"

@@ -85,6 +85,16 @@ BEGIN
             RETURN NEXT;
         END IF;
     END LOOP;
+    -- Activity landing in no service: recorded, but invisible to per-service cohorts.
+    FOR l IN SELECT s.scope, count(*) AS n FROM lifecycle.activity_scopes s
+              WHERE NOT EXISTS (SELECT 1 FROM lifecycle.scope_services m WHERE m.scope = s.scope)
+              GROUP BY s.scope ORDER BY s.scope
+    LOOP
+        problem := 'activity_scope_unmapped'; object := 'scope ' || l.scope;
+        detail := format('%s activity rows carry scope %L, which maps to no service; INSERT INTO lifecycle.scope_services',
+                         l.n, l.scope);
+        RETURN NEXT;
+    END LOOP;
 END
 $$;
 

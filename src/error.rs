@@ -35,3 +35,8 @@ pub fn invalid_argument(message: String, hint: &str) -> ! {
 pub fn internal(e: impl std::fmt::Display) -> ! {
     raise(Code::ERRCODE_INTERNAL_ERROR, format!("pg_lifecycle internal error: {e}"), None, None)
 }
+
+/// A WARNING with a hint (for conditions the caller should fix but that must not fail it).
+pub fn warn(message: String, hint: &str) {
+    ErrorReport::new(Code::ERRCODE_WARNING, message, "pg_lifecycle").set_hint(hint).report(PgLogLevel::WARNING);
+}

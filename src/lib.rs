@@ -5,6 +5,7 @@
 
 use pgrx::prelude::*;
 
+mod activity;
 mod check;
 mod error;
 mod expiry;
@@ -28,6 +29,7 @@ mod lifecycle {}
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     shmem::init();
+    activity::init();
 }
 
 /// Required by `cargo pgrx test`.

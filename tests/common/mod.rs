@@ -184,6 +184,22 @@ impl Cluster {
         }
     }
 
+    /// A connection that also collects every notice, warning and log line sent to the client
+    /// (as "SEVERITY: message").
+    pub fn connect_collecting(&self, dbname: &str) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = notices.clone();
+        let client = postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(PG_USER)
+            .dbname(dbname)
+            .notice_callback(move |n| sink.lock().unwrap().push(format!("{}: {}", n.severity(), n.message())))
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("connect {dbname}: {e}"));
+        (client, notices)
+    }
+
     /// A new, empty database with the extension installed as `CREATE EXTENSION ... CASCADE`.
     pub fn fresh_db(&self) -> TestDb<'_> {
         let db = self.empty_db();

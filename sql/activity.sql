@@ -1,0 +1,313 @@
+-- Activity: per-(user, client) and per-(user, client, scope) liveness. See docs/activity.md.
+-- record_activity is Rust (src/activity.rs): it answers throttled calls from shared memory and
+-- comes here, to _write_activity, only when a row may have to move.
+-- Every key starts with user_id, so both tables can be distributed on it (docs/scaling.md).
+
+CREATE TABLE lifecycle.activity (
+    user_id       text        NOT NULL,
+    client_id     text        NOT NULL,
+    first_seen_at timestamptz NOT NULL,
+    last_seen_at  timestamptz NOT NULL,
+    PRIMARY KEY (user_id, client_id)
+);
+-- "Who was active in the last N days" and "who has been idle for N days" walk this index.
+CREATE INDEX activity_last_seen_idx ON lifecycle.activity (last_seen_at, user_id);
+
+-- One row per granted scope with its own clock: a grant for one scope must not make another
+-- scope of the same (user, client) look alive (the FxA review's "pollution" case).
+CREATE TABLE lifecycle.activity_scopes (
+    user_id       text        NOT NULL,
+    client_id     text        NOT NULL,
+    scope         text        NOT NULL,
+    first_seen_at timestamptz NOT NULL,
+    last_seen_at  timestamptz NOT NULL,
+    PRIMARY KEY (user_id, client_id, scope),
+    FOREIGN KEY (user_id, client_id) REFERENCES lifecycle.activity ON DELETE CASCADE
+);
+CREATE INDEX activity_scopes_scope_last_seen_idx ON lifecycle.activity_scopes (scope, last_seen_at, user_id);
+
+-- The scope -> service map lives here, not in app config: one source of truth, changed with
+-- an INSERT, read by the view and the cohort queries.
+CREATE TABLE lifecycle.scope_services (
+    scope   text PRIMARY KEY CHECK (scope <> ''),
+    service text NOT NULL CHECK (service <> '')
+);
+CREATE INDEX scope_services_service_idx ON lifecycle.scope_services (service);
+
+-- Per-(user, client, service) last-seen. Scopes without a mapping show as service NULL
+-- ("unclassified"): recorded and visible, never silently dropped.
+CREATE VIEW lifecycle.service_activity AS
+    SELECT s.user_id, s.client_id, m.service,
+           min(s.first_seen_at) AS first_seen_at, max(s.last_seen_at) AS last_seen_at
+      FROM lifecycle.activity_scopes s
+      LEFT JOIN lifecycle.scope_services m ON m.scope = s.scope
+     GROUP BY s.user_id, s.client_id, m.service;
+
+-- The write half of record_activity. Reads first (no row lock, no WAL for rows still inside
+-- the throttle), then upserts only the rows that are due, with the throttle repeated in the
+-- ON CONFLICT predicate so a concurrent writer can never move a row backwards. Operational
+-- errors are caught here (one subtransaction) and returned, never raised: activity is a
+-- side signal and must not fail a token grant.
+-- seen[1] is the parent's last_seen_at as far as this call knows it, seen[1 + i] that of
+-- p_scopes[i]; NULL where unknown. record_activity caches these (lower bounds: rows only move
+-- forward) once the transaction commits.
+CREATE FUNCTION lifecycle._write_activity(
+    p_user text, p_client text, p_scopes text[], p_at timestamptz, p_throttle interval, p_allow_new boolean,
+    OUT seen timestamptz[], OUT written integer, OUT inserted integer, OUT unclassified text[],
+    OUT storm_limited boolean, OUT failed_state text, OUT failed_message text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, lifecycle, pg_temp
+AS $$
+DECLARE
+    parent_seen timestamptz;
+    parent_new boolean;
+    scope_seen timestamptz[];
+    scopes_written integer;
+    scopes_new integer;
+    scopes_missing integer;
+BEGIN
+    written := 0; inserted := 0; storm_limited := false; unclassified := '{}';
+    seen := array_fill(NULL::timestamptz, ARRAY[1 + cardinality(p_scopes)]);
+    BEGIN
+        SELECT a.last_seen_at INTO parent_seen FROM lifecycle.activity a
+         WHERE a.user_id = p_user AND a.client_id = p_client;
+        IF parent_seen IS NULL AND NOT p_allow_new THEN
+            storm_limited := true;
+            RETURN;
+        END IF;
+        IF parent_seen IS NOT NULL AND p_at <= parent_seen + p_throttle THEN
+            seen[1] := parent_seen;
+        ELSE
+            INSERT INTO lifecycle.activity AS a (user_id, client_id, first_seen_at, last_seen_at)
+            VALUES (p_user, p_client, p_at, p_at)
+            ON CONFLICT (user_id, client_id) DO UPDATE SET last_seen_at = excluded.last_seen_at
+             WHERE excluded.last_seen_at > a.last_seen_at + p_throttle
+            RETURNING a.xmax = 0 INTO parent_new;
+            IF FOUND THEN
+                seen[1] := p_at;
+                written := 1;
+                inserted := parent_new::integer;
+            END IF;
+        END IF;
+        IF cardinality(p_scopes) > 0 THEN
+            WITH wanted AS (
+                SELECT w.scope, w.ord, s.last_seen_at AS cur
+                  FROM unnest(p_scopes) WITH ORDINALITY AS w(scope, ord)
+                  LEFT JOIN lifecycle.activity_scopes s
+                         ON s.user_id = p_user AND s.client_id = p_client AND s.scope = w.scope
+            ), due AS (
+                SELECT wanted.scope FROM wanted
+                 WHERE (wanted.cur IS NULL AND p_allow_new) OR p_at > wanted.cur + p_throttle
+            ), up AS (
+                INSERT INTO lifecycle.activity_scopes AS s (user_id, client_id, scope, first_seen_at, last_seen_at)
+                SELECT p_user, p_client, due.scope, p_at, p_at FROM due ORDER BY due.scope
+                ON CONFLICT (user_id, client_id, scope) DO UPDATE SET last_seen_at = excluded.last_seen_at
+                 WHERE excluded.last_seen_at > s.last_seen_at + p_throttle
+                RETURNING s.scope, s.xmax = 0 AS is_new
+            )
+            SELECT array_agg(CASE WHEN up.scope IS NOT NULL THEN p_at
+                                  WHEN due.scope IS NULL THEN wanted.cur END ORDER BY wanted.ord),
+                   count(up.scope), count(up.scope) FILTER (WHERE up.is_new),
+                   count(*) FILTER (WHERE wanted.cur IS NULL AND up.scope IS NULL),
+                   coalesce(array_agg(up.scope ORDER BY wanted.ord) FILTER (
+                       WHERE up.scope IS NOT NULL
+                         AND NOT EXISTS (SELECT 1 FROM lifecycle.scope_services m WHERE m.scope = up.scope)), '{}')
+              INTO scope_seen, scopes_written, scopes_new, scopes_missing, unclassified
+              FROM wanted
+              LEFT JOIN due ON due.scope = wanted.scope
+              LEFT JOIN up ON up.scope = wanted.scope;
+            seen := seen[1:1] || scope_seen;
+            written := written + scopes_written;
+            inserted := inserted + scopes_new;
+            storm_limited := scopes_missing > 0 AND NOT p_allow_new;
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS failed_state = RETURNED_SQLSTATE, failed_message = MESSAGE_TEXT;
+        seen := array_fill(NULL::timestamptz, ARRAY[1 + cardinality(p_scopes)]);
+        written := 0; inserted := 0; unclassified := '{}';
+    END;
+END
+$$;
+
+-- Deleting activity rows (forget_user, a retention policy, a manual DELETE) or moving
+-- last_seen_at backwards must drop what shared memory remembers about those users, or a
+-- later call could be throttled against a row that no longer exists. The drop happens when
+-- the deleting transaction commits (see src/activity.rs).
+CREATE FUNCTION lifecycle._activity_rows_changed()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, lifecycle, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        PERFORM lifecycle._activity_forget_all_cached();
+        RETURN NULL;
+    END IF;
+    PERFORM lifecycle._activity_forget_cached(OLD.user_id);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER lifecycle_activity_deleted AFTER DELETE ON lifecycle.activity
+    FOR EACH ROW EXECUTE FUNCTION lifecycle._activity_rows_changed();
+CREATE TRIGGER lifecycle_activity_moved_back AFTER UPDATE ON lifecycle.activity
+    FOR EACH ROW WHEN (NEW.last_seen_at < OLD.last_seen_at OR NEW.user_id <> OLD.user_id OR NEW.client_id <> OLD.client_id)
+    EXECUTE FUNCTION lifecycle._activity_rows_changed();
+CREATE TRIGGER lifecycle_activity_truncated AFTER TRUNCATE ON lifecycle.activity
+    FOR EACH STATEMENT EXECUTE FUNCTION lifecycle._activity_rows_changed();
+CREATE TRIGGER lifecycle_activity_scopes_deleted AFTER DELETE ON lifecycle.activity_scopes
+    FOR EACH ROW EXECUTE FUNCTION lifecycle._activity_rows_changed();
+CREATE TRIGGER lifecycle_activity_scopes_moved_back AFTER UPDATE ON lifecycle.activity_scopes
+    FOR EACH ROW WHEN (NEW.last_seen_at < OLD.last_seen_at OR NEW.user_id <> OLD.user_id
+                       OR NEW.client_id <> OLD.client_id OR NEW.scope <> OLD.scope)
+    EXECUTE FUNCTION lifecycle._activity_rows_changed();
+CREATE TRIGGER lifecycle_activity_scopes_truncated AFTER TRUNCATE ON lifecycle.activity_scopes
+    FOR EACH STATEMENT EXECUTE FUNCTION lifecycle._activity_rows_changed();
+
+-- A re-created extension starts with empty tables while shared memory may still remember the
+-- old ones: forget it all when this script's transaction commits.
+SELECT lifecycle._activity_forget_all_cached();
+
+-- Account deletion. Scope rows go with their parent (FK CASCADE); the count covers both.
+CREATE FUNCTION lifecycle.forget_user(user_id text)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, lifecycle, pg_temp
+AS $$
+DECLARE
+    scopes bigint;
+    clients bigint;
+BEGIN
+    IF forget_user.user_id IS NULL THEN
+        RAISE EXCEPTION 'user_id must not be NULL'
+            USING ERRCODE = '22004', HINT = 'Pass the id of the account being deleted.';
+    END IF;
+    DELETE FROM lifecycle.activity_scopes s WHERE s.user_id = forget_user.user_id;
+    GET DIAGNOSTICS scopes = ROW_COUNT;
+    DELETE FROM lifecycle.activity a WHERE a.user_id = forget_user.user_id;
+    GET DIAGNOSTICS clients = ROW_COUNT;
+    RETURN scopes + clients;
+END
+$$;
+
+-- The scopes of a service, or an error when no scope maps to it (a typo must not read as
+-- "nobody is active").
+CREATE FUNCTION lifecycle._service_scopes(service text)
+RETURNS text[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, lifecycle, pg_temp
+AS $$
+DECLARE
+    scopes text[];
+BEGIN
+    SELECT array_agg(m.scope ORDER BY m.scope) INTO scopes FROM lifecycle.scope_services m
+     WHERE m.service = _service_scopes.service;
+    IF scopes IS NULL THEN
+        RAISE EXCEPTION 'no scope maps to service %', quote_literal(service)
+            USING ERRCODE = '22023',
+                  HINT = 'Map scopes with INSERT INTO lifecycle.scope_services (scope, service); known services: '
+                         || coalesce((SELECT string_agg(DISTINCT m.service, ', ') FROM lifecycle.scope_services m), 'none');
+    END IF;
+    RETURN scopes;
+END
+$$;
+
+CREATE FUNCTION lifecycle._check_window(name text, value interval)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', name USING ERRCODE = '22004', HINT = 'Pass an interval such as ''90 days''.';
+    END IF;
+    IF value <= interval '0' OR isfinite(value) IS FALSE THEN
+        RAISE EXCEPTION '% must be a positive interval, got %', name, value
+            USING ERRCODE = '22023', HINT = 'Pass an interval such as ''90 days''.';
+    END IF;
+    RETURN now() - value;
+END
+$$;
+
+-- Users whose latest activity (overall, or with one service) is older than `idle`, oldest
+-- first, one page at a time: pass the last row's (last_seen_at, user_id) as after_seen /
+-- after_user to get the next page. A user appears once, at their latest row. "Has a later
+-- row" is a per-candidate probe of the primary key (a subquery with LIMIT, which the planner
+-- keeps as such): the cost follows the page, not the table.
+CREATE FUNCTION lifecycle.inactive_users(idle interval, service text DEFAULT NULL, batch integer DEFAULT 1000,
+                                         after_seen timestamptz DEFAULT NULL, after_user text DEFAULT NULL)
+RETURNS TABLE (user_id text, last_seen_at timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, lifecycle, pg_temp
+AS $$
+DECLARE
+    cutoff timestamptz := lifecycle._check_window('idle', idle);
+    scopes text[];
+BEGIN
+    IF batch IS NULL OR batch < 1 OR batch > 100000 THEN
+        RAISE EXCEPTION 'batch must be between 1 and 100000, got %', coalesce(batch::text, 'NULL')
+            USING ERRCODE = CASE WHEN batch IS NULL THEN '22004' ELSE '22023' END, HINT = 'Page with after_seen/after_user.';
+    END IF;
+    IF (after_seen IS NULL) <> (after_user IS NULL) THEN
+        RAISE EXCEPTION 'after_seen and after_user go together' USING ERRCODE = '22023',
+            HINT = 'Pass both from the last row of the previous page, or neither for the first page.';
+    END IF;
+    IF service IS NULL THEN
+        RETURN QUERY
+        SELECT a.user_id, a.last_seen_at FROM lifecycle.activity a
+         WHERE a.last_seen_at < cutoff
+           AND (after_seen IS NULL OR (a.last_seen_at, a.user_id) > (after_seen, after_user))
+           AND (SELECT 1 FROM lifecycle.activity b
+                 WHERE b.user_id = a.user_id
+                   AND (b.last_seen_at, b.client_id) > (a.last_seen_at, a.client_id)
+                 LIMIT 1) IS NULL
+         ORDER BY a.last_seen_at, a.user_id
+         LIMIT batch;
+    ELSE
+        scopes := lifecycle._service_scopes(service);
+        RETURN QUERY
+        SELECT s.user_id, s.last_seen_at FROM lifecycle.activity_scopes s
+         WHERE s.scope = ANY (scopes) AND s.last_seen_at < cutoff
+           AND (after_seen IS NULL OR (s.last_seen_at, s.user_id) > (after_seen, after_user))
+           AND (SELECT 1 FROM lifecycle.activity_scopes b
+                 WHERE b.user_id = s.user_id AND b.scope = ANY (scopes)
+                   AND (b.last_seen_at, b.client_id, b.scope) > (s.last_seen_at, s.client_id, s.scope)
+                 LIMIT 1) IS NULL
+         ORDER BY s.last_seen_at, s.user_id
+         LIMIT batch;
+    END IF;
+END
+$$;
+
+-- Distinct users seen within `window` (overall, or with one service). Precision is the
+-- throttle: a row lags the user's real last activity by at most lifecycle.activity_throttle.
+CREATE FUNCTION lifecycle.active_users_count("window" interval, service text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, lifecycle, pg_temp
+AS $$
+DECLARE
+    cutoff timestamptz := lifecycle._check_window('window', "window");
+    scopes text[];
+    n bigint;
+BEGIN
+    IF service IS NULL THEN
+        SELECT count(DISTINCT a.user_id) INTO n FROM lifecycle.activity a WHERE a.last_seen_at >= cutoff;
+    ELSE
+        scopes := lifecycle._service_scopes(service);
+        SELECT count(DISTINCT s.user_id) INTO n FROM lifecycle.activity_scopes s
+         WHERE s.scope = ANY (scopes) AND s.last_seen_at >= cutoff;
+    END IF;
+    RETURN n;
+END
+$$;
+
+CREATE VIEW lifecycle.activity_stats AS SELECT * FROM lifecycle._activity_counters();
+
+-- Activity is identity data: nothing of it is readable by PUBLIC. Calling record_activity
+-- needs no grant (its writer is SECURITY DEFINER); the counters are not sensitive.
+REVOKE ALL ON lifecycle.activity, lifecycle.activity_scopes, lifecycle.scope_services FROM PUBLIC;
+GRANT SELECT ON lifecycle.scope_services TO PUBLIC;
+GRANT SELECT ON lifecycle.activity_stats TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION lifecycle.forget_user(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION lifecycle.reset_activity_stats() FROM PUBLIC;

@@ -1,0 +1,445 @@
+//! The shared-memory side of `record_activity`: a bounded cache of "this row's last_seen_at
+//! is at least T", the activity counters, and the storm guard's per-second budget.
+//!
+//! The cache may only ever err towards writing: an entry is a lower bound of a committed
+//! row's last_seen_at (rows only move forward), it is published when the writing transaction
+//! commits (an aborted write leaves nothing behind), and deleting rows or moving them back
+//! invalidates the user's entries when the deleting transaction commits (see `generation`).
+//! A miss, a torn read, an evicted slot or a restart only sends the call to the table.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::hash::{DefaultHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+/// Counters shown in `lifecycle.activity_stats`, in this order.
+pub const COUNTERS: [&str; 8] =
+    ["recorded", "throttled", "cache_hits", "sampled_out", "storm_limited", "write_failed", "unclassified", "disabled"];
+pub const RECORDED: usize = 0;
+pub const THROTTLED: usize = 1;
+pub const CACHE_HITS: usize = 2;
+pub const SAMPLED_OUT: usize = 3;
+pub const STORM_LIMITED: usize = 4;
+pub const WRITE_FAILED: usize = 5;
+pub const UNCLASSIFIED: usize = 6;
+pub const DISABLED: usize = 7;
+
+/// Users are invalidated by bucket: forgetting one user forgets 1/USER_BUCKETS of the cache.
+const USER_BUCKETS: usize = 16384;
+/// Slots probed per lookup (a small set-associative bucket, so eviction stays local).
+const WAYS: usize = 4;
+/// Bits of a generation that belong to the user bucket; the rest is the global epoch.
+const BUCKET_GEN_BITS: u32 = 40;
+
+/// Everything but the slots. Lives in shared memory when preloaded, else in this process.
+#[repr(C)]
+pub struct Header {
+    counters: [AtomicU64; COUNTERS.len()],
+    reset_at: AtomicI64,
+    /// Bumped by "forget everything" (TRUNCATE, CREATE EXTENSION).
+    epoch: AtomicU64,
+    user_gens: [AtomicU64; USER_BUCKETS],
+    storm_second: AtomicI64,
+    storm_count: AtomicU64,
+    nslots: AtomicU64,
+}
+
+impl Header {
+    const fn new() -> Self {
+        Header {
+            counters: [const { AtomicU64::new(0) }; COUNTERS.len()],
+            reset_at: AtomicI64::new(0),
+            epoch: AtomicU64::new(0),
+            user_gens: [const { AtomicU64::new(0) }; USER_BUCKETS],
+            storm_second: AtomicI64::new(i64::MIN),
+            storm_count: AtomicU64::new(0),
+            nslots: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One cached row. `version` is a seqlock: odd while a writer fills the slot; a reader that
+/// sees it change (or odd) treats the slot as a miss.
+#[repr(C)]
+struct Slot {
+    version: AtomicU32,
+    fp_hi: AtomicU64,
+    fp_lo: AtomicU64,
+    /// The row's last_seen_at is at least this (Postgres microseconds).
+    seen: AtomicI64,
+    generation: AtomicU64,
+}
+
+/// Set in the postmaster's shmem startup hook, inherited by every backend.
+static SHARED: AtomicPtr<Header> = AtomicPtr::new(std::ptr::null_mut());
+/// Counters and storm budget of this backend when the library is not preloaded.
+static LOCAL: Header = Header::new();
+
+fn region_size(nslots: usize) -> usize {
+    size_of::<Header>() + nslots * size_of::<Slot>()
+}
+
+/// Asks for the region (shmem_request_hook time).
+pub fn request(nslots: usize) {
+    // SAFETY: called from the shmem request hook, where this is allowed.
+    unsafe { pg_sys::RequestAddinShmemSpace(region_size(nslots)) };
+}
+
+/// Creates or attaches the region (shmem_startup_hook time).
+pub fn attach(nslots: usize) {
+    let size = region_size(nslots);
+    // SAFETY: the standard ShmemInitStruct protocol under AddinShmemInitLock; a fresh region is
+    // zeroed, which is a valid state for every atomic in it (empty slots, zero counters).
+    unsafe {
+        // AddinShmemInitLock is a C macro: MainLWLockArray[21].
+        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
+        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut found = false;
+        let ptr = pg_sys::ShmemInitStruct(c"pg_lifecycle activity cache".as_ptr(), size, &mut found).cast::<Header>();
+        if !found {
+            std::ptr::write_bytes(ptr.cast::<u8>(), 0, size);
+            (*ptr).storm_second.store(i64::MIN, Ordering::Relaxed);
+            (*ptr).reset_at.store(pg_sys::GetCurrentTimestamp(), Ordering::Relaxed);
+            (*ptr).nslots.store(nslots as u64, Ordering::Relaxed);
+        }
+        pg_sys::LWLockRelease(init_lock);
+        SHARED.store(ptr, Ordering::Release);
+    }
+}
+
+fn shared() -> Option<&'static Header> {
+    // SAFETY: set once before any backend exists and never freed while the server runs.
+    unsafe { SHARED.load(Ordering::Acquire).as_ref() }
+}
+
+/// Counters and storm budget: cluster-wide when preloaded, else this backend's.
+pub fn header() -> &'static Header {
+    shared().unwrap_or(&LOCAL)
+}
+
+pub fn cluster_wide() -> bool {
+    shared().is_some()
+}
+
+pub fn count(counter: usize, n: u64) {
+    header().counters[counter].fetch_add(n, Ordering::Relaxed);
+}
+
+pub fn counter_values() -> [u64; COUNTERS.len()] {
+    std::array::from_fn(|i| header().counters[i].load(Ordering::Relaxed))
+}
+
+pub fn reset_at() -> i64 {
+    header().reset_at.load(Ordering::Relaxed)
+}
+
+pub fn reset_counters() {
+    let h = header();
+    h.counters.iter().for_each(|c| c.store(0, Ordering::Relaxed));
+    // SAFETY: plain clock read.
+    h.reset_at.store(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::Relaxed);
+}
+
+/// Slots in the shared cache (0 when not preloaded or disabled by size).
+pub fn capacity() -> u64 {
+    shared().map_or(0, |h| h.nslots.load(Ordering::Relaxed))
+}
+
+fn slots(h: &'static Header) -> &'static [Slot] {
+    let n = h.nslots.load(Ordering::Relaxed) as usize;
+    // SAFETY: the slots follow the header in the region sized for them in `attach`.
+    unsafe { std::slice::from_raw_parts((h as *const Header).add(1).cast::<Slot>(), n) }
+}
+
+// ---------------------------------------------------------------------------------------
+// Keys
+
+
+/// 128-bit fingerprint of a row key, so that two different rows colliding (and one being
+/// throttled by the other's entry) is out of practical reach.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(u64, u64);
+
+/// A user within a database: the prefix of every row key and the unit of invalidation.
+pub struct UserKey {
+    hasher_hi: DefaultHasher,
+    hasher_lo: DefaultHasher,
+    bucket: usize,
+}
+
+impl UserKey {
+    pub fn new(user_id: &str) -> Self {
+        // SAFETY: MyDatabaseId is set for every backend that can run SQL.
+        let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+        // DefaultHasher::new() has fixed keys: fingerprints agree between backends.
+        let mut hi = DefaultHasher::new();
+        let mut lo = DefaultHasher::new();
+        hi.write_u8(0xA5);
+        lo.write_u8(0x5A);
+        for h in [&mut hi, &mut lo] {
+            h.write_u32(db);
+            h.write_usize(user_id.len());
+            h.write(user_id.as_bytes());
+        }
+        let bucket = (hi.finish() as usize) % USER_BUCKETS;
+        UserKey { hasher_hi: hi, hasher_lo: lo, bucket }
+    }
+
+    /// The (user, client) row, or with `scope` the (user, client, scope) row.
+    pub fn row(&self, client_id: &str, scope: Option<&str>) -> Fingerprint {
+        let mut hi = self.hasher_hi.clone();
+        let mut lo = self.hasher_lo.clone();
+        for h in [&mut hi, &mut lo] {
+            h.write_usize(client_id.len());
+            h.write(client_id.as_bytes());
+            match scope {
+                None => h.write_u8(0),
+                Some(s) => {
+                    h.write_u8(1);
+                    h.write_usize(s.len());
+                    h.write(s.as_bytes());
+                }
+            }
+        }
+        // (0, 0) marks an empty slot.
+        Fingerprint(hi.finish(), lo.finish() | 1)
+    }
+
+    /// The generation entries of this user must carry to be believed.
+    pub fn generation(&self) -> u64 {
+        shared().map_or(0, |h| generation_of(h, self.bucket))
+    }
+
+    pub fn bucket(&self) -> usize {
+        self.bucket
+    }
+}
+
+fn generation_of(h: &Header, bucket: usize) -> u64 {
+    let epoch = h.epoch.load(Ordering::Acquire);
+    let user = h.user_gens[bucket].load(Ordering::Acquire);
+    (epoch << BUCKET_GEN_BITS) ^ (user & ((1 << BUCKET_GEN_BITS) - 1))
+}
+
+// ---------------------------------------------------------------------------------------
+// Lookup and insert
+
+/// What the cache knows of a row: its last_seen_at is at least the returned value.
+pub fn lookup(fp: Fingerprint, generation: u64) -> Option<i64> {
+    let h = shared()?;
+    let slots = slots(h);
+    if slots.is_empty() {
+        return None;
+    }
+    let base = set_start(fp, slots.len());
+    slots[base..base + WAYS].iter().find_map(|slot| read_slot(slot, fp, generation))
+}
+
+fn set_start(fp: Fingerprint, nslots: usize) -> usize {
+    let sets = nslots / WAYS;
+    (fp.1 as usize % sets) * WAYS
+}
+
+fn read_slot(slot: &Slot, fp: Fingerprint, generation: u64) -> Option<i64> {
+    let v1 = slot.version.load(Ordering::Acquire);
+    if v1 & 1 == 1 {
+        return None;
+    }
+    let (hi, lo) = (slot.fp_hi.load(Ordering::Relaxed), slot.fp_lo.load(Ordering::Relaxed));
+    let seen = slot.seen.load(Ordering::Relaxed);
+    let generation_ok = slot.generation.load(Ordering::Relaxed) == generation;
+    std::sync::atomic::fence(Ordering::Acquire);
+    let stable = slot.version.load(Ordering::Relaxed) == v1;
+    (stable && generation_ok && hi == fp.0 && lo == fp.1).then_some(seen)
+}
+
+/// Remembers a committed lower bound. Replaces the same row's slot, else an empty one, else
+/// the one remembering the oldest time. A slot being written by someone else is skipped:
+/// losing an insert only costs a later table read.
+fn publish(h: &'static Header, fp: Fingerprint, seen: i64, generation: u64) {
+    let slots = slots(h);
+    if slots.is_empty() {
+        return;
+    }
+    let base = set_start(fp, slots.len());
+    let set = &slots[base..base + WAYS];
+    let victim = set
+        .iter()
+        .find(|s| s.fp_hi.load(Ordering::Relaxed) == fp.0 && s.fp_lo.load(Ordering::Relaxed) == fp.1)
+        .or_else(|| set.iter().find(|s| s.fp_lo.load(Ordering::Relaxed) == 0))
+        .unwrap_or_else(|| set.iter().min_by_key(|s| s.seen.load(Ordering::Relaxed)).expect("WAYS > 0"));
+    let v = victim.version.load(Ordering::Relaxed);
+    if v & 1 == 1 || victim.version.compare_exchange(v, v + 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        return;
+    }
+    // Never lower a bound another backend already raised for the same row and generation.
+    let same_row = victim.fp_hi.load(Ordering::Relaxed) == fp.0
+        && victim.fp_lo.load(Ordering::Relaxed) == fp.1
+        && victim.generation.load(Ordering::Relaxed) == generation;
+    let seen = if same_row { seen.max(victim.seen.load(Ordering::Relaxed)) } else { seen };
+    victim.fp_hi.store(fp.0, Ordering::Relaxed);
+    victim.fp_lo.store(fp.1, Ordering::Relaxed);
+    victim.seen.store(seen, Ordering::Relaxed);
+    victim.generation.store(generation, Ordering::Relaxed);
+    victim.version.store(v + 2, Ordering::Release);
+}
+
+// ---------------------------------------------------------------------------------------
+// Transaction-bound publication and invalidation
+
+struct Pending {
+    fp: Fingerprint,
+    seen: i64,
+    generation: u64,
+    nest_level: i32,
+}
+
+#[derive(Default)]
+struct TxnState {
+    entries: Vec<Pending>,
+    forget_buckets: Vec<usize>,
+    forget_all: bool,
+}
+
+thread_local! {
+    static TXN: RefCell<TxnState> = RefCell::new(TxnState::default());
+}
+static CALLBACKS_REGISTERED: AtomicBool = AtomicBool::new(false);
+
+/// Remembers `seen` for the row once the current (sub)transaction commits.
+pub fn remember_on_commit(fp: Fingerprint, seen: i64, generation: u64) {
+    if shared().is_none() {
+        return;
+    }
+    register_callbacks();
+    // SAFETY: plain read of the transaction nesting level.
+    let nest_level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    TXN.with(|t| t.borrow_mut().entries.push(Pending { fp, seen, generation, nest_level }));
+}
+
+/// Forgets what the cache holds for the user's bucket when the current transaction commits
+/// (the rows are gone for everyone only then; until then readers still see them).
+pub fn forget_user_on_commit(user_id: &str) {
+    if shared().is_none() {
+        return;
+    }
+    register_callbacks();
+    let bucket = UserKey::new(user_id).bucket();
+    TXN.with(|t| t.borrow_mut().forget_buckets.push(bucket));
+}
+
+pub fn forget_all_on_commit() {
+    if shared().is_none() {
+        return;
+    }
+    register_callbacks();
+    TXN.with(|t| t.borrow_mut().forget_all = true);
+}
+
+fn register_callbacks() {
+    if CALLBACKS_REGISTERED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: registering process-lifetime callbacks with static functions.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact_event), std::ptr::null_mut());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_PREPARE => {
+            // The delete would commit later (COMMIT PREPARED), possibly in another backend that
+            // knows nothing of it; entries cached meanwhile would outlive the rows.
+            let forgets = TXN.with(|t| {
+                let t = t.borrow();
+                t.forget_all || !t.forget_buckets.is_empty()
+            });
+            if forgets {
+                crate::error::raise(
+                    crate::error::Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    "cannot PREPARE a transaction that deleted or moved back lifecycle activity rows",
+                    None,
+                    Some("Delete activity rows (e.g. lifecycle.forget_user) outside two-phase transactions."),
+                );
+            }
+        }
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
+            let state = TXN.with(|t| std::mem::take(&mut *t.borrow_mut()));
+            if let Some(h) = shared() {
+                apply_commit(h, state);
+            }
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
+            TXN.with(|t| *t.borrow_mut() = TxnState::default());
+        }
+        _ => {}
+    }
+}
+
+fn apply_commit(h: &'static Header, state: TxnState) {
+    if state.forget_all {
+        h.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+    for bucket in state.forget_buckets {
+        h.user_gens[bucket].fetch_add(1, Ordering::AcqRel);
+    }
+    // Entries carry the generation read before their rows were read, so an invalidation
+    // above (or by any other backend since) makes them misses, as it must.
+    for e in state.entries {
+        publish(h, e.fp, e.seen, e.generation);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact_event(
+    event: pg_sys::SubXactEvent::Type,
+    _my: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        // SAFETY: plain read; during the callback it is the aborting level.
+        let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+        // Rows written under a rolled-back savepoint are gone: drop their entries. Pending
+        // forgets are kept (forgetting too much is always safe).
+        TXN.with(|t| t.borrow_mut().entries.retain(|e| e.nest_level < level));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Storm guard: new rows per second, cluster-wide when preloaded.
+
+fn current_second() -> i64 {
+    // SAFETY: plain clock read.
+    unsafe { pg_sys::GetCurrentTimestamp() }.div_euclid(1_000_000)
+}
+
+/// Whether new rows may still be created in this second under `limit` (0 = no limit).
+pub fn storm_allows_new(limit: i32) -> bool {
+    if limit <= 0 {
+        return true;
+    }
+    let h = header();
+    h.storm_second.load(Ordering::Relaxed) != current_second() || h.storm_count.load(Ordering::Relaxed) < limit as u64
+}
+
+/// Spends `n` new rows of this second's budget. Approximate under races (a few rows over the
+/// limit at a second boundary), which is all a storm guard needs.
+pub fn storm_spend(n: u64) {
+    if n == 0 {
+        return;
+    }
+    let h = header();
+    let now = current_second();
+    let second = h.storm_second.load(Ordering::Relaxed);
+    if second != now && h.storm_second.compare_exchange(second, now, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        h.storm_count.store(n, Ordering::Relaxed);
+    } else {
+        h.storm_count.fetch_add(n, Ordering::Relaxed);
+    }
+}
