@@ -6,6 +6,8 @@ activity_bench() {
     psql_q -q -d bench -f bench/sql/activity_setup.sql >/dev/null
     compare "record_activity hot path vs SELECT 1" bench bench/sql/select_1.sql bench/sql/record_activity_hot.sql 0.8
     compare "record_activity hot path vs FxA-style throttled upsert" bench bench/sql/fxa_upsert_hot.sql bench/sql/record_activity_hot.sql 25
+    # For the record, not a target: the throttled upsert as one statement (one round trip).
+    compare "record_activity hot path vs one-statement upsert (info)" bench bench/sql/one_statement_upsert_hot.sql bench/sql/record_activity_hot.sql 1
     compare "record_activity new row vs plain upsert (3 rows)" bench bench/sql/plain_upsert_new.sql bench/sql/record_activity_new.sql 0.9
     psql_q -qtA -d bench -c "SELECT format('  activity_stats: recorded %s, throttled %s (cache hits %s), write_failed %s',
                                    recorded, throttled, cache_hits, write_failed) FROM lifecycle.activity_stats"

@@ -244,15 +244,15 @@ fn sampled_out() -> bool {
 /// What `_write_activity` reports.
 struct WriteOutcome {
     seen: Vec<Option<TimestampWithTimeZone>>,
-    written: i32,
-    inserted: i32,
+    written: i64,
+    inserted: i64,
     unclassified: Vec<String>,
     storm_limited: bool,
     failed: Option<(String, String)>,
 }
 
 const WRITE_SQL: &str = "SELECT seen, written, inserted, unclassified, storm_limited, failed_state, failed_message \
-     FROM lifecycle._write_activity($1, $2, $3, $4, $5 * interval '1 second', $6)";
+     FROM lifecycle._write_activity($1, $2, $3, $4, $5, $6)";
 
 thread_local! {
     /// Planned once per backend; the plan cache re-plans it if the function is re-created.
@@ -339,8 +339,8 @@ fn call_write(
             let row = client.update(plan.as_ref().expect("prepared above"), Some(1), &args)?.first();
             Ok::<_, pgrx::spi::Error>(WriteOutcome {
                 seen: row.get::<Vec<Option<TimestampWithTimeZone>>>(1)?.unwrap_or_default(),
-                written: row.get::<i32>(2)?.unwrap_or(0),
-                inserted: row.get::<i32>(3)?.unwrap_or(0),
+                written: row.get::<i64>(2)?.unwrap_or(0),
+                inserted: row.get::<i64>(3)?.unwrap_or(0),
                 unclassified: row.get::<Vec<String>>(4)?.unwrap_or_default(),
                 storm_limited: row.get::<bool>(5)?.unwrap_or(false),
                 failed: row.get::<String>(6)?.map(|state| (state, row.get::<String>(7).ok().flatten().unwrap_or_default())),
