@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p target
-cargo test --no-default-features --features pg15 --test '*' "$@" -- --test-threads="${TEST_THREADS:-2}" 2>&1 \
+cargo test --no-fail-fast --no-default-features --features pg15 --test '*' "$@" -- --test-threads="${TEST_THREADS:-2}" 2>&1 \
     | tee target/integration-tests.log
 passed=$(grep -oE 'test result: ok\. [0-9]+ passed' target/integration-tests.log | awk '{s += $4} END {print s + 0}')
 echo "integration layer (own cluster): $passed passed"

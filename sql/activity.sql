@@ -114,9 +114,11 @@ $$;
 -- last_seen_at backwards must drop what shared memory remembers about those users, or a
 -- later call could be throttled against a row that no longer exists. The drop happens when
 -- the deleting transaction commits (see src/activity.rs).
+-- SECURITY DEFINER so that whoever deletes (an operator, a policy's owner) needs no grant on
+-- the cache functions, which stay closed to PUBLIC.
 CREATE FUNCTION lifecycle._activity_rows_changed()
 RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, lifecycle, pg_temp
 AS $$
 BEGIN
@@ -285,10 +287,7 @@ $$;
 
 CREATE VIEW lifecycle.activity_stats AS SELECT * FROM lifecycle._activity_counters();
 
--- Activity is identity data: nothing of it is readable by PUBLIC. Calling record_activity
--- needs no grant (its writer is SECURITY DEFINER); the counters are not sensitive.
-REVOKE ALL ON lifecycle.activity, lifecycle.activity_scopes, lifecycle.scope_services FROM PUBLIC;
-GRANT SELECT ON lifecycle.scope_services TO PUBLIC;
-GRANT SELECT ON lifecycle.activity_stats TO PUBLIC;
-REVOKE EXECUTE ON FUNCTION lifecycle.forget_user(text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION lifecycle.reset_activity_stats() FROM PUBLIC;
+-- Activity rows are user data: pg_dump must include them (privileges: sql/privileges.sql).
+SELECT pg_catalog.pg_extension_config_dump('lifecycle.activity', '');
+SELECT pg_catalog.pg_extension_config_dump('lifecycle.activity_scopes', '');
+SELECT pg_catalog.pg_extension_config_dump('lifecycle.scope_services', '');

@@ -82,6 +82,3 @@ CREATE VIEW lifecycle.expiry_stats AS
 COMMENT ON VIEW lifecycle.expiry_stats IS
     'Expired-token rejections counted by reject_if_expired; cluster-wide when pg_lifecycle is preloaded, else this backend only.';
 
--- Counters are an audit trace: resetting them is not for every role (GRANT it explicitly).
-REVOKE EXECUTE ON FUNCTION lifecycle.reset_expiry_rejections() FROM PUBLIC;
-GRANT SELECT ON lifecycle.expiry_stats TO PUBLIC;

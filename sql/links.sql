@@ -25,7 +25,6 @@ CREATE TABLE lifecycle.links (
     backfilled_at    timestamptz     -- when a backfill last reached the end
 );
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.links', '');
-GRANT SELECT ON lifecycle.links TO PUBLIC;
 
 -- Column type of relation.column, or an error naming what is missing.
 CREATE FUNCTION lifecycle._column_type(relation regclass, column_name name)
@@ -169,6 +168,9 @@ LANGUAGE plpgsql
 -- No SET clause: a procedure with one cannot COMMIT. Everything below is schema-qualified.
 AS $$
 DECLARE
+    -- Procedures cannot carry SET search_path (they could not COMMIT): pin it per
+    -- transaction instead, and give the caller's back at the end.
+    saved_search_path text := pg_catalog.current_setting('search_path');
     l lifecycle.links;
     estimate bigint;
     examined bigint;
@@ -178,6 +180,7 @@ DECLARE
     total_filled bigint := 0;
     step text;
 BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
     IF batch IS NULL OR batch < 1 OR batch > 1000000 THEN
         RAISE EXCEPTION 'batch must be between 1 and 1000000, got %', batch USING ERRCODE = '22023';
     END IF;
@@ -209,6 +212,7 @@ BEGIN
                                        backfilled_at = pg_catalog.now()
              WHERE name = link_name;
             COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
             RAISE NOTICE 'pg_lifecycle: backfill % finished: % links filled in %', link_name, total_filled,
                 pg_catalog.clock_timestamp() - started;
             EXIT;
@@ -217,9 +221,11 @@ BEGIN
          WHERE name = link_name;
         l.backfill_cursor := last_key;
         COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
         RAISE NOTICE 'pg_lifecycle: backfill %: % links filled so far%', link_name, total_filled,
             CASE WHEN estimate >= 0 THEN pg_catalog.format(' (of about %s)', estimate) ELSE '' END;
     END LOOP;
+    PERFORM pg_catalog.set_config('search_path', saved_search_path, true);
 END
 $$;
 
@@ -233,10 +239,14 @@ CREATE PROCEDURE lifecycle.change_fk_action(constraint_name text, on_delete text
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    -- Procedures cannot carry SET search_path (they could not COMMIT): pin it per
+    -- transaction instead, and give the caller's back at the end.
+    saved_search_path text := pg_catalog.current_setting('search_path');
     con record;
     action text := pg_catalog.upper(pg_catalog.btrim(on_delete));
     definition text;
 BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
     IF constraint_name IS NULL OR on_delete IS NULL OR lock_timeout IS NULL THEN
         RAISE EXCEPTION 'constraint_name, on_delete and lock_timeout must not be NULL' USING ERRCODE = '22004';
     END IF;
@@ -278,9 +288,12 @@ BEGIN
             USING ERRCODE = '55P03', HINT = 'Retry when the tables are less busy, or pass a longer lock_timeout.';
     END;
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
     RAISE NOTICE 'pg_lifecycle: step 1/2: % on % is now % NOT VALID', con.conname, con.rel, definition;
     EXECUTE pg_catalog.format('ALTER TABLE %s VALIDATE CONSTRAINT %I', con.rel, con.conname);
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
     RAISE NOTICE 'pg_lifecycle: step 2/2: % on % validated', con.conname, con.rel;
+    PERFORM pg_catalog.set_config('search_path', saved_search_path, true);
 END
 $$;

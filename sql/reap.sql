@@ -63,9 +63,6 @@ SELECT pg_catalog.pg_extension_config_dump('lifecycle.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.policies_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.audit_log_id_seq', '');
 
-GRANT USAGE ON SCHEMA lifecycle TO PUBLIC;
-REVOKE ALL ON lifecycle.policies, lifecycle.policy_state, lifecycle.audit_log FROM PUBLIC;
-GRANT SELECT ON lifecycle.policies, lifecycle.policy_state TO PUBLIC;
 
 -- FKs that reference a policy's table, and what a delete of a parent row would do to them.
 CREATE FUNCTION lifecycle.check_policy(policy_name text)
@@ -164,6 +161,9 @@ LANGUAGE plpgsql
 -- caller's rights, and everything it calls is schema-qualified.
 AS $$
 DECLARE
+    -- Procedures cannot carry SET search_path (they could not COMMIT): pin it per
+    -- transaction instead, and give the caller's back at the end.
+    saved_search_path text := pg_catalog.current_setting('search_path');
     started   timestamptz := pg_catalog.clock_timestamp();
     finished  integer[] := '{}';
     rounds    integer := 0;
@@ -171,6 +171,7 @@ DECLARE
     round_acted bigint;
     r record;
 BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
     IF max_batches IS NULL OR time_budget IS NULL THEN
         RAISE EXCEPTION 'max_batches and time_budget must not be NULL' USING ERRCODE = '22004';
     ELSIF max_batches < 1 OR time_budget <= interval '0' THEN
@@ -195,6 +196,7 @@ BEGIN
             END IF;
         END LOOP;
         COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
         rounds := rounds + 1;
         total := total + round_acted;
         RAISE NOTICE 'pg_lifecycle: round %: % rows acted on (% total), % policies done, %',
@@ -212,6 +214,7 @@ BEGIN
             EXIT;
         END IF;
     END LOOP;
+    PERFORM pg_catalog.set_config('search_path', saved_search_path, true);
 END
 $$;
 
@@ -277,4 +280,3 @@ SELECT p.name,
 
 -- Owners must see their own policies' status; the backlog column is NULL for policies the
 -- reader may not act for (see _estimate_backlog_unchecked).
-GRANT SELECT ON lifecycle.policy_status TO PUBLIC;

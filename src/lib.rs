@@ -42,3 +42,6 @@ pub mod pg_test {
         vec![]
     }
 }
+
+// Privileges are granted once every object exists (sql/privileges.sql, docs/security.md).
+pgrx::extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);

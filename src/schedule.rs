@@ -32,6 +32,7 @@ fn setting(name: &std::ffi::CStr) -> Option<String> {
 
 /// Whether pg_cron is loaded, and the database that keeps its jobs.
 #[pg_extern(schema = "lifecycle", name = "_pg_cron_setup", stable)]
+#[search_path(pg_catalog, pg_temp)]
 fn pg_cron_setup() -> TableIterator<'static, (name!(loaded, bool), name!(cron_database, Option<String>))> {
     let loaded = setting(c"shared_preload_libraries")
         .is_some_and(|libs| libs.split(',').any(|l| l.trim().trim_matches('"') == "pg_cron"));

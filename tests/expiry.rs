@@ -99,7 +99,7 @@ fn only_privileged_roles_may_reset_the_rejection_counter() {
     let db = Cluster::shared().fresh_db();
     let mut c = db.connect();
     let role = format!("app_{}", db.name);
-    c.batch_execute(&format!("CREATE ROLE {role}; SET ROLE {role}")).unwrap();
+    c.batch_execute(&format!("CREATE ROLE {role} IN ROLE lifecycle_app; SET ROLE {role}")).unwrap();
     let (code, _, _) = sqlstate(c.query_one("SELECT lifecycle.reset_expiry_rejections()", &[]));
     assert_eq!(code, "42501");
     // Reading them is fine.

@@ -101,7 +101,7 @@ fn pg_cron_runs_the_reaper_in_its_own_and_another_database() {
         assert_eq!(code, want, "{sql}: {message}");
     }
     // A role without rights on schema cron is told which GRANT is missing.
-    cron.batch_execute("CREATE ROLE scheduler").unwrap();
+    cron.batch_execute("CREATE ROLE scheduler IN ROLE lifecycle_operator").unwrap();
     cron.batch_execute("SET ROLE scheduler").unwrap();
     let (code, _, hint) = sqlstate(cron.query_one("SELECT lifecycle.schedule()", &[]));
     assert_eq!(code, "42501");

@@ -13,6 +13,7 @@ use ulid::Ulid;
 
 /// One batch of one policy (called per policy by lifecycle._reap_round).
 #[pg_extern(schema = "lifecycle", name = "_reap_batch")]
+#[search_path(pg_catalog, pg_temp)]
 fn reap_batch(
     policy_id: i32,
     batch: i32,
@@ -23,6 +24,7 @@ fn reap_batch(
 
 /// Records a failed batch in policy_state (the batch itself was rolled back).
 #[pg_extern(schema = "lifecycle", name = "_note_policy_error")]
+#[search_path(pg_catalog, pg_temp)]
 fn note_policy_error(policy_id: i32, sqlstate: &str, message: &str) {
     let (name, owner) = crate::sql::optional_row(
         "SELECT name, owner::oid FROM lifecycle.policies WHERE id = $1",
@@ -46,6 +48,7 @@ fn note_policy_error(policy_id: i32, sqlstate: &str, message: &str) {
 /// may not act for the owner. Wrapped by lifecycle._estimate_backlog, which turns errors
 /// (a vanished column, say) into NULL.
 #[pg_extern(schema = "lifecycle", name = "_estimate_backlog_unchecked")]
+#[search_path(pg_catalog, pg_temp)]
 fn estimate_backlog(policy_id: i32) -> Option<i64> {
     let owner = Spi::get_one_with_args::<pg_sys::Oid>("SELECT owner::oid FROM lifecycle.policies WHERE id = $1", &[policy_id.into()])
         .unwrap_or_else(|e| error::internal(e))?;
@@ -65,6 +68,7 @@ fn estimate_backlog(policy_id: i32) -> Option<i64> {
 /// What the next batch would touch, without touching it: key, time, whether children block
 /// it, and the audit columns.
 #[pg_extern(schema = "lifecycle")]
+#[search_path(pg_catalog, pg_temp)]
 fn preview(
     policy_name: &str,
     max_rows: default!(i32, 10),
@@ -109,6 +113,7 @@ fn policy_for_change(name: &str) -> (i32, pg_sys::Oid) {
 
 /// Removes a policy (its state goes with it; audit rows stay).
 #[pg_extern(schema = "lifecycle")]
+#[search_path(pg_catalog, pg_temp)]
 fn drop_policy(policy_name: &str) -> bool {
     let (id, _) = policy_for_change(policy_name);
     role::as_extension_owner(|| Spi::run_with_args("DELETE FROM lifecycle.policies WHERE id = $1", &[id.into()]))
@@ -118,6 +123,7 @@ fn drop_policy(policy_name: &str) -> bool {
 
 /// Turns a policy on or off without losing its state.
 #[pg_extern(schema = "lifecycle")]
+#[search_path(pg_catalog, pg_temp)]
 fn set_policy_enabled(policy_name: &str, enabled: bool) -> bool {
     let (id, _) = policy_for_change(policy_name);
     role::as_extension_owner(|| {

@@ -343,6 +343,7 @@ fn required<T>(value: Option<T>, name: &str) -> T {
 /// which gives the SQL signature its named, defaulted arguments.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(schema = "lifecycle", name = "_add_policy")]
+#[search_path(pg_catalog, pg_temp)]
 fn add_policy(
     name: Option<&str>,
     relation: Option<pg_sys::Oid>,
