@@ -1,34 +1,9 @@
 #![cfg(not(feature = "pg_test"))]
 //! Links, backfill, two-step FK change and check(), on the MAS-shaped example schema.
 mod common;
+use common::data::{unfilled, upstream_history, ADD_LINK};
 use common::{count, sqlstate, Cluster, TestDb};
-use postgres::Client;
 use std::time::{Duration, Instant};
-
-const ADD_LINK: &str = "SELECT lifecycle.add_link('upstream_user_session',
-    'mas.upstream_oauth_authorization_sessions', 'upstream_oauth_authorization_session_id', 'user_session_id',
-    'mas.user_session_authentications', 'upstream_oauth_authorization_session_id', 'user_session_id')";
-
-/// `n` upstream sessions, each authenticated into its own user session (ids from md5, so
-/// tests can name them), all with a NULL link: the state before MAS's backfill migration.
-fn upstream_history(c: &mut Client, n: i32) {
-    c.batch_execute(&format!(
-        "INSERT INTO mas.user_sessions (user_session_id, user_id, created_at)
-         SELECT md5('u' || g)::uuid, '01890000-0000-0000-0000-000000000001', now() FROM generate_series(1, {n}) g;
-         INSERT INTO mas.upstream_oauth_authorization_sessions (upstream_oauth_authorization_session_id, upstream_oauth_provider_id, state, created_at)
-         SELECT md5('s' || g)::uuid, '01890000-0000-0000-0000-0000000000aa', 'st' || g, now() FROM generate_series(1, {n}) g;
-         INSERT INTO mas.user_session_authentications
-         SELECT md5('a' || g)::uuid, md5('u' || g)::uuid, md5('s' || g)::uuid, now() FROM generate_series(1, {n}) g;
-         ANALYZE mas.upstream_oauth_authorization_sessions;"
-    ))
-    .unwrap();
-}
-
-fn unfilled(c: &mut Client) -> i64 {
-    count(c, "SELECT count(*) FROM mas.upstream_oauth_authorization_sessions s
-               WHERE s.user_session_id IS NULL AND EXISTS (SELECT 1 FROM mas.user_session_authentications a
-                     WHERE a.upstream_oauth_authorization_session_id = s.upstream_oauth_authorization_session_id)")
-}
 
 fn mas_db(cluster: &Cluster) -> TestDb<'_> {
     let db = cluster.fresh_db();

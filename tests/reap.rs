@@ -2,28 +2,8 @@
 //! Reaping against the example schemas: every seed cleanup job as one add_policy call, plus
 //! boundaries, concurrency, a killed reaper, bad input and rights.
 mod common;
+use common::data::{mattermost_tokens, MM_POLICY};
 use common::{count, sqlstate, Cluster};
-use postgres::Client;
-
-/// Mattermost: N tokens (40 % expired, 10 % never expiring, rest live), one session per token
-/// for the first half.
-fn mattermost_tokens(c: &mut Client, n: i64) {
-    c.batch_execute(&format!(
-        "INSERT INTO mattermost.users VALUES ('bulk', 'bulk', 0);
-         INSERT INTO mattermost.useraccesstokens (id, token, userid, expiresat)
-         SELECT 't' || g, 'secret' || g, 'bulk',
-                CASE WHEN g % 10 < 4 THEN (extract(epoch FROM now() - g * interval '1 second') * 1000)::bigint
-                     WHEN g % 10 = 4 THEN 0
-                     ELSE (extract(epoch FROM now() + interval '1 day') * 1000)::bigint END
-           FROM generate_series(1, {n}) g;
-         INSERT INTO mattermost.sessions (id, token, userid, createat, useraccesstokenid)
-         SELECT 's' || g, 'secret' || g, 'bulk', 0, 't' || g FROM generate_series(1, {n} / 2) g;"
-    ))
-    .unwrap();
-}
-
-const MM_POLICY: &str = "SELECT lifecycle.add_policy('mm_pats', 'mattermost.useraccesstokens', 'expiresat',
-    time_kind => 'unix_ms', dependents => 'delete', audit => '{id,userid,expiresat}', batch_size => 100)";
 
 #[test]
 fn mattermost_expired_tokens_go_with_their_sessions_and_one_audit_row_each() {

@@ -6,6 +6,8 @@
 //! nothing is left behind even when a test panics or the runner is killed.
 #![allow(dead_code)]
 
+pub mod data;
+
 use postgres::{Client, NoTls};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

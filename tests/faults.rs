@@ -1,0 +1,274 @@
+//! Faults and load: crashes (`pg_ctl stop -m immediate`) during a reap batch, a backfill and
+#![cfg(not(feature = "pg_test"))]
+//! with activity cached in shared memory; and a bounded soak with pgbench clients, reapers and a
+//! backfill running together, after which the invariants must hold. SOAK_SECONDS (default 45)
+//! makes the soak longer.
+mod common;
+use common::data::{mattermost_tokens, unfilled, upstream_history, ADD_LINK};
+use common::{count, Cluster, ClusterOptions, PG_BIN};
+use postgres::Client;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn wait_until(c: &mut Client, sql: &str, what: &str) {
+    let started = Instant::now();
+    while count(c, sql) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Deleted tokens and audit rows agree: a batch is all or nothing, also across a crash.
+fn audit_matches_deletes(c: &mut Client, issued: i64) {
+    let deleted = issued - count(c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE userid = 'bulk'");
+    let audited = count(c, "SELECT count(DISTINCT row_key) FROM lifecycle.audit_log WHERE policy = 'mm_pats' AND data ->> 'userid' = 'bulk'");
+    let audit_rows = count(c, "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'mm_pats' AND data ->> 'userid' = 'bulk'");
+    assert_eq!((audited, audit_rows), (deleted, deleted), "audit rows must match deleted tokens 1:1");
+}
+
+#[test]
+fn crash_during_a_reap_batch_loses_nothing_and_the_next_run_finishes() {
+    let cluster = Cluster::private(ClusterOptions::default());
+    let db = cluster.fresh_db();
+    db.load_example("mattermost.sql");
+    let mut c = db.connect();
+    let issued = 200_000;
+    mattermost_tokens(&mut c, issued);
+    c.batch_execute(
+        "SELECT lifecycle.add_policy('mm_pats', 'mattermost.useraccesstokens', 'expiresat', time_kind => 'unix_ms',
+                dependents => 'delete', audit => '{id,userid,expiresat}', batch_size => 100000)",
+    )
+    .unwrap();
+    let due = count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)");
+    let mut reaper = db.connect();
+    let handle = std::thread::spawn(move || reaper.query_one("SELECT lifecycle.reap_expired(100000)", &[]));
+    wait_until(&mut c, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT lifecycle.reap_expired%' AND state = 'active'", "the reaper");
+    std::thread::sleep(Duration::from_millis(150));
+    drop(c);
+    cluster.stop("immediate");
+    assert!(handle.join().unwrap().is_err(), "the reaper should have died with the server");
+    cluster.start();
+    let mut c = db.connect();
+    audit_matches_deletes(&mut c, issued);
+    c.batch_execute("CALL lifecycle.reap(max_batches => 100, time_budget => '5 minutes')").unwrap();
+    audit_matches_deletes(&mut c, issued);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)"), 0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'mm_pats'"), due, "every due token audited once");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM mattermost.sessions s WHERE NOT EXISTS (SELECT 1 FROM mattermost.useraccesstokens t WHERE t.id = s.useraccesstokenid)"),
+        0,
+        "no session outlives its token"
+    );
+}
+
+#[test]
+fn crash_during_a_backfill_keeps_committed_progress_and_resumes() {
+    let cluster = Cluster::private(ClusterOptions::default());
+    let db = cluster.fresh_db();
+    db.load_example("mas.sql");
+    let mut c = db.connect();
+    upstream_history(&mut c, 40_000);
+    c.batch_execute(ADD_LINK).unwrap();
+    let mut filler = db.connect();
+    let handle = std::thread::spawn(move || filler.batch_execute("CALL lifecycle.backfill_link('upstream_user_session', 500)"));
+    wait_until(&mut c, "SELECT count(*) FROM lifecycle.links WHERE backfill_done >= 3000", "backfill progress");
+    drop(c);
+    cluster.stop("immediate");
+    assert!(handle.join().unwrap().is_err(), "the backfill should have died with the server");
+    cluster.start();
+    let mut c = db.connect();
+    let (done, left) = (count(&mut c, "SELECT backfill_done FROM lifecycle.links"), unfilled(&mut c));
+    assert!(left > 0, "crashed too late to test resuming");
+    assert_eq!(done + left, 40_000, "committed progress and remaining work must add up after a crash");
+    c.batch_execute("CALL lifecycle.backfill_link('upstream_user_session', 5000)").unwrap();
+    assert_eq!(unfilled(&mut c), 0);
+    assert_eq!(count(&mut c, "SELECT backfill_done FROM lifecycle.links"), 40_000);
+}
+
+#[test]
+fn crash_with_activity_cached_in_shared_memory() {
+    let cluster = Cluster::private(ClusterOptions::default());
+    let db = cluster.fresh_db();
+    let mut c = db.connect();
+    c.batch_execute(&format!("ALTER DATABASE {} SET lifecycle.activity_throttle = '1h'", db.name)).unwrap();
+    let mut c = db.connect();
+    let rec = |c: &mut Client, user: &str, offset: &str| -> bool {
+        c.query_one(&format!("SELECT lifecycle.record_activity('{user}', 'c1', '{{a}}', now() - interval '2 hours' + interval '{offset}')"), &[])
+            .unwrap()
+            .get(0)
+    };
+    assert!(rec(&mut c, "committed", "0"));
+    assert!(!rec(&mut c, "committed", "1 minute"), "cached");
+    // A write that is in flight (not committed) when the server dies.
+    let mut open = db.connect();
+    open.batch_execute("BEGIN").unwrap();
+    assert!(rec(&mut open, "in_flight", "0"));
+    drop(c);
+    cluster.stop("immediate");
+    drop(open);
+    cluster.start();
+    let mut c = db.connect();
+    assert_eq!(count(&mut c, "SELECT cache_hits FROM lifecycle.activity_stats"), 0, "shared memory starts empty");
+    assert!(!rec(&mut c, "committed", "2 minutes"), "the table still throttles the committed row");
+    assert!(rec(&mut c, "in_flight", "2 minutes"), "the lost write is not remembered: written now");
+    assert!(!rec(&mut c, "committed", "3 minutes"));
+    assert_eq!(count(&mut c, "SELECT cache_hits FROM lifecycle.activity_stats"), 1, "the cache refilled from the table");
+}
+
+const SOAK_ACTIVITY: &str = r"\set u random(1, 2000)
+\set back random(0, 600)
+\set s random(0, 3)
+SELECT lifecycle.record_activity('user' || :u, 'client' || (:u % 3),
+       (ARRAY['{sync}', '{relay}', '{sync,relay}', '{}'])[:s + 1]::text[], now() - make_interval(mins => :back));
+";
+
+/// The app: issues tokens (a ledger row in the same transaction says whether it is due),
+/// mints sessions for half of them, and deletes never-expiring tokens of its own.
+const SOAK_APP: &str = r"\set r random(0, 9)
+BEGIN;
+INSERT INTO soak.issued (id, due) VALUES ('k' || nextval('soak.ids'), :r < 4) RETURNING id AS tid \gset
+INSERT INTO mattermost.useraccesstokens (id, token, userid, expiresat) VALUES (:tid, 'secret' || :tid, 'bulk',
+    CASE WHEN :r < 4 THEN (extract(epoch FROM now()) * 1000)::bigint - 1000 WHEN :r = 4 THEN 0
+         ELSE (extract(epoch FROM now() + interval '1 day') * 1000)::bigint END);
+INSERT INTO mattermost.sessions (id, token, userid, createat, useraccesstokenid)
+    SELECT 's' || :tid, 'secret' || :tid, 'bulk', 0, :tid WHERE :r % 2 = 0;
+WITH victim AS (SELECT t.id FROM mattermost.useraccesstokens t
+                 WHERE t.expiresat = 0 AND t.userid = 'bulk'
+                   AND NOT EXISTS (SELECT 1 FROM mattermost.sessions s WHERE s.useraccesstokenid = t.id)
+                 LIMIT 1 FOR UPDATE SKIP LOCKED),
+     gone AS (DELETE FROM mattermost.useraccesstokens t USING victim WHERE t.id = victim.id AND :r = 9 RETURNING t.id)
+INSERT INTO soak.app_deleted SELECT id FROM gone;
+COMMIT;
+";
+
+fn pgbench(cluster: &Cluster, db: &str, script: &str, clients: u32, seconds: u64) -> std::process::Child {
+    let path = std::env::temp_dir().join(format!("pg_lifecycle-soak-{}-{}.sql", std::process::id(), script.len()));
+    std::fs::write(&path, script).unwrap();
+    std::process::Command::new(format!("{PG_BIN}/pgbench"))
+        .args(["-n", "-M", "prepared", "-h", "127.0.0.1", "-p", &cluster.port.to_string(), "-U", "postgres", "-c", &clients.to_string()])
+        .args(["-j", "2", "-T", &seconds.to_string(), "-f"])
+        .arg(&path)
+        .arg(db)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pgbench")
+}
+
+fn pgbench_transactions(child: std::process::Child, what: &str) -> i64 {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgbench {what} failed:\n{text}");
+    assert!(!text.contains("aborted") || text.contains("number of failed transactions: 0"), "{what}: {text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|n| n.split('/').next()?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no transaction count from pgbench {what}:\n{text}"))
+}
+
+#[test]
+fn soak_reapers_backfill_and_activity_under_load_keep_every_invariant() {
+    let seconds: u64 = std::env::var("SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(45);
+    let cluster = Cluster::private(ClusterOptions::default());
+    let db = cluster.fresh_db();
+    db.load_example("mattermost.sql");
+    db.load_example("mas.sql");
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE SCHEMA soak; CREATE SEQUENCE soak.ids;
+         CREATE TABLE soak.issued (id text PRIMARY KEY, due boolean NOT NULL);
+         CREATE TABLE soak.app_deleted (id text PRIMARY KEY);
+         INSERT INTO mattermost.users VALUES ('bulk', 'bulk', 0);
+         SELECT lifecycle.add_policy('mm_pats', 'mattermost.useraccesstokens', 'expiresat', time_kind => 'unix_ms',
+                dependents => 'delete', audit => '{id,userid,expiresat}', batch_size => 200);",
+    )
+    .unwrap();
+    c.batch_execute(&format!("ALTER DATABASE {} SET lifecycle.activity_throttle = '2min'", db.name)).unwrap();
+    upstream_history(&mut c, 20_000);
+    c.batch_execute(ADD_LINK).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let activity = pgbench(&cluster, &db.name, SOAK_ACTIVITY, 4, seconds);
+    let app = pgbench(&cluster, &db.name, SOAK_APP, 2, seconds);
+    let reapers: Vec<_> = (0..2)
+        .map(|i| {
+            let mut r = db.connect();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut rounds = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if i == 0 {
+                        r.batch_execute("CALL lifecycle.reap(max_batches => 20, time_budget => '2 seconds')").expect("CALL reap failed");
+                    } else {
+                        r.query_one("SELECT lifecycle.reap_expired(300)", &[]).expect("reap_expired failed");
+                    }
+                    rounds += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                rounds
+            })
+        })
+        .collect();
+    let mut filler = db.connect();
+    let backfill = std::thread::spawn(move || filler.batch_execute("CALL lifecycle.backfill_link('upstream_user_session', 200)"));
+    // Activity never moves backwards: sample every row while the load runs.
+    let monitor = {
+        let mut m = db.connect();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut latest = std::collections::HashMap::<(String, String, String), String>::new();
+            let mut samples = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for row in m
+                    .query("SELECT user_id, client_id, scope, to_char(last_seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')
+                              FROM lifecycle.activity_scopes", &[])
+                    .unwrap()
+                {
+                    let key = (row.get(0), row.get(1), row.get(2));
+                    let seen: String = row.get(3);
+                    if let Some(before) = latest.get(&key) {
+                        assert!(&seen >= before, "{key:?} moved back from {before} to {seen}");
+                    }
+                    latest.insert(key, seen);
+                }
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            samples
+        })
+    };
+    let activity_calls = pgbench_transactions(activity, "activity");
+    let app_transactions = pgbench_transactions(app, "app");
+    stop.store(true, Ordering::Relaxed);
+    let reaper_rounds: u64 = reapers.into_iter().map(|h| h.join().expect("a reaper failed")).sum();
+    let samples = monitor.join().expect("activity moved backwards");
+    backfill.join().unwrap().expect("backfill failed");
+
+    // Let the reapers finish what is due, then check.
+    c.batch_execute("CALL lifecycle.reap(max_batches => 100000, time_budget => '5 minutes')").unwrap();
+    let issued = count(&mut c, "SELECT count(*) FROM soak.issued");
+    let due_issued = count(&mut c, "SELECT count(*) FROM soak.issued WHERE due");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)"), 0, "a due row was left");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM soak.issued i WHERE NOT i.due
+                         AND NOT EXISTS (SELECT 1 FROM mattermost.useraccesstokens t WHERE t.id = i.id)
+                         AND NOT EXISTS (SELECT 1 FROM soak.app_deleted d WHERE d.id = i.id)"),
+        0,
+        "a row that was not due is gone"
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'mm_pats' AND data ->> 'userid' = 'bulk'"), due_issued, "audit rows vs deletes");
+    assert_eq!(count(&mut c, "SELECT count(DISTINCT row_key) FROM lifecycle.audit_log WHERE policy = 'mm_pats' AND data ->> 'userid' = 'bulk'"), due_issued, "a token reaped twice");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM mattermost.sessions s WHERE NOT EXISTS (SELECT 1 FROM mattermost.useraccesstokens t WHERE t.id = s.useraccesstokenid)"),
+        0
+    );
+    assert_eq!(unfilled(&mut c), 0, "the backfill left links unfilled");
+    let write_failed = count(&mut c, "SELECT write_failed FROM lifecycle.activity_stats");
+    let recorded = count(&mut c, "SELECT recorded FROM lifecycle.activity_stats");
+    println!(
+        "soak: {seconds}s, 6 pgbench clients + 2 reapers + 1 backfill + 1 monitor; {activity_calls} record_activity calls \
+         ({recorded} wrote, {write_failed} swallowed failures), {app_transactions} app transactions, {issued} tokens issued \
+         ({due_issued} due, all reaped and audited once), {reaper_rounds} reaper rounds, {samples} activity samples; failures: 0"
+    );
+}
