@@ -14,8 +14,13 @@ PG_USER ?= postgres
 setup:
 	@scripts/setup.sh
 
+# cargo pgrx install writes the current version's script and copies the upgrade scripts
+# (sql/pg_lifecycle--A--B.sql); the frozen full scripts of earlier releases are copied here so
+# that `CREATE EXTENSION pg_lifecycle VERSION '0.1.0'` (the upgrade test) works.
 install: setup
 	cargo pgrx install --release --pg-config $(PG_CONFIG) $(PG_FEATURES)
+	install -m 644 $(filter-out $(wildcard sql/pg_lifecycle--*--*.sql),$(wildcard sql/pg_lifecycle--*.sql)) \
+	    $$($(PG_CONFIG) --sharedir)/extension/
 
 demo: install
 	@scripts/demo.sh

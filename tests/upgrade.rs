@@ -1,0 +1,122 @@
+//! Upgrades: install 0.1.0 from its frozen script, load data, ALTER EXTENSION ... UPDATE, and
+#![cfg(not(feature = "pg_test"))]
+//! check that data, policies, links and schedules survive and work, and that the upgraded
+//! catalog is exactly what a fresh 0.2.0 install creates.
+mod common;
+use common::data::{mattermost_tokens, unfilled, upstream_history, ADD_LINK, MM_POLICY};
+use common::{count, Cluster, ClusterOptions};
+use postgres::Client;
+
+/// Everything the extension defines, as comparable text: routines with their bodies, settings,
+/// rights and volatility; columns, constraints, indexes, views, triggers, ACLs, members.
+const CATALOG: &str = "
+SELECT x FROM (
+  SELECT format('routine %s -> %s %s %s%s%s%s %s %s', p.oid::regprocedure, pg_get_function_result(p.oid),
+                pg_get_function_arguments(p.oid), p.prosecdef, p.provolatile, p.proisstrict, p.proparallel,
+                p.proconfig, md5(p.prosrc)) AS x
+    FROM pg_proc p WHERE p.pronamespace = 'lifecycle'::regnamespace
+  UNION ALL
+  SELECT format('acl %s %s', p.oid::regprocedure, a.grantee::regrole::text || ':' || a.privilege_type)
+    FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+   WHERE p.pronamespace = 'lifecycle'::regnamespace
+  UNION ALL
+  SELECT format('column %s.%s %s %s %s', c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                pg_get_expr(d.adbin, d.adrelid))
+    FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+   WHERE c.relnamespace = 'lifecycle'::regnamespace
+  UNION ALL
+  SELECT format('relacl %s %s %s', c.relname, c.relkind, a.grantee::regrole::text || ':' || a.privilege_type)
+    FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
+   WHERE c.relnamespace = 'lifecycle'::regnamespace
+  UNION ALL
+  SELECT format('constraint %s %s', co.conname, pg_get_constraintdef(co.oid))
+    FROM pg_constraint co WHERE co.connamespace = 'lifecycle'::regnamespace
+  UNION ALL
+  SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid WHERE c.relnamespace = 'lifecycle'::regnamespace
+  UNION ALL
+  SELECT format('view %s %s', c.relname, pg_get_viewdef(c.oid))
+    FROM pg_class c WHERE c.relnamespace = 'lifecycle'::regnamespace AND c.relkind = 'v'
+  UNION ALL
+  SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+   WHERE c.relnamespace = 'lifecycle'::regnamespace AND NOT t.tgisinternal
+  UNION ALL
+  SELECT format('type %s', t.typname) FROM pg_type t WHERE t.typnamespace = 'lifecycle'::regnamespace
+  UNION ALL
+  SELECT format('schema acl %s', a.grantee::regrole::text || ':' || a.privilege_type)
+    FROM pg_namespace n, aclexplode(n.nspacl) a WHERE n.nspname = 'lifecycle'
+  UNION ALL
+  SELECT format('config dump %s', cfg::regclass)
+    FROM pg_extension e, unnest(e.extconfig) cfg WHERE e.extname = 'pg_lifecycle'
+  UNION ALL
+  SELECT format('members %s', count(*)) FROM pg_depend d
+    JOIN pg_extension e ON d.refobjid = e.oid AND d.refclassid = 'pg_extension'::regclass
+   WHERE e.extname = 'pg_lifecycle' AND d.deptype = 'e'
+) s ORDER BY 1";
+
+fn catalog(c: &mut Client) -> Vec<String> {
+    c.query(CATALOG, &[]).unwrap().iter().map(|r| r.get(0)).collect()
+}
+
+fn version(c: &mut Client) -> String {
+    c.query_one("SELECT extversion FROM pg_extension WHERE extname = 'pg_lifecycle'", &[]).unwrap().get(0)
+}
+
+#[test]
+fn upgrade_from_0_1_0_keeps_data_policies_links_and_schedules() {
+    // pg_cron's functions live in cron.database_name ('postgres'): schedule from there.
+    let cluster = Cluster::private(ClusterOptions::default());
+    let mut c = cluster.connect("postgres");
+    c.batch_execute("CREATE EXTENSION pg_cron; CREATE EXTENSION pg_lifecycle VERSION '0.1.0'").unwrap();
+    assert_eq!(version(&mut c), "0.1.0");
+    for example in ["mattermost.sql", "mas.sql"] {
+        cluster.psql_file("postgres", &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(example));
+    }
+    mattermost_tokens(&mut c, 1000);
+    upstream_history(&mut c, 500);
+    c.batch_execute(MM_POLICY).unwrap();
+    c.batch_execute(ADD_LINK).unwrap();
+    c.batch_execute(
+        "SELECT lifecycle.reap_expired(100);
+         SELECT lifecycle.schedule('*/5 * * * *');
+         SELECT lifecycle.schedule_policy('mm_pats', '17 * * * *');",
+    )
+    .unwrap();
+    let audit_before = count(&mut c, "SELECT count(*) FROM lifecycle.audit_log");
+    assert!(audit_before > 0);
+    let jobs_before = count(&mut c, "SELECT count(*) FROM cron.job");
+    assert_eq!(jobs_before, 2);
+
+    c.batch_execute("ALTER EXTENSION pg_lifecycle UPDATE").unwrap();
+    assert_eq!(version(&mut c), "0.2.0");
+
+    // Data, policies, links and schedules survived ...
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log"), audit_before);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.policies WHERE name = 'mm_pats' AND enabled"), 1);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.links WHERE name = 'upstream_user_session'"), 1);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM cron.job"), jobs_before);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.schedule_status"), 2);
+    // ... and work: reaping continues from its cursor, the link trigger and backfill fill,
+    // activity is there.
+    c.batch_execute("CALL lifecycle.reap(max_batches => 100)").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)"), 0);
+    let due = 1 + 400; // the example's own expired token, and 40 % of 1000
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'mm_pats'"), due, "nothing reaped twice");
+    c.batch_execute("UPDATE mas.upstream_oauth_authorization_sessions SET user_session_id = NULL").unwrap();
+    c.batch_execute("CALL lifecycle.backfill_link('upstream_user_session', 100)").unwrap();
+    assert_eq!(unfilled(&mut c), 0);
+    assert!(c.query_one("SELECT lifecycle.record_activity('u1', 'c1', '{sync}')", &[]).unwrap().get::<_, bool>(0));
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.check(false) WHERE problem <> 'activity_scope_unmapped'"), 0);
+
+    // The upgraded catalog is exactly a fresh install's.
+    let fresh = cluster.fresh_db();
+    let (upgraded, installed) = (catalog(&mut c), catalog(&mut fresh.connect()));
+    let only_upgraded: Vec<_> = upgraded.iter().filter(|x| !installed.contains(x)).collect();
+    let only_fresh: Vec<_> = installed.iter().filter(|x| !upgraded.contains(x)).collect();
+    assert!(
+        only_upgraded.is_empty() && only_fresh.is_empty(),
+        "upgrade script and fresh install differ:\nonly after upgrade: {only_upgraded:#?}\nonly in a fresh install: {only_fresh:#?}"
+    );
+}
