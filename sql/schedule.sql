@@ -186,7 +186,7 @@ END
 $$;
 
 CREATE VIEW lifecycle.schedule_status AS SELECT * FROM lifecycle._schedule_status();
--- Readable by all; reading it still needs pg_cron rights (checked, with a hint, by the function).
+-- Readable by lifecycle_operator; reading it also needs pg_cron rights (checked, with a hint, by the function).
 
 -- Built-in retention for the history tables that otherwise grow forever: pg_cron's
 -- cron.job_run_details (in pg_cron's database) and lifecycle.audit_log. Off until called;

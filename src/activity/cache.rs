@@ -29,6 +29,8 @@ pub const DISABLED: usize = 7;
 const USER_BUCKETS: usize = 16384;
 /// Slots probed per lookup (a small set-associative bucket, so eviction stays local).
 const WAYS: usize = 4;
+/// Entries one transaction may queue for publication at commit.
+const MAX_PENDING: usize = 65536;
 /// Bits of a generation that belong to the user bucket; the rest is the global epoch.
 const BUCKET_GEN_BITS: u32 = 40;
 
@@ -315,7 +317,14 @@ pub fn remember_on_commit(fp: Fingerprint, seen: i64, generation: u64) {
     register_callbacks();
     // SAFETY: plain read of the transaction nesting level.
     let nest_level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-    TXN.with(|t| t.borrow_mut().entries.push(Pending { fp, seen, generation, nest_level }));
+    TXN.with(|t| {
+        let mut t = t.borrow_mut();
+        // A transaction recording millions of rows must not grow this list without bound;
+        // what is not remembered only costs a table read later.
+        if t.entries.len() < MAX_PENDING {
+            t.entries.push(Pending { fp, seen, generation, nest_level });
+        }
+    });
 }
 
 /// Forgets what the cache holds for the user's bucket when the current transaction commits
