@@ -69,5 +69,37 @@ CALL lifecycle.backfill_link('upstream_user_session', 2);
 SELECT count(*) AS linked FROM mas.upstream_oauth_authorization_sessions WHERE user_session_id IS NOT NULL;
 \echo '== Two-step FK change: compat_sessions.user_session_id SET NULL -> NO ACTION =='
 CALL lifecycle.change_fk_action('compat_sessions_user_session_id_fkey', 'NO ACTION');
+
+\echo
+\echo '== Activity (FxA): per-(user, client, scope) liveness, throttled in shared memory =='
+INSERT INTO lifecycle.scope_services VALUES
+  ('https://identity.mozilla.com/apps/oldsync', 'sync'),
+  ('https://identity.mozilla.com/apps/relay', 'relay');
+-- The account's deletion forgets its activity (the recipe from docs/activity.md).
+CREATE FUNCTION fxa.forget_account_activity() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM lifecycle.forget_user(OLD.uid); RETURN OLD; END $$;
+CREATE TRIGGER accounts_forget_activity AFTER DELETE ON fxa.accounts
+  FOR EACH ROW EXECUTE FUNCTION fxa.forget_account_activity();
+INSERT INTO fxa.accounts (uid, email) VALUES ('0badc0ffee0000000000000000000001', 'bob@example.com');
+-- Every grant type converges on one call; the second one, inside the throttle, writes nothing.
+SELECT lifecycle.record_activity('a1b2c3d4e5f60718293a4b5c6d7e8f90', '5882386c6d801776',
+       '{https://identity.mozilla.com/apps/oldsync}', now() - interval '100 days') AS sync_100_days_ago,
+       lifecycle.record_activity('a1b2c3d4e5f60718293a4b5c6d7e8f90', '5882386c6d801776',
+       '{https://identity.mozilla.com/apps/relay}') AS relay_now,
+       lifecycle.record_activity('a1b2c3d4e5f60718293a4b5c6d7e8f90', '5882386c6d801776',
+       '{https://identity.mozilla.com/apps/relay}') AS relay_again_throttled,
+       lifecycle.record_activity('0badc0ffee0000000000000000000001', 'dcdb5ae7add825d2',
+       '{profile}', now() - interval '400 days') AS bob_long_ago;
+\echo '-- per scope: relay did not make sync look alive'
+SELECT user_id, scope, last_seen_at::date FROM lifecycle.activity_scopes ORDER BY 1, 2;
+SELECT user_id, service, last_seen_at::date FROM lifecycle.service_activity ORDER BY 1, 2;
+\echo '-- lapsed Sync users (90 days), and monthly actives'
+SELECT * FROM lifecycle.inactive_users('90 days', 'sync');
+SELECT lifecycle.active_users_count('30 days') AS mau, lifecycle.active_users_count('30 days', 'relay') AS relay_mau;
+SELECT recorded, throttled, cache_hits, unclassified FROM lifecycle.activity_stats;
+\echo '-- deleting bob''s account forgets his activity'
+DELETE FROM fxa.accounts WHERE uid = '0badc0ffee0000000000000000000001';
+SELECT count(*) AS bobs_activity_rows FROM lifecycle.activity WHERE user_id = '0badc0ffee0000000000000000000001';
+
 \echo '== lifecycle.check(strict => false): what is left to look at =='
 SELECT problem, object, detail FROM lifecycle.check(strict => false);
