@@ -10,7 +10,7 @@ fn create_extension_puts_everything_in_schema_lifecycle() {
     c.batch_execute("CREATE EXTENSION pg_lifecycle CASCADE").unwrap();
 
     let version: String = c.query_one("SELECT extversion FROM pg_extension WHERE extname = 'pg_lifecycle'", &[]).unwrap().get(0);
-    assert_eq!(version, "0.1.0");
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
 
     // Every member object of the extension is the schema itself or lives in it.
     let outside: Vec<String> = c

@@ -151,8 +151,30 @@ fn shadowing_functions_and_operators_on_search_path_changes_nothing() {
     let path: String = c.query_one("SHOW search_path", &[]).unwrap().get(0);
     assert_eq!(path, "evil, pg_catalog, public", "the caller's search_path is given back");
     c.batch_execute("RESET search_path").unwrap();
+    // The same as a non-superuser operator whose own schema shadows them.
+    let role = format!("shadow_{}", db.name);
+    c.batch_execute(&format!(
+        "CREATE ROLE {role} IN ROLE lifecycle_operator; ALTER SCHEMA evil OWNER TO {role};
+         GRANT ALL ON evil.hits TO {role}; GRANT CREATE ON SCHEMA public TO {role};
+         SET ROLE {role};
+         CREATE TABLE public.tokens (id int PRIMARY KEY, expires_at timestamptz);
+         CREATE INDEX ON public.tokens (expires_at);
+         INSERT INTO public.tokens SELECT g, now() - interval '1 day' FROM generate_series(1, 20) g;
+         SET search_path = evil, pg_catalog, public;
+         SELECT lifecycle.add_policy('own_tokens', 'public.tokens', 'expires_at', audit => '{{id}}');
+         SELECT lifecycle.reap_expired(5);
+         SELECT * FROM lifecycle.preview('own_tokens');
+         SELECT lifecycle.record_activity('u2', 'c1', '{{a}}');
+         SELECT * FROM lifecycle.check(false);
+         SELECT * FROM lifecycle.inactive_users('1 day', batch => 5);
+         SELECT lifecycle.drop_policy('own_tokens');
+         RESET search_path; RESET ROLE;"
+    ))
+    .unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM public.tokens"), 15, "the operator's own policy reaped its own table");
     let hits = rows(&mut c, "SELECT DISTINCT what FROM evil.hits ORDER BY 1");
     assert!(hits.is_empty(), "shadowed objects ran inside the extension: {hits:?}");
+    c.batch_execute(&format!("DROP SCHEMA evil CASCADE; DROP TABLE public.tokens; REVOKE CREATE ON SCHEMA public FROM {role}; DROP OWNED BY {role}; DROP ROLE {role}")).unwrap();
 }
 
 /// An app role (lifecycle_app) reaches only its hot paths; an operator that does not own a table
