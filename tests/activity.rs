@@ -447,3 +447,22 @@ fn check_reports_scopes_without_a_service() {
     c.batch_execute("INSERT INTO lifecycle.scope_services VALUES ('unmapped', 'other')").unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.check()"), 0);
 }
+
+/// A REPEATABLE READ transaction still sees rows another session deleted after its snapshot:
+/// what it reads must not be remembered, or the deleted row would throttle later calls.
+#[test]
+fn snapshot_isolation_reads_are_not_remembered() {
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    let mut rr = db.connect();
+    let mut other = db.connect();
+    for s in [&mut c, &mut rr] {
+        s.batch_execute("SET lifecycle.activity_throttle = '1h'").unwrap();
+    }
+    assert!(rec(&mut c, "u1", "c1", "{s}", &at("")));
+    rr.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1").unwrap();
+    assert_eq!(count(&mut other, "SELECT lifecycle.forget_user('u1')"), 2);
+    assert!(!rec(&mut rr, "u1", "c1", "{s}", &at(" + interval '1 minute'")), "the old snapshot still sees the row");
+    rr.batch_execute("COMMIT").unwrap();
+    assert!(rec(&mut c, "u1", "c1", "{s}", &at(" + interval '2 minutes'")), "the deleted row must not throttle");
+}

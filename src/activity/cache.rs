@@ -311,7 +311,7 @@ static CALLBACKS_REGISTERED: AtomicBool = AtomicBool::new(false);
 
 /// Remembers `seen` for the row once the current (sub)transaction commits.
 pub fn remember_on_commit(fp: Fingerprint, seen: i64, generation: u64) {
-    if shared().is_none() {
+    if shared().is_none() || uses_transaction_snapshot() {
         return;
     }
     register_callbacks();
@@ -325,6 +325,15 @@ pub fn remember_on_commit(fp: Fingerprint, seen: i64, generation: u64) {
             t.entries.push(Pending { fp, seen, generation, nest_level });
         }
     });
+}
+
+/// Under REPEATABLE READ / SERIALIZABLE the rows were read from the transaction's snapshot,
+/// which may predate a delete that committed (and invalidated the user) before this call read
+/// the generation: such a row could be gone already. Only READ COMMITTED reads, whose snapshot
+/// is taken after the generation was read, are remembered.
+fn uses_transaction_snapshot() -> bool {
+    // SAFETY: plain read of the transaction's isolation level.
+    (unsafe { pg_sys::XactIsoLevel }) >= pg_sys::XACT_REPEATABLE_READ as i32
 }
 
 /// Forgets what the cache holds for the user's bucket when the current transaction commits
