@@ -1,4 +1,4 @@
--- pg_lifecycle 0.1.0 -> 0.2.0. See docs/development.md ("Upgrades") for the policy.
+-- pg_lifecycle 0.1.0 -> 0.2.0, frozen once 0.2.0 is released. See docs/development.md ("Versions and upgrade scripts").
 --
 -- What changes:
 --   * activity: record_activity and its tables, service map, cohort queries, stats (new);
@@ -8,7 +8,6 @@
 --     functions, USAGE on the schema and SELECT on lifecycle.links.
 -- Data (policies, state, audit log, links) is untouched.
 \echo Use "ALTER EXTENSION pg_lifecycle UPDATE TO '0.2.0'" to load this file. \quit
-
 
 -- Rust functions that now pin search_path (same symbols, SET clause added).
 
@@ -420,16 +419,22 @@ CREATE VIEW lifecycle.service_activity AS
       LEFT JOIN lifecycle.scope_services m ON m.scope = s.scope
      GROUP BY s.user_id, s.client_id, m.service;
 
--- The write half of record_activity, one statement: read the rows, upsert only those that are
--- due (no row lock, no WAL for rows still inside the throttle), with the throttle repeated in
--- the ON CONFLICT predicate so a concurrent writer can never move a row backwards. New rows are
+-- The write half of record_activity. Reads first (no row lock, no WAL for rows still inside
+-- the throttle), then upserts only the rows that are due, with the throttle repeated in the
+-- ON CONFLICT predicate so a concurrent writer can never move a row backwards. New rows are
 -- created only when p_allow_new (the storm guard); scope rows only under an existing or new
 -- parent (FK). Operational errors are caught here (one subtransaction) and returned, never
 -- raised: activity is a side signal and must not fail a token grant.
+-- Every statement touches one table and filters on user_id = p_user, so on Citus each is a
+-- single-shard (router) query (docs/scaling.md); a single statement with modifying CTEs over
+-- both tables is not plannable there, and the ON CONFLICT predicates use only immutable
+-- operators (timestamptz - timestamptz > interval; "+ interval" is only stable), which Citus
+-- requires. p_scopes arrives sorted and unique (record_activity),
+-- so concurrent calls lock scope rows in the same order.
 -- seen[1] is the parent's last_seen_at as far as this call knows it, seen[1 + i] that of
 -- p_scopes[i]; NULL where unknown. record_activity caches these (lower bounds: rows only move
--- forward) once the transaction commits. A generic plan is forced: the statement's shape never
--- changes, and re-planning it per call costs more than running it.
+-- forward) once the transaction commits. A generic plan is forced: the statements' shapes
+-- never change, and re-planning them per call costs more than running them.
 CREATE FUNCTION lifecycle._write_activity(
     p_user text, p_client text, p_scopes text[], p_at timestamptz, p_throttle_seconds bigint, p_allow_new boolean,
     OUT seen timestamptz[], OUT written bigint, OUT inserted bigint, OUT unclassified text[],
@@ -440,46 +445,67 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     p_throttle interval := make_interval(secs => p_throttle_seconds);
+    parent_seen timestamptz;
+    is_new boolean;
+    have_scopes text[];
+    have_seen timestamptz[];
+    cur timestamptz;
+    written_scopes text[] := '{}';
 BEGIN
-    WITH parent_cur AS (
-        SELECT a.last_seen_at FROM lifecycle.activity a WHERE a.user_id = p_user AND a.client_id = p_client
-    ), parent_due AS (
-        SELECT 1 AS due WHERE p_allow_new AND NOT EXISTS (SELECT 1 FROM parent_cur)
-        UNION ALL
-        SELECT 1 FROM parent_cur c WHERE p_at > c.last_seen_at + p_throttle
-    ), parent_up AS (
+    written := 0; inserted := 0; storm_limited := false; unclassified := '{}';
+    seen := array_fill(NULL::timestamptz, ARRAY[1 + cardinality(p_scopes)]);
+    SELECT a.last_seen_at INTO parent_seen FROM lifecycle.activity a
+     WHERE a.user_id = p_user AND a.client_id = p_client;
+    IF parent_seen IS NULL AND NOT p_allow_new THEN
+        storm_limited := true;
+        RETURN;
+    END IF;
+    IF parent_seen IS NOT NULL AND p_at <= parent_seen + p_throttle THEN
+        seen[1] := parent_seen;
+    ELSE
         INSERT INTO lifecycle.activity AS a (user_id, client_id, first_seen_at, last_seen_at)
-        SELECT p_user, p_client, p_at, p_at FROM parent_due
+        VALUES (p_user, p_client, p_at, p_at)
         ON CONFLICT (user_id, client_id) DO UPDATE SET last_seen_at = excluded.last_seen_at
-         WHERE excluded.last_seen_at > a.last_seen_at + p_throttle
-        RETURNING a.xmax = 0 AS is_new
-    ), wanted AS (
-        SELECT w.scope, w.ord, s.last_seen_at AS cur
-          FROM unnest(p_scopes) WITH ORDINALITY AS w(scope, ord)
-          LEFT JOIN lifecycle.activity_scopes s
-                 ON s.user_id = p_user AND s.client_id = p_client AND s.scope = w.scope
-    ), due AS (
-        SELECT wanted.scope FROM wanted
-         WHERE (wanted.cur IS NULL AND p_allow_new) OR p_at > wanted.cur + p_throttle
-    ), up AS (
-        INSERT INTO lifecycle.activity_scopes AS s (user_id, client_id, scope, first_seen_at, last_seen_at)
-        SELECT p_user, p_client, due.scope, p_at, p_at FROM due ORDER BY due.scope
-        ON CONFLICT (user_id, client_id, scope) DO UPDATE SET last_seen_at = excluded.last_seen_at
-         WHERE excluded.last_seen_at > s.last_seen_at + p_throttle
-        RETURNING s.scope, s.xmax = 0 AS is_new
-    )
-    SELECT ARRAY[CASE WHEN EXISTS (SELECT 1 FROM parent_up) THEN p_at
-                      WHEN NOT EXISTS (SELECT 1 FROM parent_due) THEN (SELECT c.last_seen_at FROM parent_cur c) END]
-           || coalesce((SELECT array_agg(CASE WHEN up.scope IS NOT NULL THEN p_at
-                                              WHEN due.scope IS NULL THEN wanted.cur END ORDER BY wanted.ord)
-                          FROM wanted LEFT JOIN due ON due.scope = wanted.scope LEFT JOIN up ON up.scope = wanted.scope),
-                       '{}'),
-           (SELECT count(*) FROM parent_up) + (SELECT count(*) FROM up),
-           (SELECT count(*) FILTER (WHERE is_new) FROM parent_up) + (SELECT count(*) FILTER (WHERE is_new) FROM up),
-           (SELECT coalesce(array_agg(up.scope ORDER BY up.scope), '{}') FROM up
-             WHERE NOT EXISTS (SELECT 1 FROM lifecycle.scope_services m WHERE m.scope = up.scope)),
-           NOT p_allow_new AND (NOT EXISTS (SELECT 1 FROM parent_cur) OR EXISTS (SELECT 1 FROM wanted WHERE wanted.cur IS NULL))
-      INTO seen, written, inserted, unclassified, storm_limited;
+         WHERE excluded.last_seen_at - a.last_seen_at > p_throttle
+        RETURNING a.xmax = 0 INTO is_new;
+        IF FOUND THEN
+            seen[1] := p_at;
+            written := 1;
+            inserted := is_new::integer;
+        END IF;
+    END IF;
+    IF cardinality(p_scopes) = 0 THEN
+        RETURN;
+    END IF;
+    SELECT coalesce(array_agg(s.scope), '{}'), coalesce(array_agg(s.last_seen_at), '{}')
+      INTO have_scopes, have_seen
+      FROM lifecycle.activity_scopes s
+     WHERE s.user_id = p_user AND s.client_id = p_client AND s.scope = ANY (p_scopes);
+    FOR i IN 1 .. cardinality(p_scopes) LOOP
+        cur := have_seen[array_position(have_scopes, p_scopes[i])];
+        IF cur IS NOT NULL AND p_at <= cur + p_throttle THEN
+            seen[1 + i] := cur;
+        ELSIF cur IS NULL AND NOT p_allow_new THEN
+            storm_limited := true;
+        ELSE
+            INSERT INTO lifecycle.activity_scopes AS s (user_id, client_id, scope, first_seen_at, last_seen_at)
+            VALUES (p_user, p_client, p_scopes[i], p_at, p_at)
+            ON CONFLICT (user_id, client_id, scope) DO UPDATE SET last_seen_at = excluded.last_seen_at
+             WHERE excluded.last_seen_at - s.last_seen_at > p_throttle
+            RETURNING s.xmax = 0 INTO is_new;
+            IF FOUND THEN
+                seen[1 + i] := p_at;
+                written := written + 1;
+                inserted := inserted + is_new::integer;
+                written_scopes := written_scopes || p_scopes[i];
+            END IF;
+        END IF;
+    END LOOP;
+    IF cardinality(written_scopes) > 0 THEN
+        SELECT coalesce(array_agg(w.scope ORDER BY w.scope), '{}') INTO unclassified
+          FROM unnest(written_scopes) AS w(scope)
+         WHERE NOT EXISTS (SELECT 1 FROM lifecycle.scope_services m WHERE m.scope = w.scope);
+    END IF;
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS failed_state = RETURNED_SQLSTATE, failed_message = MESSAGE_TEXT;
     seen := array_fill(NULL::timestamptz, ARRAY[1 + cardinality(p_scopes)]);
