@@ -270,8 +270,8 @@ fn write(
     at: TimestampWithTimeZone,
     throttle_micros: i64,
 ) -> bool {
-    // Sorted and unique: one upsert may not touch a row twice, and a fixed order means two
-    // grants with the same scopes lock their rows in the same order.
+    // Sorted and unique: each scope row is written once per call, and a fixed order means
+    // two grants with overlapping scopes lock their rows in the same order (no deadlock).
     scopes.sort_unstable();
     scopes.dedup();
     let allow_new = cache::storm_allows_new(MAX_NEW_PER_SECOND.get());
