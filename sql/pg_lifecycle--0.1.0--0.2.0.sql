@@ -516,7 +516,7 @@ $$;
 -- Deleting activity rows (forget_user, a retention policy, a manual DELETE) or moving
 -- last_seen_at backwards must drop what shared memory remembers about those users, or a
 -- later call could be throttled against a row that no longer exists. The drop happens when
--- the deleting transaction commits (see src/activity.rs).
+-- the deleting transaction commits (see src/activity/cache.rs).
 -- SECURITY DEFINER so that whoever deletes (an operator, a policy's owner) needs no grant on
 -- the cache functions, which stay closed to PUBLIC.
 CREATE FUNCTION lifecycle._activity_rows_changed()
