@@ -11,7 +11,6 @@
 use crate::error;
 use crate::shmem;
 use pgrx::prelude::*;
-use std::cell::Cell;
 use std::sync::atomic::Ordering;
 
 const NEVER_EXPIRES_MS_HINT: &str = "Unix milliseconds must be >= 0; use 0 for a token that never expires.";
@@ -93,22 +92,15 @@ fn clamp_expiry_ms(session_expires_at_ms: i64, token_expires_at_ms: i64) -> i64 
     }
 }
 
-thread_local! {
-    /// Fallback when the library is not preloaded: counts for this backend only.
-    static BACKEND_REJECTED: Cell<(u64, i64)> = const { Cell::new((0, i64::MIN)) };
-}
-
 /// Counts one rejection (called by `reject_if_expired` before it raises). The counter lives in
-/// shared memory, so it survives the caller's rollback, which is the point of an audit trace.
+/// shared memory when preloaded (else it is this backend's), so it survives the caller's
+/// rollback, which is the point of an audit trace.
 #[pg_extern(schema = "lifecycle", volatile, name = "_count_token_rejection")]
 fn count_token_rejection() {
-    let now: i64 = unsafe { pg_sys::GetCurrentTimestamp() };
-    if shmem::preloaded() {
-        shmem::EXPIRY_REJECTED_TOTAL.get().fetch_add(1, Ordering::Relaxed);
-        shmem::EXPIRY_LAST_REJECTED_AT.get().fetch_max(now, Ordering::Relaxed);
-    } else {
-        BACKEND_REJECTED.with(|c| c.set((c.get().0 + 1, now)));
-    }
+    let h = shmem::header();
+    h.expiry_rejected_total.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: plain clock read.
+    h.expiry_last_rejected_at.fetch_max(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::Relaxed);
 }
 
 /// Rejection counters: cluster-wide when preloaded, else this backend's own.
@@ -117,29 +109,19 @@ fn expiry_rejections() -> TableIterator<
     'static,
     (name!(rejected_total, i64), name!(last_rejected_at, Option<TimestampWithTimeZone>), name!(cluster_wide, bool)),
 > {
-    let (total, last) = if shmem::preloaded() {
-        (
-            shmem::EXPIRY_REJECTED_TOTAL.get().load(Ordering::Relaxed),
-            shmem::EXPIRY_LAST_REJECTED_AT.get().load(Ordering::Relaxed),
-        )
-    } else {
-        BACKEND_REJECTED.with(Cell::get)
-    };
+    let h = shmem::header();
+    let total = i64::try_from(h.expiry_rejected_total.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+    let last = h.expiry_last_rejected_at.load(Ordering::Relaxed);
     let last = (last != i64::MIN).then(|| TimestampWithTimeZone::try_from(last).ok()).flatten();
-    let total = i64::try_from(total).unwrap_or(i64::MAX);
     TableIterator::once((total, last, shmem::preloaded()))
 }
 
 /// Resets the rejection counters; returns the total before the reset.
 #[pg_extern(schema = "lifecycle", volatile)]
 fn reset_expiry_rejections() -> i64 {
-    let before = if shmem::preloaded() {
-        shmem::EXPIRY_LAST_REJECTED_AT.get().store(i64::MIN, Ordering::Relaxed);
-        shmem::EXPIRY_REJECTED_TOTAL.get().swap(0, Ordering::Relaxed)
-    } else {
-        BACKEND_REJECTED.with(|c| c.replace((0, i64::MIN)).0)
-    };
-    i64::try_from(before).unwrap_or(i64::MAX)
+    let h = shmem::header();
+    h.expiry_last_rejected_at.store(i64::MIN, Ordering::Relaxed);
+    i64::try_from(h.expiry_rejected_total.swap(0, Ordering::Relaxed)).unwrap_or(i64::MAX)
 }
 
 pgrx::extension_sql_file!(

@@ -11,7 +11,8 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::hash::{DefaultHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use crate::shmem;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 /// Counters shown in `lifecycle.activity_stats`, in this order.
 pub const COUNTERS: [&str; 8] =
@@ -34,9 +35,10 @@ const MAX_PENDING: usize = 65536;
 /// Bits of a generation that belong to the user bucket; the rest is the global epoch.
 const BUCKET_GEN_BITS: u32 = 40;
 
-/// Everything but the slots. Lives in shared memory when preloaded, else in this process.
+/// The activity part of the shared header ([`crate::shmem::Header`]): counters, the
+/// invalidation generations and the storm budget. The cache's slots are the region's tail.
 #[repr(C)]
-pub struct Header {
+pub struct Shared {
     counters: [AtomicU64; COUNTERS.len()],
     reset_at: AtomicI64,
     /// Bumped by "forget everything" (TRUNCATE, CREATE EXTENSION).
@@ -44,20 +46,23 @@ pub struct Header {
     user_gens: [AtomicU64; USER_BUCKETS],
     storm_second: AtomicI64,
     storm_count: AtomicU64,
-    nslots: AtomicU64,
 }
 
-impl Header {
-    const fn new() -> Self {
-        Header {
+impl Shared {
+    pub const fn new() -> Self {
+        Shared {
             counters: [const { AtomicU64::new(0) }; COUNTERS.len()],
             reset_at: AtomicI64::new(0),
             epoch: AtomicU64::new(0),
             user_gens: [const { AtomicU64::new(0) }; USER_BUCKETS],
             storm_second: AtomicI64::new(i64::MIN),
             storm_count: AtomicU64::new(0),
-            nslots: AtomicU64::new(0),
         }
+    }
+
+    /// Called once when the shared region is created.
+    pub fn started(&self, now: i64) {
+        self.reset_at.store(now, Ordering::Relaxed);
     }
 }
 
@@ -73,55 +78,23 @@ struct Slot {
     generation: AtomicU64,
 }
 
-/// Set in the postmaster's shmem startup hook, inherited by every backend.
-static SHARED: AtomicPtr<Header> = AtomicPtr::new(std::ptr::null_mut());
-/// Counters and storm budget of this backend when the library is not preloaded.
-static LOCAL: Header = Header::new();
-
-fn region_size(nslots: usize) -> usize {
-    size_of::<Header>() + nslots * size_of::<Slot>()
+/// Bytes of shared memory the slots need (the region's tail), from the configured size.
+pub fn tail_bytes() -> usize {
+    super::cache_slots() * size_of::<Slot>()
 }
 
-/// Asks for the region (shmem_request_hook time).
-pub fn request(nslots: usize) {
-    // SAFETY: called from the shmem request hook, where this is allowed.
-    unsafe { pg_sys::RequestAddinShmemSpace(region_size(nslots)) };
+/// The activity part of the shared header when preloaded, else this backend's own.
+fn header() -> &'static Shared {
+    &shmem::header().activity
 }
 
-/// Creates or attaches the region (shmem_startup_hook time).
-pub fn attach(nslots: usize) {
-    let size = region_size(nslots);
-    // SAFETY: the standard ShmemInitStruct protocol under AddinShmemInitLock; a fresh region is
-    // zeroed, which is a valid state for every atomic in it (empty slots, zero counters).
-    unsafe {
-        // AddinShmemInitLock is a C macro: MainLWLockArray[21].
-        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
-        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let mut found = false;
-        let ptr = pg_sys::ShmemInitStruct(c"pg_lifecycle activity cache".as_ptr(), size, &mut found).cast::<Header>();
-        if !found {
-            std::ptr::write_bytes(ptr.cast::<u8>(), 0, size);
-            (*ptr).storm_second.store(i64::MIN, Ordering::Relaxed);
-            (*ptr).reset_at.store(pg_sys::GetCurrentTimestamp(), Ordering::Relaxed);
-            (*ptr).nslots.store(nslots as u64, Ordering::Relaxed);
-        }
-        pg_sys::LWLockRelease(init_lock);
-        SHARED.store(ptr, Ordering::Release);
-    }
+fn shared() -> Option<&'static Shared> {
+    shmem::shared().map(|h| &h.activity)
 }
 
-fn shared() -> Option<&'static Header> {
-    // SAFETY: set once before any backend exists and never freed while the server runs.
-    unsafe { SHARED.load(Ordering::Acquire).as_ref() }
-}
-
-/// Counters and storm budget: cluster-wide when preloaded, else this backend's.
-pub fn header() -> &'static Header {
-    shared().unwrap_or(&LOCAL)
-}
-
-pub fn cluster_wide() -> bool {
-    shared().is_some()
+fn slots() -> &'static [Slot] {
+    // SAFETY: the tail is sized in slots (tail_bytes) and a zeroed slot is an empty one.
+    unsafe { shmem::tail::<Slot>() }
 }
 
 pub fn count(counter: usize, n: u64) {
@@ -144,14 +117,8 @@ pub fn reset_counters() {
 }
 
 /// Slots in the shared cache (0 when not preloaded or disabled by size).
-pub fn capacity() -> u64 {
-    shared().map_or(0, |h| h.nslots.load(Ordering::Relaxed))
-}
-
-fn slots(h: &'static Header) -> &'static [Slot] {
-    let n = h.nslots.load(Ordering::Relaxed) as usize;
-    // SAFETY: the slots follow the header in the region sized for them in `attach`.
-    unsafe { std::slice::from_raw_parts((h as *const Header).add(1).cast::<Slot>(), n) }
+pub fn capacity() -> usize {
+    slots().len()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -218,7 +185,7 @@ impl UserKey {
     }
 }
 
-fn generation_of(h: &Header, bucket: usize) -> u64 {
+fn generation_of(h: &Shared, bucket: usize) -> u64 {
     let epoch = h.epoch.load(Ordering::Acquire);
     let user = h.user_gens[bucket].load(Ordering::Acquire);
     (epoch << BUCKET_GEN_BITS) ^ (user & ((1 << BUCKET_GEN_BITS) - 1))
@@ -229,8 +196,7 @@ fn generation_of(h: &Header, bucket: usize) -> u64 {
 
 /// What the cache knows of a row: its last_seen_at is at least the returned value.
 pub fn lookup(fp: Fingerprint, generation: u64) -> Option<i64> {
-    let h = shared()?;
-    let slots = slots(h);
+    let slots = slots();
     if slots.is_empty() {
         return None;
     }
@@ -259,8 +225,8 @@ fn read_slot(slot: &Slot, fp: Fingerprint, generation: u64) -> Option<i64> {
 /// Remembers a committed lower bound. Replaces the same row's slot, else an empty one, else
 /// the one remembering the oldest time. A slot being written by someone else is skipped:
 /// losing an insert only costs a later table read.
-fn publish(h: &'static Header, fp: Fingerprint, seen: i64, generation: u64) {
-    let slots = slots(h);
+fn publish(fp: Fingerprint, seen: i64, generation: u64) {
+    let slots = slots();
     if slots.is_empty() {
         return;
     }
@@ -399,7 +365,7 @@ unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: 
     }
 }
 
-fn apply_commit(h: &'static Header, state: TxnState) {
+fn apply_commit(h: &'static Shared, state: TxnState) {
     if state.forget_all {
         h.epoch.fetch_add(1, Ordering::AcqRel);
     }
@@ -409,7 +375,7 @@ fn apply_commit(h: &'static Header, state: TxnState) {
     // Entries carry the generation read before their rows were read, so an invalidation
     // above (or by any other backend since) makes them misses, as it must.
     for e in state.entries {
-        publish(h, e.fp, e.seen, e.generation);
+        publish(e.fp, e.seen, e.generation);
     }
 }
 

@@ -6,7 +6,7 @@
 //! cannot afford the FxA-style "upsert that does nothing" on each one. Everything else goes to
 //! `lifecycle._write_activity` (sql/activity.sql), which reads first and upserts what is due.
 
-mod cache;
+pub mod cache;
 
 use crate::error;
 use pgrx::datum::DatumWithOid;
@@ -34,7 +34,7 @@ static SAMPLE_RATE: GucSetting<f64> = GucSetting::<f64>::new(1.0);
 static MAX_NEW_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
 static CACHE_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(262_144);
 
-/// Defines the GUCs and, when preloading, asks for the shared region.
+/// Defines the GUCs (the cache size only while preloading: src/shmem.rs sizes the region).
 pub fn init() {
     define_gucs();
     // SAFETY: read-only flag set by the postmaster before it calls _PG_init.
@@ -50,7 +50,6 @@ pub fn init() {
             GucContext::Postmaster,
             GucFlags::default(),
         );
-        install_shmem_hooks();
     }
 }
 
@@ -97,44 +96,10 @@ fn define_gucs() {
     );
 }
 
+/// Slots of the shared cache, a whole number of sets (read at shared-memory request time).
 fn cache_slots() -> usize {
     let n = CACHE_ENTRIES.get().max(0) as usize;
     if n == 0 { 0 } else { n.max(4) / 4 * 4 }
-}
-
-static mut PREV_SHMEM_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
-static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
-
-fn install_shmem_hooks() {
-    // SAFETY: _PG_init runs once in the postmaster, single-threaded; hooks are chained.
-    unsafe {
-        PREV_SHMEM_REQUEST_HOOK = pg_sys::shmem_request_hook;
-        pg_sys::shmem_request_hook = Some(on_shmem_request);
-        PREV_SHMEM_STARTUP_HOOK = pg_sys::shmem_startup_hook;
-        pg_sys::shmem_startup_hook = Some(on_shmem_startup);
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_shmem_request() {
-    // SAFETY: calling the previous hook as Postgres would.
-    unsafe {
-        if let Some(prev) = PREV_SHMEM_REQUEST_HOOK {
-            prev();
-        }
-    }
-    cache::request(cache_slots());
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_shmem_startup() {
-    // SAFETY: calling the previous hook as Postgres would.
-    unsafe {
-        if let Some(prev) = PREV_SHMEM_STARTUP_HOOK {
-            prev();
-        }
-    }
-    cache::attach(cache_slots());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -405,7 +370,8 @@ fn activity_counters() -> TableIterator<
     ),
 > {
     let v = cache::counter_values().map(|n| i64::try_from(n).unwrap_or(i64::MAX));
-    let since = TimestampWithTimeZone::try_from(cache::reset_at()).ok().filter(|_| cache::reset_at() != 0);
+    let reset_at = cache::reset_at();
+    let since = (reset_at != 0).then(|| TimestampWithTimeZone::try_from(reset_at).ok()).flatten();
     TableIterator::once((
         v[cache::RECORDED],
         v[cache::THROTTLED],
@@ -417,7 +383,7 @@ fn activity_counters() -> TableIterator<
         v[cache::DISABLED],
         since,
         i64::try_from(cache::capacity()).unwrap_or(i64::MAX),
-        cache::cluster_wide(),
+        crate::shmem::preloaded(),
     ))
 }
 
