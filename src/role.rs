@@ -38,17 +38,18 @@ pub fn has_privs_of(member: pg_sys::Oid, role: pg_sys::Oid) -> bool {
 /// The owner of the pg_lifecycle extension, who owns its bookkeeping tables. Looked up each
 /// time (one catalog read per batch): a cached value would go stale across DROP/CREATE.
 pub fn extension_owner() -> pg_sys::Oid {
-    Spi::get_one::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_lifecycle'")
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| {
-            crate::error::raise(
-                crate::error::Code::ERRCODE_UNDEFINED_OBJECT,
-                "extension pg_lifecycle is not installed in this database",
-                None,
-                Some("Run CREATE EXTENSION pg_lifecycle."),
-            )
-        })
+    crate::sql::optional_row("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_lifecycle'", &[], |row| {
+        row.get::<pg_sys::Oid>(1)
+    })
+    .flatten()
+    .unwrap_or_else(|| {
+        crate::error::raise(
+            crate::error::Code::ERRCODE_UNDEFINED_OBJECT,
+            "extension pg_lifecycle is not installed in this database",
+            None,
+            Some("Run CREATE EXTENSION pg_lifecycle."),
+        )
+    })
 }
 
 /// Runs bookkeeping as the extension owner (not restricted: it only touches our own tables).

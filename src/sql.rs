@@ -3,8 +3,68 @@
 
 pub use pgrx::spi::quote_identifier as ident;
 use pgrx::datum::DatumWithOid;
-use pgrx::spi::{self, SpiTupleTable};
+use pgrx::pg_sys::PgOid;
+use pgrx::spi::{self, OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use pgrx::Spi;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+thread_local! {
+    /// Plans by (read-write?, text), kept for the session. The plan cache re-plans one when a
+    /// table it reads changes; a changed policy generates a different text.
+    static KEPT_PLANS: RefCell<HashMap<(bool, String), OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+/// More distinct statements than this in one session (many policies, or policies edited
+/// often) start the collection over rather than grow without bound.
+const MAX_KEPT_PLANS: usize = 128;
+
+/// Puts a borrowed plan back when the statement that used it ends, also when it raises: the
+/// plan stays valid, and nothing is freed while an error unwinds.
+struct Borrowed(Option<((bool, String), OwnedPreparedStatement)>);
+
+impl Drop for Borrowed {
+    fn drop(&mut self) {
+        if let Some((key, plan)) = self.0.take() {
+            KEPT_PLANS.with(|plans| {
+                let mut plans = plans.borrow_mut();
+                if plans.len() >= MAX_KEPT_PLANS {
+                    plans.clear();
+                }
+                plans.insert(key, plan);
+            });
+        }
+    }
+}
+
+/// Runs `query` with a plan that is prepared on first use and kept for the rest of the
+/// session, so a statement run once per batch is parsed and planned once, not every batch.
+/// Parameter types come from `args`. The plan is taken out while it runs, so a nested call
+/// with the same text (a trigger that reaps, say) prepares its own instead of failing.
+pub fn run_kept<'conn>(
+    client: &mut SpiClient<'conn>,
+    read_write: bool,
+    query: &str,
+    args: &[DatumWithOid],
+    limit: Option<i64>,
+) -> Result<SpiTupleTable<'conn>, spi::Error> {
+    let key = (read_write, query.to_owned());
+    let plan = match KEPT_PLANS.with(|plans| plans.borrow_mut().remove(&key)) {
+        Some(plan) => plan,
+        None => {
+            let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+            let prepared = if read_write { client.prepare_mut(query, &types)? } else { client.prepare(query, &types)? };
+            prepared.keep()
+        }
+    };
+    let borrowed = Borrowed(Some((key, plan)));
+    let (_, plan) = borrowed.0.as_ref().expect("set above");
+    if read_write {
+        client.update(plan, limit, args)
+    } else {
+        client.select(plan, limit, args)
+    }
+}
 
 /// Runs a read-only query that returns at most one row and maps that row; `None` when there
 /// is no row. (SPI's `get_*` helpers treat "no row" as an error.)
@@ -13,8 +73,8 @@ pub fn optional_row<R>(
     args: &[DatumWithOid],
     map: impl FnOnce(&SpiTupleTable) -> Result<R, spi::Error>,
 ) -> Option<R> {
-    Spi::connect(|client| {
-        let row = client.select(query, Some(1), args)?.first();
+    Spi::connect_mut(|client| {
+        let row = run_kept(client, false, query, args, Some(1))?.first();
         if row.is_empty() {
             Ok(None)
         } else {

@@ -396,3 +396,38 @@ fn odd_table_and_column_names_work_in_block_and_delete_mode() {
     assert_eq!(count(&mut c, r#"SELECT count(*) FROM "child ""table""""#), 0);
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE data ? 'the id'"), 5);
 }
+
+#[test]
+fn batches_in_one_session_follow_table_and_policy_changes() {
+    // A batch's statement is planned once per session and kept: dropping the index it used,
+    // changing a column's type or re-registering the policy must not leave a stale plan.
+    let db = Cluster::shared().fresh_db();
+    db.load_example("mattermost.sql");
+    let mut c = db.connect();
+    mattermost_tokens(&mut c, 500);
+    c.batch_execute(MM_POLICY).unwrap();
+    let due = count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)");
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired(30)"), 30);
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired(30)"), 30);
+
+    c.batch_execute("DROP INDEX mattermost.idx_useraccesstokens_expiresat").unwrap();
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired(30)"), 30, "the kept plan used the dropped index");
+    c.batch_execute("ALTER TABLE mattermost.useraccesstokens ALTER COLUMN userid TYPE varchar(64)").unwrap();
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired(30)"), 30);
+
+    c.batch_execute(
+        "SELECT lifecycle.drop_policy('mm_pats');
+         SELECT lifecycle.add_policy('mm_pats', 'mattermost.useraccesstokens', 'expiresat', time_kind => 'unix_ms',
+                                     dependents => 'delete', audit => '{id,isactive}', batch_size => 100);",
+    )
+    .unwrap();
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired(30)"), 30);
+    c.batch_execute("CALL lifecycle.reap(100, '1 minute')").unwrap();
+
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)"), 0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log"), due);
+    assert_eq!(count(&mut c, "SELECT count(DISTINCT row_key) FROM lifecycle.audit_log"), due, "a row audited twice");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE data ? 'userid'"), 120, "audit data of the old policy");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE data ? 'isactive' AND NOT data ? 'userid'"), due - 120);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE row_key <> data ->> 'id'"), 0, "keys and data out of step");
+}

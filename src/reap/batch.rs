@@ -141,17 +141,16 @@ impl Policy {
         due
     }
 
-    /// Keyset position after `$1` (the cursor as jsonb text `[time, key]`).
+    /// Keyset position after `$1` (the cursor as jsonb text `[time, key]`). Each bound is a
+    /// scalar subquery, so it is parsed and cast once per batch, not once per candidate row.
     fn after_cursor(&self) -> String {
         let (t, k) = (col("t", &self.time_column), col("t", &self.key_column));
+        let time = format!("(SELECT ($1::jsonb ->> 0)::{})", self.time_type);
+        let key = format!("(SELECT ($1::jsonb ->> 1)::{})", self.key_type);
         if self.same_time_and_key() {
-            format!("{k} > ($1::jsonb ->> 1)::{}", self.key_type)
+            format!("{k} > {key}")
         } else {
-            format!(
-                "{t} >= ($1::jsonb ->> 0)::{tt} AND ({t} > ($1::jsonb ->> 0)::{tt} OR {k} > ($1::jsonb ->> 1)::{kt})",
-                tt = self.time_type,
-                kt = self.key_type
-            )
+            format!("{t} >= {time} AND ({t} > {time} OR {k} > {key})")
         }
     }
 
@@ -164,9 +163,14 @@ impl Policy {
         }
     }
 
+    /// Whether rows can be blocked: dependents = 'block' and children exist.
+    fn may_block(&self) -> bool {
+        self.dependents == "block" && !self.blocking.is_empty()
+    }
+
     /// Whether children still reference row `t` (dependents = 'block').
     fn blocked(&self) -> String {
-        if self.dependents != "block" || self.blocking.is_empty() {
+        if !self.may_block() {
             return "false".into();
         }
         let key = col("t", &self.key_column);
@@ -178,33 +182,39 @@ impl Policy {
         checks.join(" OR ")
     }
 
-    /// Candidate rows of the next batch, in keyset order (`$2` = limit).
-    pub fn candidates(&self, locking: bool) -> String {
+    /// Candidate rows of the next batch, in keyset order, at most `limit` (SQL: a number or
+    /// a parameter). For a preview they carry their audit data and are not locked; for a
+    /// batch they are locked, and the audit data is taken later from the acted-on rows.
+    pub fn candidates(&self, limit: &str, preview: bool) -> String {
         let (t, k) = (ident(&self.time_column), ident(&self.key_column));
+        let audit = if preview { self.audit_data() } else { "NULL::jsonb".into() };
         let mut sql = format!(
             "SELECT t.{k} AS k, t.{t} AS tm, t.ctid AS tid, {blocked} AS blocked, {audit} AS data FROM {rel} t WHERE {due}",
             blocked = self.blocked(),
-            audit = sql::jsonb_of_columns("t", self.audit.as_deref().unwrap_or_default()),
             rel = self.relation,
             due = self.due(),
         );
         if self.cursor.is_some() {
             sql.push_str(&format!(" AND {}", self.after_cursor()));
         }
-        sql.push_str(&format!(" ORDER BY {} LIMIT $2", self.order("t", &k, &t, false)));
-        if locking {
+        sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", self.order("t", &k, &t, false)));
+        if !preview {
             sql.push_str(" FOR UPDATE OF t SKIP LOCKED");
         }
         sql
     }
 
     /// The whole batch as one statement: returns acted, examined, blocked, new cursor, audit.
-    fn statement(&self) -> String {
+    /// The limit is part of the text (not a parameter) so that the kept plan is planned for
+    /// it: a generic plan for "LIMIT $n" assumes a tenth of the table.
+    fn statement(&self, limit: i32) -> String {
         let key = ident(&self.key_column);
-        let mut sql = format!(
-            "WITH batch AS ({}), acted AS (SELECT k, tid FROM batch WHERE NOT blocked)",
-            self.candidates(true)
-        );
+        let mut sql = format!("WITH batch AS ({})", self.candidates(&limit.to_string(), false));
+        if self.may_block() {
+            sql.push_str(", acted AS (SELECT k, tid FROM batch WHERE NOT blocked)");
+        } else {
+            sql.push_str(", acted AS (SELECT k, tid FROM batch)");
+        }
         // `= ANY (ARRAY(...))` rather than a join: the planner cannot see that `acted` holds
         // at most one batch, and would happily hash-join it against a full scan of the table.
         let keys = "ANY (ARRAY(SELECT k FROM acted))";
@@ -219,7 +229,7 @@ impl Policy {
         } else {
             "t.ctid = ANY (ARRAY(SELECT tid FROM acted))".to_string()
         };
-        let returning = format!("t.{key} AS k, {} AS data", sql::jsonb_of_columns("t", self.audit.as_deref().unwrap_or_default()));
+        let returning = format!("t.{key} AS k, {} AS data", self.audit_data());
         match &self.nullify {
             None => sql.push_str(&format!(
                 ", done AS (DELETE FROM {rel} t WHERE {target} RETURNING {returning})",
@@ -231,19 +241,31 @@ impl Policy {
                 sets = columns.iter().map(|c| format!("{} = NULL", ident(c))).collect::<Vec<_>>().join(", ")
             )),
         }
-        let audit = if self.audit.is_some() {
-            "(SELECT jsonb_agg(jsonb_build_array(d.k::text, d.data))::text FROM done d)"
+        let (keys, data) = if self.audit.is_some() {
+            ("array_agg(d.k::text)", "array_agg(d.data)")
         } else {
-            "NULL::text"
+            ("NULL::text[]", "NULL::jsonb[]")
         };
+        let blocked = if self.may_block() { "(SELECT count(*) FROM batch WHERE blocked)" } else { "0::bigint" };
+        // The last row in keyset order is found first and only then turned into jsonb, so
+        // the cursor costs one jsonb value per batch, not one per row. The audit rows leave
+        // as two arrays in the same order (one aggregate pass), to be written by `run`.
         sql.push_str(&format!(
-            " SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM batch), (SELECT count(*) FROM batch WHERE blocked),
-                     (SELECT jsonb_build_array(b.tm, b.k)::text FROM batch b ORDER BY {} LIMIT 1), {audit}",
-            self.order("b", "k", "tm", true)
+            " SELECT a.acted, (SELECT count(*) FROM batch), {blocked},
+                     (SELECT jsonb_build_array(b.tm, b.k)::text FROM (SELECT tm, k FROM batch b ORDER BY {order} LIMIT 1) b),
+                     a.keys, a.data
+                FROM (SELECT count(*) AS acted, {keys} AS keys, {data} AS data FROM done d) a",
+            order = self.order("b", "k", "tm", true)
         ));
         sql
     }
 
+    /// The audit columns of row `t` as jsonb (NULL without audit).
+    fn audit_data(&self) -> String {
+        sql::jsonb_of_columns("t", self.audit.as_deref().unwrap_or_default())
+    }
+
+    /// `$1` cursor, `$2` limit (where the text has a parameter for it), `$3` older_than.
     pub fn args<'a>(&'a self, limit: i32) -> Vec<DatumWithOid<'a>> {
         vec![self.cursor.clone().into(), limit.into(), self.older_than.into()]
     }
@@ -274,52 +296,70 @@ pub struct Outcome {
 pub fn run(id: i32, limit: i32) -> Outcome {
     let policy = Policy::load(id);
     let limit = limit.min(policy.batch_size);
-    let locked = Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)", &[ADVISORY_LOCK_CLASS.into(), id.into()])
-        .unwrap_or_else(|e| error::internal(e))
-        .unwrap_or(false);
+    let locked = sql::optional_row(
+        "SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)",
+        &[ADVISORY_LOCK_CLASS.into(), id.into()],
+        |row| row.get::<bool>(1),
+    )
+    .flatten()
+    .unwrap_or(false);
     if !locked {
         return Outcome { acted: 0, examined: 0, sweep_done: true };
     }
-    let statement = policy.statement();
-    let (acted, examined, blocked, cursor, audit) = role::run_as(policy.owner, true, || {
-        Spi::connect_mut(|client| {
-            let row = client.update(statement.as_str(), Some(1), &policy.args(limit))?.first();
-            Ok::<_, pgrx::spi::Error>((
-                row.get::<i64>(1)?.unwrap_or(0),
-                row.get::<i64>(2)?.unwrap_or(0),
-                row.get::<i64>(3)?.unwrap_or(0),
-                row.get::<String>(4)?,
-                row.get::<String>(5)?,
-            ))
-        })
-        .unwrap_or_else(|e| error::internal(e))
-    });
-    let sweep_done = examined < i64::from(limit);
+    let statement = policy.statement(limit);
     let action = if policy.nullify.is_some() { "nullify" } else { "delete" };
-    role::as_extension_owner(|| {
-        Spi::run_with_args(
-            "WITH audit AS (
-                INSERT INTO lifecycle.audit_log (policy, relation, row_key, action, data)
-                SELECT $2, $3, e ->> 0, $4, e -> 1 FROM jsonb_array_elements($5::jsonb) AS e)
-             UPDATE lifecycle.policy_state
-                SET cursor = CASE WHEN $6 THEN NULL ELSE $7::jsonb END,
-                    sweep_started_at = CASE WHEN cursor IS NULL THEN now() ELSE sweep_started_at END,
-                    last_run_at = now(), last_acted = $8, total_acted = total_acted + $8,
-                    total_blocked = total_blocked + $9, batches = batches + 1, last_error = NULL
-              WHERE policy_id = $1",
-            &[
-                policy.id.into(),
-                policy.name.as_str().into(),
-                policy.relation.as_str().into(),
-                action.into(),
-                audit.into(),
-                sweep_done.into(),
-                cursor.into(),
-                acted.into(),
-                blocked.into(),
-            ],
-        )
-        .unwrap_or_else(|e| error::internal(e))
-    });
-    Outcome { acted, examined, sweep_done }
+    let bookkeeper = role::extension_owner();
+    // One SPI connection for both statements: the audit arrays go from the first to the
+    // second as the binary values they are (they live until the connection ends), not
+    // through text.
+    Spi::connect_mut(|client| {
+        let row = role::run_as(policy.owner, true, || sql::run_kept(client, true, &statement, &policy.args(limit), Some(1)))?
+            .first();
+        let acted = row.get::<i64>(1)?.unwrap_or(0);
+        let examined = row.get::<i64>(2)?.unwrap_or(0);
+        let blocked = row.get::<i64>(3)?.unwrap_or(0);
+        let cursor = row.get::<String>(4)?;
+        let audit_keys = raw_arg(row.get_datum_by_ordinal(5)?, pg_sys::TEXTARRAYOID);
+        let audit_data = raw_arg(row.get_datum_by_ordinal(6)?, pg_sys::JSONBARRAYOID);
+        let sweep_done = examined < i64::from(limit);
+        let args = [
+            policy.id.into(),
+            policy.name.as_str().into(),
+            policy.relation.as_str().into(),
+            action.into(),
+            audit_keys,
+            audit_data,
+            sweep_done.into(),
+            cursor.into(),
+            acted.into(),
+            blocked.into(),
+        ];
+        role::run_as(bookkeeper, false, || sql::run_kept(client, true, BOOKKEEPING, &args, None))?;
+        Ok::<_, pgrx::spi::Error>(Outcome { acted, examined, sweep_done })
+    })
+    .unwrap_or_else(|e| error::internal(e))
 }
+
+/// What a batch records as the extension owner: one audit row per acted-on row (`$5` keys and
+/// `$6` data, parallel arrays) and the policy's new state.
+const BOOKKEEPING: &str = "
+WITH audit AS (
+    INSERT INTO lifecycle.audit_log (policy, relation, row_key, action, data)
+    SELECT $2, $3, u.k, $4, u.d FROM unnest($5::text[], $6::jsonb[]) AS u(k, d))
+UPDATE lifecycle.policy_state
+   SET cursor = CASE WHEN $7 THEN NULL ELSE $8::jsonb END,
+       sweep_started_at = CASE WHEN cursor IS NULL THEN now() ELSE sweep_started_at END,
+       last_run_at = now(), last_acted = $9, total_acted = total_acted + $9,
+       total_blocked = total_blocked + $10, batches = batches + 1, last_error = NULL
+ WHERE policy_id = $1";
+
+/// A value of the current SPI result passed on as a parameter as is (no conversion).
+fn raw_arg<'a>(value: Option<pg_sys::Datum>, type_oid: pg_sys::Oid) -> DatumWithOid<'a> {
+    match value {
+        // SAFETY: the value belongs to the SPI connection the next statement runs in, and
+        // `type_oid` is its declared type in the statement that produced it.
+        Some(datum) => unsafe { DatumWithOid::new(datum, type_oid) },
+        None => DatumWithOid::null_oid(type_oid),
+    }
+}
+

@@ -78,7 +78,7 @@ fn preview(
     }
     let (id, _) = policy_for_change(policy_name);
     let policy = Policy::load(id);
-    let query = format!("SELECT k::text, tm::text, blocked, data FROM ({}) c", policy.candidates(false));
+    let query = format!("SELECT k::text, tm::text, blocked, data FROM ({}) c", policy.candidates("$2", true));
     let rows = role::run_as(policy.owner, true, || {
         Spi::connect(|client| {
             client
