@@ -1,0 +1,1 @@
+SELECT lifecycle.reap_expired(1000);
