@@ -375,8 +375,8 @@ $$;
 -- Activity (sql/activity.sql as of 0.2.0).
 
 -- Activity: per-(user, client) and per-(user, client, scope) liveness. See docs/activity.md.
--- record_activity is Rust (src/activity.rs): it answers throttled calls from shared memory and
--- comes here, to _write_activity, only when a row may have to move.
+-- record_activity is Rust (src/activity/): it answers throttled calls from shared memory and
+-- writes, as the owner of these tables, only the rows that may have to move (write.rs).
 -- Every key starts with user_id, so both tables can be distributed on it (docs/scaling.md).
 
 CREATE TABLE lifecycle.activity (
@@ -418,131 +418,6 @@ CREATE VIEW lifecycle.service_activity AS
       FROM lifecycle.activity_scopes s
       LEFT JOIN lifecycle.scope_services m ON m.scope = s.scope
      GROUP BY s.user_id, s.client_id, m.service;
-
--- The write half of record_activity. A new (user, client) is inserted with ON CONFLICT DO
--- NOTHING first: one statement creates it, and for a row that exists DO NOTHING takes no row
--- lock and writes nothing. An existing row is read (no row lock, no WAL while it is still
--- inside the throttle) and upserted only when due, with the throttle repeated in the ON
--- CONFLICT predicate so a concurrent writer can never move a row backwards. Scope rows are
--- read the same way, except under a parent this call created (there are none yet). New rows
--- are created only when p_allow_new (the storm guard); scope rows only under an existing or
--- new parent (FK). Operational errors are caught here (one subtransaction) and returned,
--- never raised: activity is a side signal and must not fail a token grant.
--- Every statement touches one table and filters on user_id = p_user, so on Citus each is a
--- single-shard (router) query (docs/scaling.md); a single statement with modifying CTEs over
--- both tables is not plannable there, and the ON CONFLICT predicates use only immutable
--- operators (timestamptz - timestamptz > interval; "+ interval" is only stable), which Citus
--- requires. p_scopes arrives sorted and unique (record_activity), and scope rows are written
--- in that order, so concurrent calls lock them in the same order.
--- seen[1] is the parent's last_seen_at as far as this call knows it, seen[1 + i] that of
--- p_scopes[i]; NULL where unknown. record_activity caches these (lower bounds: rows only move
--- forward) once the transaction commits. A generic plan is forced: the statements' shapes
--- never change, and re-planning them per call costs more than running them.
-CREATE FUNCTION lifecycle._write_activity(
-    p_user text, p_client text, p_scopes text[], p_at timestamptz, p_throttle_seconds bigint, p_allow_new boolean,
-    OUT seen timestamptz[], OUT written bigint, OUT inserted bigint, OUT unclassified text[],
-    OUT storm_limited boolean, OUT failed_state text, OUT failed_message text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, lifecycle, pg_temp
-SET plan_cache_mode = force_generic_plan
-AS $$
-DECLARE
-    p_throttle interval := make_interval(secs => p_throttle_seconds);
-    parent_new boolean := false;
-    parent_seen timestamptz;
-    is_new boolean;
-    have_scopes text[];
-    have_seen timestamptz[];
-    cur timestamptz;
-    due_scopes text[] := '{}';
-    cur_scope text;
-    written_scopes text[] := '{}';
-BEGIN
-    written := 0; inserted := 0; storm_limited := false; unclassified := '{}';
-    seen := array_fill(NULL::timestamptz, ARRAY[1 + cardinality(p_scopes)]);
-    IF p_allow_new THEN
-        INSERT INTO lifecycle.activity AS a (user_id, client_id, first_seen_at, last_seen_at)
-        VALUES (p_user, p_client, p_at, p_at)
-        ON CONFLICT (user_id, client_id) DO NOTHING
-        RETURNING true INTO parent_new;
-        parent_new := coalesce(parent_new, false);
-    END IF;
-    IF parent_new THEN
-        seen[1] := p_at;
-        written := 1;
-        inserted := 1;
-    ELSE
-        SELECT a.last_seen_at INTO parent_seen FROM lifecycle.activity a
-         WHERE a.user_id = p_user AND a.client_id = p_client;
-        IF parent_seen IS NULL AND NOT p_allow_new THEN
-            storm_limited := true;
-            RETURN;
-        END IF;
-        IF parent_seen IS NOT NULL AND p_at <= parent_seen + p_throttle THEN
-            seen[1] := parent_seen;
-        ELSE
-            INSERT INTO lifecycle.activity AS a (user_id, client_id, first_seen_at, last_seen_at)
-            VALUES (p_user, p_client, p_at, p_at)
-            ON CONFLICT (user_id, client_id) DO UPDATE SET last_seen_at = excluded.last_seen_at
-             WHERE excluded.last_seen_at - a.last_seen_at > p_throttle
-            RETURNING a.xmax = 0 INTO is_new;
-            IF FOUND THEN
-                seen[1] := p_at;
-                written := 1;
-                inserted := is_new::integer;
-            END IF;
-        END IF;
-    END IF;
-    IF cardinality(p_scopes) = 0 THEN
-        RETURN;
-    END IF;
-    IF parent_new THEN
-        -- Scope rows need their parent (FK), and it did not exist before this call.
-        due_scopes := p_scopes;
-    ELSE
-        SELECT coalesce(array_agg(s.scope), '{}'), coalesce(array_agg(s.last_seen_at), '{}')
-          INTO have_scopes, have_seen
-          FROM lifecycle.activity_scopes s
-         WHERE s.user_id = p_user AND s.client_id = p_client AND s.scope = ANY (p_scopes);
-        FOR i IN 1 .. cardinality(p_scopes) LOOP
-            cur := have_seen[array_position(have_scopes, p_scopes[i])];
-            IF cur IS NOT NULL AND p_at <= cur + p_throttle THEN
-                seen[1 + i] := cur;
-            ELSIF cur IS NULL AND NOT p_allow_new THEN
-                storm_limited := true;
-            ELSE
-                due_scopes := due_scopes || p_scopes[i];
-            END IF;
-        END LOOP;
-    END IF;
-    -- One single-row statement per due scope: Citus plans an INSERT ... SELECT over the
-    -- array only with custom plans, and this function forces generic ones.
-    FOREACH cur_scope IN ARRAY due_scopes LOOP
-        INSERT INTO lifecycle.activity_scopes AS s (user_id, client_id, scope, first_seen_at, last_seen_at)
-        VALUES (p_user, p_client, cur_scope, p_at, p_at)
-        ON CONFLICT (user_id, client_id, scope) DO UPDATE SET last_seen_at = excluded.last_seen_at
-         WHERE excluded.last_seen_at - s.last_seen_at > p_throttle
-        RETURNING s.xmax = 0 INTO is_new;
-        IF FOUND THEN
-            seen[1 + array_position(p_scopes, cur_scope)] := p_at;
-            written := written + 1;
-            inserted := inserted + is_new::integer;
-            written_scopes := written_scopes || cur_scope;
-        END IF;
-    END LOOP;
-    IF cardinality(written_scopes) > 0 THEN
-        -- A probe per written scope (a correlated subquery): no hash table is built for the
-        -- few scopes one grant carries.
-        SELECT coalesce(array_agg(w.scope ORDER BY w.scope), '{}') INTO unclassified
-          FROM unnest(written_scopes) AS w(scope)
-         WHERE (SELECT m.scope FROM lifecycle.scope_services m WHERE m.scope = w.scope) IS NULL;
-    END IF;
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS failed_state = RETURNED_SQLSTATE, failed_message = MESSAGE_TEXT;
-    seen := array_fill(NULL::timestamptz, ARRAY[1 + cardinality(p_scopes)]);
-    written := 0; inserted := 0; unclassified := '{}'; storm_limited := false;
-END
-$$;
 
 -- Deleting activity rows (forget_user, a retention policy, a manual DELETE) or moving
 -- last_seen_at backwards must drop what shared memory remembers about those users, or a
@@ -871,7 +746,6 @@ GRANT SELECT ON lifecycle.links TO PUBLIC;
 -- The app: record activity, check and reject tokens, forget a deleted account, read counters.
 GRANT EXECUTE ON FUNCTION
     lifecycle.record_activity(text, text, text[], timestamptz),
-    lifecycle._write_activity(text, text, text[], timestamptz, bigint, boolean),
     lifecycle.forget_user(text),
     lifecycle.reject_if_expired(text, text, timestamptz, timestamptz),
     lifecycle.reject_if_expired(text, text, bigint, timestamptz),

@@ -46,7 +46,6 @@ GRANT SELECT ON lifecycle.links TO PUBLIC;
 -- The app: record activity, check and reject tokens, forget a deleted account, read counters.
 GRANT EXECUTE ON FUNCTION
     lifecycle.record_activity(text, text, text[], timestamptz),
-    lifecycle._write_activity(text, text, text[], timestamptz, bigint, boolean),
     lifecycle.forget_user(text),
     lifecycle.reject_if_expired(text, text, timestamptz, timestamptz),
     lifecycle.reject_if_expired(text, text, bigint, timestamptz),

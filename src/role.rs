@@ -52,6 +52,21 @@ pub fn extension_owner() -> pg_sys::Oid {
     })
 }
 
+/// The owner of table `qualified` (a schema-qualified name, so search_path plays no part),
+/// from the relation cache: no SQL.
+pub fn owner_of(qualified: &str) -> pg_sys::Oid {
+    let relation = pgrx::PgRelation::open_with_name_and_share_lock(qualified).unwrap_or_else(|_| {
+        crate::error::raise(
+            crate::error::Code::ERRCODE_UNDEFINED_TABLE,
+            format!("table {qualified} does not exist"),
+            None,
+            Some("Reinstall the extension: ALTER EXTENSION pg_lifecycle UPDATE, or DROP and CREATE it."),
+        )
+    });
+    // SAFETY: an open relation has its pg_class row.
+    unsafe { (*relation.rd_rel).relowner }
+}
+
 /// Runs bookkeeping as the extension owner (not restricted: it only touches our own tables).
 pub fn as_extension_owner<R>(work: impl FnOnce() -> R) -> R {
     run_as(extension_owner(), false, work)

@@ -6,8 +6,11 @@ use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::PgOid;
 use pgrx::spi::{self, OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use pgrx::Spi;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::{pg_sys, PgSqlErrorCode, PgTryBuilder};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 
 thread_local! {
     /// Plans by (read-write?, text), kept for the session. The plan cache re-plans one when a
@@ -64,6 +67,49 @@ pub fn run_kept<'conn>(
     } else {
         client.select(plan, limit, args)
     }
+}
+
+/// Runs `work` in a subtransaction. When it raises a Postgres error, the subtransaction is
+/// rolled back (its writes, locks and role switches with it) and the error comes back as
+/// (SQLSTATE, message) instead of failing the caller, as a plpgsql EXCEPTION block would:
+/// a cancel (statement_timeout, pg_cancel_backend) and Rust panics are raised again.
+pub fn in_subtransaction<R>(work: impl FnOnce() -> R) -> Result<R, (String, String)> {
+    // SAFETY: the begin/release/rollback protocol of PL/Python's subtransactions: back to the
+    // caller's memory context and resource owner after each step.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        let restore = move || {
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+        };
+        PgTryBuilder::new(AssertUnwindSafe(|| {
+            let result = work();
+            pg_sys::ReleaseCurrentSubTransaction();
+            restore();
+            Ok(result)
+        }))
+        .catch_others(|caught| {
+            restore();
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            restore();
+            match caught {
+                CaughtError::PostgresError(report) if report.sql_error_code() != PgSqlErrorCode::ERRCODE_QUERY_CANCELED => {
+                    Err((sqlstate(report.sql_error_code()), report.message().to_owned()))
+                }
+                other => other.rethrow(),
+            }
+        })
+        .execute()
+    }
+}
+
+/// The five-character SQLSTATE of an error code.
+fn sqlstate(code: PgSqlErrorCode) -> String {
+    // SAFETY: unpack_sql_state returns a static buffer holding a NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(pg_sys::unpack_sql_state(code as i32)) }.to_string_lossy().into_owned()
 }
 
 /// Runs a read-only query that returns at most one row and maps that row; `None` when there

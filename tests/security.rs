@@ -68,8 +68,9 @@ fn elevated_and_sql_running_functions_pin_search_path() {
         "lifecycle.clamp_expiry(timestamp with time zone,timestamp with time zone)",
         "lifecycle.cron_next_run(text,timestamp with time zone)",
         "lifecycle.expiry_rejections()",
-        // The hot path: no SQL at all when throttled; otherwise one schema-qualified call of
-        // the SECURITY DEFINER writer, with no operator or unqualified name in it.
+        // The hot path: no SQL at all when throttled (a SET clause would cost every call);
+        // otherwise its own fixed statements, which qualify every table and operator
+        // (src/activity/write.rs; shadowed below).
         "lifecycle.record_activity(text,text,text[],timestamp with time zone)",
         "lifecycle.reset_activity_stats()",
         "lifecycle.reset_expiry_rejections()",
@@ -115,6 +116,12 @@ fn shadowing_functions_and_operators_on_search_path_changes_nothing() {
            CREATE FUNCTION evil.hit_ts(a timestamptz, b timestamptz) RETURNS boolean LANGUAGE plpgsql AS
              $$ BEGIN INSERT INTO evil.hits VALUES ('timestamptz <'); RETURN a OPERATOR(pg_catalog.<) b; END $$;
            CREATE OPERATOR evil.< (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = evil.hit_ts);
+           CREATE FUNCTION evil.hit_minus(a timestamptz, b timestamptz) RETURNS interval LANGUAGE plpgsql AS
+             $$ BEGIN INSERT INTO evil.hits VALUES ('timestamptz -'); RETURN a OPERATOR(pg_catalog.-) b; END $$;
+           CREATE OPERATOR evil.- (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = evil.hit_minus);
+           CREATE FUNCTION evil.hit_interval(a interval, b interval) RETURNS boolean LANGUAGE plpgsql AS
+             $$ BEGIN INSERT INTO evil.hits VALUES ('interval >'); RETURN a OPERATOR(pg_catalog.>) b; END $$;
+           CREATE OPERATOR evil.> (LEFTARG = interval, RIGHTARG = interval, FUNCTION = evil.hit_interval);
            CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE plpgsql AS
              $$ BEGIN INSERT INTO evil.hits VALUES ('now()'); RETURN pg_catalog.now(); END $$;
            CREATE FUNCTION evil.quote_ident(text) RETURNS text LANGUAGE plpgsql AS
@@ -136,6 +143,9 @@ fn shadowing_functions_and_operators_on_search_path_changes_nothing() {
          SELECT * FROM lifecycle.check(false);
          SELECT lifecycle.record_activity('u1', 'c1', '{a,b}');
          SELECT lifecycle.record_activity('u1', 'c1', '{a,b}');
+         -- Existing rows that are due: every statement of the write path runs.
+         SELECT lifecycle.record_activity('u3', 'c1', '{a,b}', pg_catalog.now() OPERATOR(pg_catalog.-) interval '2 days');
+         SELECT lifecycle.record_activity('u3', 'c1', '{a,b,c}');
          SELECT * FROM lifecycle.inactive_users('1 day');
          SELECT lifecycle.active_users_count('1 day');
          SELECT lifecycle.forget_user('u1');
@@ -151,6 +161,11 @@ fn shadowing_functions_and_operators_on_search_path_changes_nothing() {
     let path: String = c.query_one("SHOW search_path", &[]).unwrap().get(0);
     assert_eq!(path, "evil, pg_catalog, public", "the caller's search_path is given back");
     c.batch_execute("RESET search_path").unwrap();
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM lifecycle.activity_scopes WHERE user_id = 'u3' AND last_seen_at > now() - interval '1 hour'"),
+        3,
+        "the due rows were written"
+    );
     // The same as a non-superuser operator whose own schema shadows them.
     let role = format!("shadow_{}", db.name);
     c.batch_execute(&format!(

@@ -4,16 +4,14 @@
 //! The hot path (a call inside the throttle) is answered from shared memory without SPI,
 //! a row lock, WAL or a commit flush: it is most calls, and an auth server's /token endpoint
 //! cannot afford the FxA-style "upsert that does nothing" on each one. Everything else goes to
-//! `lifecycle._write_activity` (sql/activity.sql), which reads first and upserts what is due.
+//! write.rs, which reads first and upserts what is due.
 
 pub mod cache;
+mod write;
 
 use crate::error;
-use pgrx::datum::DatumWithOid;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
-use pgrx::PgOid;
 use std::cell::RefCell;
 use std::collections::HashSet;
 
@@ -206,22 +204,7 @@ fn sampled_out() -> bool {
     rate < 1.0 && unsafe { pg_sys::pg_prng_double(&raw mut pg_sys::pg_global_prng_state) } >= rate
 }
 
-/// What `_write_activity` reports.
-struct WriteOutcome {
-    seen: Vec<Option<TimestampWithTimeZone>>,
-    written: i64,
-    inserted: i64,
-    unclassified: Vec<String>,
-    storm_limited: bool,
-    failed: Option<(String, String)>,
-}
-
-const WRITE_SQL: &str = "SELECT seen, written, inserted, unclassified, storm_limited, failed_state, failed_message \
-     FROM lifecycle._write_activity($1, $2, $3, $4, $5, $6)";
-
 thread_local! {
-    /// Planned once per backend; the plan cache re-plans it if the function is re-created.
-    static WRITE_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static WARNED_FAILURES: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
     static WARNED_UNCLASSIFIED: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
 }
@@ -240,7 +223,7 @@ fn write(
     scopes.sort_unstable();
     scopes.dedup();
     let allow_new = cache::storm_allows_new(MAX_NEW_PER_SECOND.get());
-    let outcome = call_write(user_id, client_id, &scopes, at, throttle_micros / 1_000_000, allow_new);
+    let outcome = write::write(user_id, client_id, &scopes, at, throttle_micros, allow_new);
     if let Some((state, message)) = &outcome.failed {
         cache::count(cache::WRITE_FAILED, 1);
         warn_failure_once(state, message);
@@ -269,50 +252,6 @@ fn write(
         }
         false
     }
-}
-
-fn call_write(
-    user_id: &str,
-    client_id: &str,
-    scopes: &[&str],
-    at: TimestampWithTimeZone,
-    throttle_seconds: i64,
-    allow_new: bool,
-) -> WriteOutcome {
-    WRITE_PLAN.with(|plan| {
-        let mut plan = plan.borrow_mut();
-        Spi::connect_mut(|client| {
-            if plan.is_none() {
-                let types = [
-                    PgOid::BuiltIn(PgBuiltInOids::TEXTOID),
-                    PgOid::BuiltIn(PgBuiltInOids::TEXTOID),
-                    PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID),
-                    PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID),
-                    PgOid::BuiltIn(PgBuiltInOids::INT8OID),
-                    PgOid::BuiltIn(PgBuiltInOids::BOOLOID),
-                ];
-                *plan = Some(client.prepare_mut(WRITE_SQL, &types)?.keep());
-            }
-            let args: [DatumWithOid; 6] = [
-                user_id.into(),
-                client_id.into(),
-                scopes.to_vec().into(),
-                at.into(),
-                throttle_seconds.into(),
-                allow_new.into(),
-            ];
-            let row = client.update(plan.as_ref().expect("prepared above"), Some(1), &args)?.first();
-            Ok::<_, pgrx::spi::Error>(WriteOutcome {
-                seen: row.get::<Vec<Option<TimestampWithTimeZone>>>(1)?.unwrap_or_default(),
-                written: row.get::<i64>(2)?.unwrap_or(0),
-                inserted: row.get::<i64>(3)?.unwrap_or(0),
-                unclassified: row.get::<Vec<String>>(4)?.unwrap_or_default(),
-                storm_limited: row.get::<bool>(5)?.unwrap_or(false),
-                failed: row.get::<String>(6)?.map(|state| (state, row.get::<String>(7).ok().flatten().unwrap_or_default())),
-            })
-        })
-        .unwrap_or_else(|e| error::internal(e))
-    })
 }
 
 /// Inserts into a per-backend set of bounded size; true the first time a key is seen.

@@ -210,14 +210,17 @@ impl Policy {
     fn statement(&self, limit: i32) -> String {
         let key = ident(&self.key_column);
         let mut sql = format!("WITH batch AS ({})", self.candidates(&limit.to_string(), false));
-        if self.may_block() {
+        // The rows to act on: all candidates, or those no child blocks (a second CTE, only
+        // when there is something to filter).
+        let acted = if self.may_block() {
             sql.push_str(", acted AS (SELECT k, tid FROM batch WHERE NOT blocked)");
+            "acted"
         } else {
-            sql.push_str(", acted AS (SELECT k, tid FROM batch)");
-        }
+            "batch"
+        };
         // `= ANY (ARRAY(...))` rather than a join: the planner cannot see that `acted` holds
         // at most one batch, and would happily hash-join it against a full scan of the table.
-        let keys = "ANY (ARRAY(SELECT k FROM acted))";
+        let keys = format!("ANY (ARRAY(SELECT k FROM {acted}))");
         for (i, (rel, c)) in self.children.iter().enumerate() {
             sql.push_str(&format!(", child_{i} AS (DELETE FROM {rel} c WHERE {} = {keys})", col("c", c)));
         }
@@ -227,7 +230,7 @@ impl Policy {
         let target = if self.partitioned {
             format!("t.{key} = {keys}")
         } else {
-            "t.ctid = ANY (ARRAY(SELECT tid FROM acted))".to_string()
+            format!("t.ctid = ANY (ARRAY(SELECT tid FROM {acted}))")
         };
         let returning = format!("t.{key} AS k, {} AS data", self.audit_data());
         match &self.nullify {
