@@ -3,7 +3,7 @@
 # drift on a shared 2-core machine hurts both sides alike.
 BENCH_SECONDS=${BENCH_SECONDS:-8}
 BENCH_CLIENTS=${BENCH_CLIENTS:-2}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 RESULTS=()
 
 # tps DB SCRIPT: transactions per second of one pgbench run.

@@ -40,6 +40,9 @@ pub struct Policy {
     partitioned: bool,
 }
 
+/// One row per batch. The referencing foreign keys (children that block a row) are looked up
+/// only for dependents = 'block': pg_constraint has no index on confrelid, so that lookup
+/// reads the whole catalog.
 const LOAD: &str = "
 SELECT p.id, p.name, p.owner::oid,
        pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),
@@ -50,15 +53,17 @@ SELECT p.id, p.name, p.owner::oid,
                JOIN pg_catalog.pg_class cc ON cc.oid = u.r
                JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace ORDER BY u.ord),
        p.child_columns::text[],
+       CASE WHEN p.dependents = 'block' THEN
        ARRAY(SELECT pg_catalog.quote_ident(fn.nspname) || '.' || pg_catalog.quote_ident(fc.relname)
                FROM pg_catalog.pg_constraint f
                JOIN pg_catalog.pg_class fc ON fc.oid = f.conrelid
                JOIN pg_catalog.pg_namespace fn ON fn.oid = fc.relnamespace
-              WHERE f.confrelid = p.relation AND f.contype = 'f' AND cardinality(f.conkey) = 1 ORDER BY f.oid),
+              WHERE f.confrelid = p.relation AND f.contype = 'f' AND cardinality(f.conkey) = 1 ORDER BY f.oid) END,
+       CASE WHEN p.dependents = 'block' THEN
        ARRAY(SELECT fa.attname::text
                FROM pg_catalog.pg_constraint f
                JOIN pg_catalog.pg_attribute fa ON fa.attrelid = f.conrelid AND fa.attnum = f.conkey[1]
-              WHERE f.confrelid = p.relation AND f.contype = 'f' AND cardinality(f.conkey) = 1 ORDER BY f.oid),
+              WHERE f.confrelid = p.relation AND f.contype = 'f' AND cardinality(f.conkey) = 1 ORDER BY f.oid) END,
        p.audit_columns::text[], p.batch_size, s.cursor::text, c.oid IS NOT NULL, c.relkind = 'p'
   FROM lifecycle.policies p
   JOIN lifecycle.policy_state s ON s.policy_id = p.id
