@@ -19,7 +19,8 @@
 //! These statements run with the table owner's rights under the caller's search_path, so
 //! every operator is schema-qualified (`OPERATOR(pg_catalog.=)`) and every table too; the
 //! parameters carry their types, so nothing else is looked up by name (tests/security.rs
-//! shadows these operators). Every statement touches one table and filters on `user_id`, so on
+//! shadows these operators). Every statement touches one activity table (the scope upsert also
+//! joins the small `scope_services`, a reference table there) and filters on `user_id`, so on
 //! Citus each is a single-shard (router) query (docs/scaling.md); the ON CONFLICT predicates
 //! use only immutable operators (`timestamptz - timestamptz > interval`), which Citus requires.
 
@@ -73,20 +74,22 @@ SELECT s.scope, s.last_seen_at FROM lifecycle.activity_scopes s
  WHERE s.user_id OPERATOR(pg_catalog.=) $1 AND s.client_id OPERATOR(pg_catalog.=) $2
    AND s.scope OPERATOR(pg_catalog.=) ANY ($3)";
 
-const MAPPED_SCOPES: &str = "
-SELECT m.scope FROM lifecycle.scope_services m WHERE m.scope OPERATOR(pg_catalog.=) ANY ($1)";
-
 /// The upsert of `n` scope rows (`$5` ... `$(4 + n)`), in the order given: the scopes arrive
-/// sorted, so two grants with overlapping scopes lock their rows in the same order. One kept
-/// plan per `n` (at most MAX_SCOPES of them).
+/// sorted, so two grants with overlapping scopes lock their rows in the same order. It also
+/// says which of the rows written map to no service (a join with the reference table, which
+/// Citus plans with the insert; a subquery in RETURNING it would not). One kept plan per `n`
+/// (at most MAX_SCOPES of them).
 fn upsert_scopes(n: usize) -> String {
     let rows: Vec<String> = (0..n).map(|i| format!("($1, $2, ${}, $3, $3)", 5 + i)).collect();
     format!(
-        "INSERT INTO lifecycle.activity_scopes AS s (user_id, client_id, scope, first_seen_at, last_seen_at)
-         VALUES {}
-         ON CONFLICT (user_id, client_id, scope) DO UPDATE SET last_seen_at = excluded.last_seen_at
-          WHERE (excluded.last_seen_at OPERATOR(pg_catalog.-) s.last_seen_at) OPERATOR(pg_catalog.>) $4
-         RETURNING s.scope, s.xmax OPERATOR(pg_catalog.=) 0",
+        "WITH written AS (
+            INSERT INTO lifecycle.activity_scopes AS s (user_id, client_id, scope, first_seen_at, last_seen_at)
+            VALUES {}
+            ON CONFLICT (user_id, client_id, scope) DO UPDATE SET last_seen_at = excluded.last_seen_at
+             WHERE (excluded.last_seen_at OPERATOR(pg_catalog.-) s.last_seen_at) OPERATOR(pg_catalog.>) $4
+            RETURNING s.scope, s.xmax OPERATOR(pg_catalog.=) 0 AS is_new)
+         SELECT w.scope, w.is_new, m.scope IS NULL AS unmapped
+           FROM written w LEFT JOIN lifecycle.scope_services m ON m.scope OPERATOR(pg_catalog.=) w.scope",
         rows.join(", ")
     )
 }
@@ -182,11 +185,12 @@ impl Call<'_> {
     /// the others and notes the storm guard holding back a new one.
     fn due_scopes(&self, client: &mut SpiClient<'_>, out: &mut Outcome) -> Result<Vec<&str>, spi::Error> {
         let [user, client_id] = self.key();
-        let have: HashMap<String, TimestampWithTimeZone> =
-            run_kept(client, true, READ_SCOPES, &[user, client_id, self.scopes.to_vec().into()], None)?
-                .map(|row| Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<TimestampWithTimeZone>(2)?)))
-                .filter_map(|r: Result<_, spi::Error>| r.map(|(scope, seen)| seen.map(|seen| (scope, seen))).transpose())
-                .collect::<Result<_, _>>()?;
+        let mut have = HashMap::new();
+        for row in run_kept(client, true, READ_SCOPES, &[user, client_id, self.scopes.to_vec().into()], None)? {
+            if let (Some(scope), Some(seen)) = (row.get::<String>(1)?, row.get::<TimestampWithTimeZone>(2)?) {
+                have.insert(scope, seen);
+            }
+        }
         let mut due = Vec::new();
         for (i, scope) in self.scopes.iter().enumerate() {
             match have.get(*scope) {
@@ -198,13 +202,12 @@ impl Call<'_> {
         Ok(due)
     }
 
-    /// Upserts the due scope rows in one statement, then finds which of those written map to
-    /// no service.
+    /// Upserts the due scope rows and finds which of those written map to no service, in one
+    /// statement.
     fn upsert_scopes(&self, client: &mut SpiClient<'_>, due: &[&str], out: &mut Outcome) -> Result<(), spi::Error> {
         let [user, client_id] = self.key();
         let mut args = vec![user, client_id, self.at.into(), self.throttle.into()];
         args.extend(due.iter().map(|scope| DatumWithOid::from(*scope)));
-        let mut written = Vec::new();
         for row in run_kept(client, true, &upsert_scopes(due.len()), &args, None)? {
             let scope = row.get::<String>(1)?.unwrap_or_default();
             if let Some(i) = self.scopes.iter().position(|s| *s == scope) {
@@ -212,15 +215,11 @@ impl Call<'_> {
             }
             out.written += 1;
             out.inserted += i64::from(row.get::<bool>(2)?.unwrap_or(false));
-            written.push(scope);
+            if row.get::<bool>(3)?.unwrap_or(false) {
+                out.unclassified.push(scope);
+            }
         }
-        if written.is_empty() {
-            return Ok(());
-        }
-        let mapped: Vec<String> = run_kept(client, true, MAPPED_SCOPES, &[written.clone().into()], None)?
-            .map(|row| row.get::<String>(1).map(Option::unwrap_or_default))
-            .collect::<Result<_, _>>()?;
-        out.unclassified = written.into_iter().filter(|s| !mapped.contains(s)).collect();
+        // Sorted: the warning about them reads the same whatever order the rows came back in.
         out.unclassified.sort_unstable();
         Ok(())
     }
