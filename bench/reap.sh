@@ -31,6 +31,7 @@ run_reap() {
             single) secs=$(seconds reapbench "CALL mm.reap_single($audit)") ;;
             loop) secs=$(seconds reapbench "CALL mm.reap_loop($audit)") ;;
             floor) secs=$(seconds reapbench "CALL mm.reap_floor()") ;;
+            floor_unlocked) secs=$(seconds reapbench "CALL mm.reap_floor(lock_rows => false)") ;;
             lifecycle) reap_policy "$audit"; secs=$(seconds reapbench "SET client_min_messages = warning" "CALL lifecycle.reap(100000, '1 hour', 1000)") ;;
         esac
         left=$(psql_q -qtA -d reapbench -c "SELECT count(*) FROM mm.useraccesstokens WHERE expiresat > 0 AND expiresat <= (extract(epoch FROM now()) * 1000)::bigint")
@@ -89,8 +90,10 @@ reap_bench() {
         reap_ratio "hand-written loop (b) vs (a), $mode [reference]" "$b" "$a" 0
         if [ "$audit" = false ]; then
             floor=$(run_reap floor false)
-            echo "  no audit: (b') floor of a 1000-row batch loop (no bookkeeping) $floor rows/s"
+            unlocked=$(run_reap floor_unlocked false)
+            echo "  no audit: (b') floor of a 1000-row batch loop (no bookkeeping) $floor rows/s, $unlocked rows/s without row locks"
             reap_ratio "batch-loop floor (b') vs (a), no audit [reference]" "$floor" "$a" 0
+            reap_ratio "batch-loop floor without row locks vs (a) [reference]" "$unlocked" "$a" 0
             reap_ratio "reap (c) vs batch-loop floor (b'), no audit [reference]" "$c" "$floor" 0
         fi
     done

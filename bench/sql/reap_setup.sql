@@ -55,16 +55,25 @@ END $$;
 
 -- (b') The floor of any 1000-row batch loop here (reference): a keyset scan that locks and
 -- skips locked rows, sessions then tokens by ctid, COMMIT; no bookkeeping, no audit, no
--- tie-break on equal times (it relies on deleted rows dropping out of the scan).
-CREATE PROCEDURE mm.reap_floor() LANGUAGE plpgsql AS $$
+-- tie-break on equal times (it relies on deleted rows dropping out of the scan). With
+-- lock_rows = false it does not even lock (it would wait on the app's locks): the ceiling of
+-- a 1000-row loop on this machine.
+CREATE PROCEDURE mm.reap_floor(lock_rows boolean DEFAULT true) LANGUAGE plpgsql AS $$
 DECLARE now_ms bigint := (extract(epoch FROM now()) * 1000)::bigint; ids text[]; tids tid[]; last bigint := 0;
 BEGIN
     LOOP
         SET LOCAL synchronous_commit = off;
-        SELECT array_agg(id), array_agg(ctid), max(expiresat) INTO ids, tids, last
-          FROM (SELECT id, ctid, expiresat FROM mm.useraccesstokens
-                 WHERE expiresat > 0 AND expiresat <= now_ms AND expiresat >= last
-                 ORDER BY expiresat LIMIT 1000 FOR UPDATE SKIP LOCKED) x;
+        IF lock_rows THEN
+            SELECT array_agg(id), array_agg(ctid), max(expiresat) INTO ids, tids, last
+              FROM (SELECT id, ctid, expiresat FROM mm.useraccesstokens
+                     WHERE expiresat > 0 AND expiresat <= now_ms AND expiresat >= last
+                     ORDER BY expiresat LIMIT 1000 FOR UPDATE SKIP LOCKED) x;
+        ELSE
+            SELECT array_agg(id), array_agg(ctid), max(expiresat) INTO ids, tids, last
+              FROM (SELECT id, ctid, expiresat FROM mm.useraccesstokens
+                     WHERE expiresat > 0 AND expiresat <= now_ms AND expiresat >= last
+                     ORDER BY expiresat LIMIT 1000) x;
+        END IF;
         EXIT WHEN ids IS NULL;
         DELETE FROM mm.sessions WHERE useraccesstokenid = ANY (ids);
         DELETE FROM mm.useraccesstokens WHERE ctid = ANY (tids);
