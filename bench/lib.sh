@@ -12,17 +12,25 @@ tps() {
         -f "$2" "$1" 2>&1 | awk '/^tps = / {print $3}'
 }
 
-# compare NAME DB BASELINE_SCRIPT CANDIDATE_SCRIPT TARGET_RATIO
-compare() {
-    local name=$1 db=$2 base=$3 cand=$4 target=$5 best_base=0 best_cand=0 t
-    for _ in $(seq 1 "$ROUNDS"); do
-        t=$(tps "$db" "$base"); best_base=$(awk -v a="$best_base" -v b="$t" 'BEGIN {print (b > a ? b : a)}')
-        t=$(tps "$db" "$cand"); best_cand=$(awk -v a="$best_cand" -v b="$t" 'BEGIN {print (b > a ? b : a)}')
-    done
-    local ratio verdict
-    ratio=$(awk -v a="$best_cand" -v b="$best_base" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')
+# report NAME CANDIDATE BASELINE TARGET [UNIT]: print one ratio line and keep it for the summary.
+report() {
+    local name=$1 cand=$2 base=$3 target=$4 unit=${5:-tps} ratio verdict
+    ratio=$(awk -v a="$cand" -v b="$base" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')
     verdict=$(awk -v r="$ratio" -v t="$target" 'BEGIN {print (r >= t ? "met" : "NOT met")}')
-    printf '%-58s %10.0f tps vs %10.0f tps  ratio %s  (target >= %s: %s)\n' \
-        "$name" "$best_cand" "$best_base" "$ratio" "$target" "$verdict"
+    printf '%-58s %10s %s vs %10s %s  ratio %s  (target >= %s: %s)\n' \
+        "$name" "$cand" "$unit" "$base" "$unit" "$ratio" "$target" "$verdict"
     RESULTS+=("$name|$ratio|$target|$verdict")
+}
+
+# compare NAME DB BASELINE_SCRIPT CANDIDATE_SCRIPT TARGET_RATIO
+# Leaves the best TPS of each side in BASE_TPS / CAND_TPS for reference lines.
+compare() {
+    local name=$1 db=$2 base=$3 cand=$4 target=$5 t
+    BASE_TPS=0 CAND_TPS=0
+    for _ in $(seq 1 "$ROUNDS"); do
+        t=$(tps "$db" "$base"); BASE_TPS=$(awk -v a="$BASE_TPS" -v b="$t" 'BEGIN {print (b > a ? b : a)}')
+        t=$(tps "$db" "$cand"); CAND_TPS=$(awk -v a="$CAND_TPS" -v b="$t" 'BEGIN {print (b > a ? b : a)}')
+    done
+    BASE_TPS=$(printf '%.0f' "$BASE_TPS") CAND_TPS=$(printf '%.0f' "$CAND_TPS")
+    report "$name" "$CAND_TPS" "$BASE_TPS" "$target"
 }

@@ -42,14 +42,6 @@ run_reap() {
     echo "$best"
 }
 
-reap_ratio() {
-    local name=$1 cand=$2 base=$3 target=$4 unit=${5:-rows/s} ratio verdict
-    ratio=$(awk -v a="$cand" -v b="$base" 'BEGIN {printf "%.3f", a / b}')
-    verdict=$(awk -v r="$ratio" -v t="$target" 'BEGIN {print (r >= t ? "met" : "NOT met")}')
-    printf '%-58s %10s %s vs %10s %s  ratio %s  (target >= %s: %s)\n' "$name" "$cand" "$unit" "$base" "$unit" "$ratio" "$target" "$verdict"
-    RESULTS+=("$name|$ratio|$target|$verdict")
-}
-
 # Per-batch time at two table sizes, each in its own database (DB N), measured alternately
 # ROUNDS times and the best kept, so drift on a shared machine hurts both sizes alike.
 # Each batch is its own transaction, as under CALL lifecycle.reap (and with its
@@ -86,15 +78,15 @@ reap_bench() {
         a=$(run_reap single "$audit"); b=$(run_reap loop "$audit"); c=$(run_reap lifecycle "$audit")
         local mode; mode=$([ "$audit" = true ] && echo "with audit" || echo "no audit")
         echo "  $mode: (a) single transaction $a rows/s, (b) hand-written loop $b rows/s, (c) CALL lifecycle.reap $c rows/s"
-        reap_ratio "reap (c) vs single transaction (a), $mode" "$c" "$a" 0.7
-        reap_ratio "hand-written loop (b) vs (a), $mode [reference]" "$b" "$a" 0
+        report "reap (c) vs single transaction (a), $mode" "$c" "$a" 0.7 rows/s
+        report "hand-written loop (b) vs (a), $mode [reference]" "$b" "$a" 0 rows/s
         if [ "$audit" = false ]; then
             floor=$(run_reap floor false)
             unlocked=$(run_reap floor_unlocked false)
             echo "  no audit: (b') floor of a 1000-row batch loop (no bookkeeping) $floor rows/s, $unlocked rows/s without row locks"
-            reap_ratio "batch-loop floor (b') vs (a), no audit [reference]" "$floor" "$a" 0
-            reap_ratio "batch-loop floor without row locks vs (a) [reference]" "$unlocked" "$a" 0
-            reap_ratio "reap (c) vs batch-loop floor (b'), no audit [reference]" "$c" "$floor" 0
+            report "batch-loop floor (b') vs (a), no audit [reference]" "$floor" "$a" 0 rows/s
+            report "batch-loop floor without row locks vs (a) [reference]" "$unlocked" "$a" 0 rows/s
+            report "reap (c) vs batch-loop floor (b'), no audit [reference]" "$c" "$floor" 0 rows/s
         fi
     done
     echo "== reap: per-batch time, $REAP_ROWS vs $REAP_SCALE_ROWS tokens =="
@@ -107,5 +99,5 @@ reap_bench() {
     done
     echo "  one 1000-row batch: ${small} ms at $REAP_ROWS tokens, ${large} ms at $REAP_SCALE_ROWS tokens (best of 3 x 100 batches)"
     # Lower is better here: report small/large so the same ">= target" reading applies (1/1.5).
-    reap_ratio "per-batch time at 1x / at 10x rows" "$small" "$large" 0.667 ms
+    report "per-batch time at 1x / at 10x rows" "$small" "$large" 0.667 ms
 }
