@@ -2,17 +2,13 @@
 //! Reaping against the example schemas: every seed cleanup job as one add_policy call, plus
 //! boundaries, concurrency, a killed reaper, bad input and rights.
 mod common;
-use common::data::{mattermost_tokens, MM_POLICY};
+use common::data::mattermost_with_policy;
 use common::{count, sqlstate, Cluster};
 
 #[test]
 fn mattermost_expired_tokens_go_with_their_sessions_and_one_audit_row_each() {
     let db = Cluster::shared().fresh_db();
-    db.load_example("mattermost.sql");
-    let mut c = db.connect();
-    mattermost_tokens(&mut c, 1000);
-    c.batch_execute(MM_POLICY).unwrap();
-    let due = count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)");
+    let (mut c, due) = mattermost_with_policy(&db, 1000);
     let kept_before = count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE NOT lifecycle.token_is_expired(expiresat)");
     assert_eq!(due, 401);
 
@@ -176,11 +172,7 @@ fn locked_rows_are_skipped_not_waited_on_and_retried_next_run() {
 fn two_reapers_and_app_writes_reap_everything_exactly_once() {
     let cluster = Cluster::shared();
     let db = cluster.fresh_db();
-    db.load_example("mattermost.sql");
-    let mut c = db.connect();
-    mattermost_tokens(&mut c, 20_000);
-    c.batch_execute(MM_POLICY).unwrap();
-    let due = count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)");
+    let (mut c, due) = mattermost_with_policy(&db, 20_000);
     std::thread::scope(|s| {
         let reapers: Vec<_> = (0..2)
             .map(|_| s.spawn(|| db.connect().batch_execute("CALL lifecycle.reap(1000, '2 minutes', 100)")))
@@ -402,11 +394,7 @@ fn batches_in_one_session_follow_table_and_policy_changes() {
     // A batch's statement is planned once per session and kept: dropping the index it used,
     // changing a column's type or re-registering the policy must not leave a stale plan.
     let db = Cluster::shared().fresh_db();
-    db.load_example("mattermost.sql");
-    let mut c = db.connect();
-    mattermost_tokens(&mut c, 500);
-    c.batch_execute(MM_POLICY).unwrap();
-    let due = count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)");
+    let (mut c, due) = mattermost_with_policy(&db, 500);
     assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired(30)"), 30);
     assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired(30)"), 30);
 

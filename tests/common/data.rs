@@ -1,5 +1,5 @@
 //! Example data shared by several test files.
-use super::count;
+use super::{count, TestDb};
 use postgres::Client;
 
 /// Mattermost: N tokens (40 % expired, 10 % never expiring, rest live), one session per token
@@ -21,6 +21,17 @@ pub fn mattermost_tokens(c: &mut Client, n: i64) {
 
 pub const MM_POLICY: &str = "SELECT lifecycle.add_policy('mm_pats', 'mattermost.useraccesstokens', 'expiresat',
     time_kind => 'unix_ms', dependents => 'delete', audit => '{id,userid,expiresat}', batch_size => 100)";
+
+/// The Mattermost example with `n` tokens (see `mattermost_tokens`) and the `mm_pats` policy:
+/// a connection, and how many tokens are due.
+pub fn mattermost_with_policy(db: &TestDb<'_>, n: i64) -> (Client, i64) {
+    db.load_example("mattermost.sql");
+    let mut c = db.connect();
+    mattermost_tokens(&mut c, n);
+    c.batch_execute(MM_POLICY).unwrap();
+    let due = count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)");
+    (c, due)
+}
 
 pub const ADD_LINK: &str = "SELECT lifecycle.add_link('upstream_user_session',
     'mas.upstream_oauth_authorization_sessions', 'upstream_oauth_authorization_session_id', 'user_session_id',
