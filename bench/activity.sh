@@ -7,8 +7,8 @@ activity_bench() {
     compare "record_activity hot path vs SELECT 1" bench bench/sql/select_1.sql bench/sql/record_activity_hot.sql 0.8
     local select_1=$BASE_TPS
     compare "record_activity hot path vs FxA-style throttled upsert" bench bench/sql/fxa_upsert_hot.sql bench/sql/record_activity_hot.sql 25
-    # The ceiling of the line above: the FxA upsert waits on WAL flushes, SELECT 1 on the CPU,
-    # so on a machine with slow cores and a fast disk no function call can reach 25x.
+    # The ceiling of the line above: the FxA upsert waits on WAL flushes, SELECT 1 on the round
+    # trip, so on a machine with slow system calls and a fast disk no function call reaches 25x.
     report "SELECT 1 floor vs FxA-style throttled upsert [ceiling]" "$select_1" "$BASE_TPS" 0
     # For the record, not a target: the throttled upsert as one statement (one round trip).
     compare "record_activity hot path vs one-statement upsert (info)" bench bench/sql/one_statement_upsert_hot.sql bench/sql/record_activity_hot.sql 1

@@ -73,7 +73,7 @@ reap_bench() {
     psql_q -q -d reapbench -c "CREATE EXTENSION pg_lifecycle"
     psql_q -q -d reapbench -v n="$REAP_ROWS" -f bench/sql/reap_setup.sql >/dev/null
     echo "== reap: $REAP_ROWS tokens (40 % due, 10 % never), $((REAP_ROWS / 4)) sessions minted from them =="
-    local audit a b c
+    local audit a b c floor unlocked
     for audit in false true; do
         a=$(run_reap single "$audit"); b=$(run_reap loop "$audit"); c=$(run_reap lifecycle "$audit")
         local mode; mode=$([ "$audit" = true ] && echo "with audit" || echo "no audit")
