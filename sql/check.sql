@@ -25,7 +25,7 @@ BEGIN
             CONTINUE;
         END IF;
         FOR object IN
-            SELECT col FROM unnest(ARRAY[p.key_column, p.time_column] || coalesce(p.nullify_columns, '{}')
+            SELECT col FROM unnest(p.key_columns || p.time_column || coalesce(p.nullify_columns, '{}')
                                    || coalesce(p.audit_columns, '{}')) AS col
              WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = p.relation AND a.attname = col
                                  AND a.attnum > 0 AND NOT a.attisdropped)
@@ -49,11 +49,11 @@ BEGIN
                 object := 'policy ' || p.name;
                 IF l.on_delete = 'CASCADE' THEN
                     problem := 'policy_delete_cascades';
-                    detail := format('deleting from %s cascades into %s.%s; say dependents => ''delete'' if that is intended',
+                    detail := format('deleting from %s cascades into %s(%s); name it in delete_from if that is intended',
                                      p.relation, l.child, l.child_column);
                 ELSE
                     problem := 'policy_delete_would_fail';
-                    detail := format('%s.%s references %s with ON DELETE %s: deleting a referenced row fails',
+                    detail := format('%s(%s) references %s with ON DELETE %s: deleting a referenced row fails',
                                      l.child, l.child_column, p.relation, l.on_delete);
                 END IF;
                 RETURN NEXT;

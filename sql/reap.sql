@@ -6,8 +6,8 @@ CREATE TABLE lifecycle.policies (
     id              serial PRIMARY KEY,
     name            text NOT NULL UNIQUE CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
     relation        regclass NOT NULL,
-    key_column      name NOT NULL,
-    key_type        text NOT NULL,
+    key_columns     name[] NOT NULL CHECK (cardinality(key_columns) >= 1),   -- the primary key, in index order
+    key_types       text[] NOT NULL CONSTRAINT policies_key_arity_check CHECK (cardinality(key_types) = cardinality(key_columns)),
     time_column     name NOT NULL,
     time_type       text NOT NULL,
     time_kind       text NOT NULL CHECK (time_kind IN ('timestamptz', 'timestamp', 'unix_ms', 'unix_s', 'ulid')),
@@ -16,15 +16,28 @@ CREATE TABLE lifecycle.policies (
     action          text NOT NULL CHECK (action IN ('delete', 'nullify')),
     nullify_columns name[] CHECK ((action = 'nullify') = (nullify_columns IS NOT NULL)),
     dependents      text NOT NULL CHECK (dependents IN ('none', 'block', 'delete')),
-    child_relations regclass[] NOT NULL DEFAULT '{}',              -- dependents = 'delete'
-    child_columns   name[] NOT NULL DEFAULT '{}',
     audit_columns   name[],
     batch_size      integer NOT NULL CHECK (batch_size BETWEEN 1 AND 100000),
     enabled         boolean NOT NULL DEFAULT true,
     owner           regrole NOT NULL,
-    created_at      timestamptz NOT NULL DEFAULT now()
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    target_batch_time interval CHECK (target_batch_time > interval '0')  -- NULL: every batch has batch_size rows
 );
 COMMENT ON TABLE lifecycle.policies IS 'Retention policies; write them with lifecycle.add_policy.';
+
+-- The children a policy names: delete_from (deleted with the row, same statement) and
+-- block_on (the row is kept while they reference it). `columns` reference the policy table's
+-- key_columns, in order. Children it does not name follow their foreign keys
+-- (lifecycle._policy_children).
+CREATE TABLE lifecycle.policy_children (
+    policy_id  integer NOT NULL REFERENCES lifecycle.policies (id) ON DELETE CASCADE,
+    position   integer NOT NULL,
+    relation   regclass NOT NULL,
+    columns    name[] NOT NULL CHECK (cardinality(columns) >= 1),
+    handling   text NOT NULL CHECK (handling IN ('delete', 'block')),
+    PRIMARY KEY (policy_id, position)
+);
+COMMENT ON TABLE lifecycle.policy_children IS 'Children named by a policy''s delete_from and block_on.';
 
 -- Run state, one row per policy. `cursor` is the keyset position [time, key] of the sweep in
 -- progress (NULL: the next batch starts a new sweep from the oldest due row).
@@ -39,7 +52,8 @@ CREATE TABLE lifecycle.policy_state (
     batches           bigint NOT NULL DEFAULT 0,
     last_error        text,
     last_error_at     timestamptz,
-    errors            bigint NOT NULL DEFAULT 0
+    errors            bigint NOT NULL DEFAULT 0,
+    current_batch     integer                     -- the adaptive size reached (target_batch_time)
 );
 
 -- One row per acted-on row, written in the transaction that acted, so the two commit or
@@ -59,38 +73,90 @@ CREATE INDEX audit_log_policy_at_idx ON lifecycle.audit_log (policy, at);
 
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.policies', '');
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.policy_state', '');
+SELECT pg_catalog.pg_extension_config_dump('lifecycle.policy_children', '');
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.policies_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.audit_log_id_seq', '');
 
 
--- FKs that reference a policy's table, and what a delete of a parent row would do to them.
+-- Every child of a policy's table and what a batch does about it: the one place that reads
+-- the foreign keys. Children the policy names (delete_from, block_on) come first, as
+-- registered. Every other foreign key follows its ON DELETE action: CASCADE, SET NULL and
+-- SET DEFAULT act on their own ('fk_action'); NO ACTION and RESTRICT would make the delete
+-- fail, so with dependents = 'block' they keep the row ('block'), with 'delete' they are
+-- deleted with it ('delete', except rows of the table itself), and with 'none' the delete
+-- fails ('fails'). A nullify policy deletes nothing, so only blocking applies to it.
+CREATE FUNCTION lifecycle._policy_children(policy_id integer)
+RETURNS TABLE (relation regclass, columns name[], parent_columns name[], on_delete text, handling text, named boolean)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+-- plpgsql, not sql: it keeps its plan for the session (every batch asks).
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH p AS (SELECT * FROM lifecycle.policies po WHERE po.id = _policy_children.policy_id),
+    fk AS (
+        SELECT f.conrelid AS relation, f.oid,
+               ARRAY(SELECT a.attname FROM unnest(f.conkey) WITH ORDINALITY AS u(n, i)
+                       JOIN pg_attribute a ON a.attrelid = f.conrelid AND a.attnum = u.n ORDER BY u.i) AS columns,
+               ARRAY(SELECT a.attname FROM unnest(f.confkey) WITH ORDINALITY AS u(n, i)
+                       JOIN pg_attribute a ON a.attrelid = f.confrelid AND a.attnum = u.n ORDER BY u.i) AS parent_columns,
+               CASE f.confdeltype WHEN 'a' THEN 'NO ACTION' WHEN 'r' THEN 'RESTRICT' WHEN 'c' THEN 'CASCADE'
+                                  WHEN 'n' THEN 'SET NULL' WHEN 'd' THEN 'SET DEFAULT' END AS on_delete
+          FROM pg_constraint f JOIN p ON f.confrelid = p.relation
+         WHERE f.contype = 'f'),
+    named AS (
+        SELECT c.relation, c.columns, p.key_columns AS parent_columns, c.handling, c.position
+          FROM lifecycle.policy_children c JOIN p ON c.policy_id = p.id)
+    SELECT k.relation, k.columns, k.parent_columns, k.on_delete, k.handling, k.named FROM (
+        SELECT n.relation, n.columns, n.parent_columns,
+               (SELECT fk.on_delete FROM fk
+                 WHERE fk.relation = n.relation AND fk.columns @> n.columns AND fk.columns <@ n.columns LIMIT 1) AS on_delete,
+               n.handling, true AS named, n.position::bigint AS ord
+          FROM named n
+        UNION ALL
+        SELECT fk.relation::regclass, fk.columns, fk.parent_columns, fk.on_delete,
+               CASE WHEN fk.on_delete NOT IN ('NO ACTION', 'RESTRICT') THEN 'fk_action'
+                    WHEN p.dependents = 'block' THEN 'block'
+                    WHEN p.action = 'nullify' THEN 'untouched'
+                    WHEN p.dependents = 'delete' AND fk.relation <> p.relation THEN 'delete'
+                    ELSE 'fails' END,
+               false, (1::bigint << 32) + fk.oid::bigint
+          FROM fk, p
+         WHERE NOT EXISTS (SELECT 1 FROM named n
+                            WHERE n.relation = fk.relation AND fk.columns @> n.columns AND fk.columns <@ n.columns)
+    ) k
+    ORDER BY k.ord;
+END
+$$;
+
+-- The children of a policy's table and what deleting a row does to each (docs/reaping.md).
 CREATE FUNCTION lifecycle.check_policy(policy_name text)
-RETURNS TABLE (child regclass, child_column name, on_delete text, handled_by text, child_column_indexed boolean)
+RETURNS TABLE (child regclass, child_column text, on_delete text, handled_by text, child_column_indexed boolean)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT c.conrelid::regclass,
-           a.attname,
-           CASE c.confdeltype WHEN 'a' THEN 'NO ACTION' WHEN 'r' THEN 'RESTRICT' WHEN 'c' THEN 'CASCADE'
-                              WHEN 'n' THEN 'SET NULL' WHEN 'd' THEN 'SET DEFAULT' END,
-           CASE WHEN p.dependents = 'block' THEN 'block: parent kept while this child references it'
-                WHEN p.dependents = 'delete' AND (c.conrelid, a.attname) IN
-                     (SELECT r, col FROM unnest(p.child_relations, p.child_columns) AS u(r, col))
-                     THEN 'delete: child rows deleted first, same transaction'
-                WHEN c.confdeltype IN ('c', 'n', 'd') THEN 'the foreign key''s own ON DELETE action'
-                ELSE 'NOTHING: deleting a referenced parent fails' END,
-           EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.conrelid AND i.indkey[0] = c.conkey[1])
-      FROM lifecycle.policies p
-      JOIN pg_constraint c ON c.confrelid = p.relation AND c.contype = 'f'
-      JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+    SELECT k.relation,
+           array_to_string(k.columns, ', '),
+           k.on_delete,
+           CASE k.handling
+                WHEN 'delete' THEN 'delete: child rows deleted with the row, same statement'
+                WHEN 'block' THEN 'block: row kept while this child references it'
+                WHEN 'fk_action' THEN 'the foreign key''s own ON DELETE action'
+                WHEN 'untouched' THEN 'untouched: the policy nullifies columns, it deletes nothing'
+                ELSE 'NOTHING: deleting a referenced row fails' END
+           || CASE WHEN k.named THEN ' (named by the policy)' ELSE '' END,
+           EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                    WHERE i.indrelid = k.relation AND a.attname = ANY (k.columns))
+      FROM lifecycle.policies p, lifecycle._policy_children(p.id) k
      WHERE p.name = policy_name
-     ORDER BY 1, 2
 $$;
 
 -- One bounded batch for every enabled policy the caller may act for (its own, or those of
 -- roles it is a member of). Each policy runs in its own subtransaction: a failing policy is
 -- rolled back alone, its error recorded in policy_state and raised as a WARNING.
+-- `batch` caps every policy's batch; NULL: each policy's own (fixed or adaptive) size.
 CREATE FUNCTION lifecycle._reap_round(batch integer, skip integer[] DEFAULT '{}', only_policy text DEFAULT NULL)
 RETURNS TABLE (policy_id integer, acted bigint, examined bigint, sweep_done boolean)
 LANGUAGE plpgsql
@@ -100,11 +166,10 @@ DECLARE
     p record;
     r record;
 BEGIN
-    IF batch IS NULL THEN
-        RAISE EXCEPTION 'batch must not be NULL' USING ERRCODE = '22004', HINT = 'Omit it for the default of 1000.';
-    ELSIF batch < 1 OR batch > 100000 THEN
+    IF batch < 1 OR batch > 100000 THEN
         RAISE EXCEPTION 'batch must be between 1 and 100000, got %', batch
-            USING ERRCODE = '22023', HINT = 'A batch is the most rows one policy acts on per transaction.';
+            USING ERRCODE = '22023',
+                  HINT = 'A batch is the most rows one policy acts on per transaction; NULL (the default) lets each policy use its own size.';
     END IF;
     FOR p IN SELECT id, name FROM lifecycle.policies
               WHERE enabled AND id <> ALL (coalesce(skip, '{}'))
@@ -127,7 +192,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION lifecycle.reap_expired(batch integer DEFAULT 1000)
+CREATE FUNCTION lifecycle.reap_expired(batch integer DEFAULT NULL)
 RETURNS bigint
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
@@ -154,7 +219,7 @@ $$;
 -- loses at most one batch.
 CREATE PROCEDURE lifecycle.reap(max_batches integer DEFAULT 1000,
                                 time_budget interval DEFAULT '5 minutes',
-                                batch integer DEFAULT 1000,
+                                batch integer DEFAULT NULL,
                                 policy_name text DEFAULT NULL)
 LANGUAGE plpgsql
 -- No SET clause: Postgres forbids COMMIT in a procedure that has one. It runs with the
@@ -226,21 +291,25 @@ CREATE FUNCTION lifecycle.add_policy(
     time_kind    text     DEFAULT NULL,   -- inferred for timestamptz/timestamp; else unix_ms, unix_s, ulid
     filter       text     DEFAULT NULL,   -- boolean expression over the row
     nullify      name[]   DEFAULT NULL,   -- NULL: delete rows; else set these columns to NULL
-    dependents   text     DEFAULT 'none', -- none | block | delete
-    delete_from  text[]   DEFAULT NULL,   -- with 'delete': 'schema.table(column)', default every FK child
+    dependents   text     DEFAULT 'none', -- what children the policy does not name get: none | block | delete
+    delete_from  text[]   DEFAULT NULL,   -- 'table(column, ...)': deleted with the row, same statement
     audit        name[]   DEFAULT NULL,   -- columns copied into lifecycle.audit_log (never secrets)
-    batch_size   integer  DEFAULT 1000,
-    enabled      boolean  DEFAULT true)
+    batch_size   integer  DEFAULT 1000,   -- the first (or, without target_batch_time, every) batch's size
+    enabled      boolean  DEFAULT true,
+    block_on     text[]   DEFAULT NULL,   -- 'table(column, ...)': the row is kept while these reference it
+    target_batch_time interval DEFAULT '50 milliseconds')  -- adaptive batches; NULL: fixed batch_size
 RETURNS lifecycle.policies
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
+-- No SET search_path: the tables named in delete_from and block_on resolve in the caller's
+-- search_path, as `relation` (a regclass) does. Everything below is schema-qualified.
 AS $$
 DECLARE
     new_id integer;
     result lifecycle.policies;
 BEGIN
-    new_id := lifecycle._add_policy($1, $2::oid, $3::text, $4, $5, $6, $7::text[], $8, $9, $10::text[], $11, $12);
-    SELECT * INTO result FROM lifecycle.policies p WHERE p.id = new_id;
+    new_id := lifecycle._add_policy($1, $2::oid, $3::text, $4, $5, $6, $7::text[], $8, $9, $10::text[], $11, $12,
+                                    $13, $14, pg_catalog.current_setting('search_path'));
+    SELECT * INTO result FROM lifecycle.policies p WHERE p.id OPERATOR(pg_catalog.=) new_id;
     RETURN result;
 END
 $$;
@@ -274,7 +343,9 @@ SELECT p.name,
        lifecycle._estimate_backlog(p.id) AS estimated_backlog,
        EXISTS (SELECT 1 FROM pg_index i
                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-                WHERE i.indrelid = p.relation AND a.attname = p.time_column) AS has_time_index
+                WHERE i.indrelid = p.relation AND a.attname = p.time_column) AS has_time_index,
+       coalesce(s.current_batch, p.batch_size) AS batch_size,
+       p.target_batch_time
   FROM lifecycle.policies p
   JOIN lifecycle.policy_state s ON s.policy_id = p.id;
 

@@ -37,19 +37,35 @@ pub fn has_privs_of(member: pg_sys::Oid, role: pg_sys::Oid) -> bool {
 
 /// The owner of the pg_lifecycle extension, who owns its bookkeeping tables. Looked up each
 /// time (one catalog read per batch): a cached value would go stale across DROP/CREATE.
+/// Raises 55000 when the extension's SQL in this database is of another version than this
+/// library (a new package installed, `ALTER EXTENSION ... UPDATE` not run yet): the tables
+/// then have another shape than the code expects, and the error says what to do.
 pub fn extension_owner() -> pg_sys::Oid {
-    crate::sql::optional_row("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_lifecycle'", &[], |row| {
-        row.get::<pg_sys::Oid>(1)
-    })
-    .flatten()
-    .unwrap_or_else(|| {
+    let found = crate::sql::optional_row(
+        "SELECT extowner, extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_lifecycle'",
+        &[],
+        |row| Ok((row.get::<pg_sys::Oid>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())),
+    );
+    let Some((owner, version)) = found else {
         crate::error::raise(
             crate::error::Code::ERRCODE_UNDEFINED_OBJECT,
             "extension pg_lifecycle is not installed in this database",
             None,
             Some("Run CREATE EXTENSION pg_lifecycle."),
         )
-    })
+    };
+    if version != env!("CARGO_PKG_VERSION") {
+        crate::error::raise(
+            crate::error::Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "the pg_lifecycle library is version {}, but this database has the extension at version {version}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            None,
+            Some("Run ALTER EXTENSION pg_lifecycle UPDATE in this database."),
+        );
+    }
+    owner
 }
 
 /// The owner of table `qualified` (a schema-qualified name, so search_path plays no part),

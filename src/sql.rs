@@ -106,6 +106,33 @@ pub fn in_subtransaction<R>(work: impl FnOnce() -> R) -> Result<R, (String, Stri
     }
 }
 
+/// Runs `work` with server settings changed for its duration only, the way a function's SET
+/// clause does (a GUC nest level: the previous values come back afterwards, and an error that
+/// aborts the (sub)transaction restores them too).
+pub fn with_settings<R>(settings: &[(&std::ffi::CStr, &str)], work: impl FnOnce() -> R) -> R {
+    // SAFETY: NewGUCNestLevel/set_config_option/AtEOXact_GUC is the protocol of
+    // fmgr_security_definer's SET handling; the strings outlive the calls.
+    unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        for (name, value) in settings {
+            let value = std::ffi::CString::new(*value).unwrap_or_else(|_| crate::error::internal("setting value with NUL"));
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                pg_sys::PGERROR as i32,
+                false,
+            );
+        }
+        let result = work();
+        pg_sys::AtEOXact_GUC(true, level);
+        result
+    }
+}
+
 /// The five-character SQLSTATE of an error code.
 fn sqlstate(code: PgSqlErrorCode) -> String {
     // SAFETY: unpack_sql_state returns a static buffer holding a NUL-terminated string.

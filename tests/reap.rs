@@ -73,13 +73,15 @@ fn mas_jobs_clear_ips_and_delete_in_fk_order() {
          RESET search_path;",
     )
     .unwrap();
+    mas_current_foreign_keys(&mut c);
     // The seed's jobs, one call each.
     c.batch_execute(
         "SELECT lifecycle.add_policy('mas_user_session_ips', 'mas.user_sessions', 'last_active_at', older_than => '30 days', nullify => '{last_active_ip}');
          SELECT lifecycle.add_policy('mas_compat_session_ips', 'mas.compat_sessions', 'last_active_at', older_than => '30 days', nullify => '{last_active_ip}');
          SELECT lifecycle.add_policy('mas_oauth2_session_ips', 'mas.oauth2_sessions', 'last_active_at', older_than => '30 days', nullify => '{last_active_ip}');
          SELECT lifecycle.add_policy('mas_user_sessions', 'mas.user_sessions', 'finished_at', older_than => '30 days',
-                                     dependents => 'block', batch_size => 3, audit => '{user_session_id,finished_at}');
+                                     dependents => 'block', delete_from => '{mas.user_session_authentications(user_session_id)}',
+                                     batch_size => 3, audit => '{user_session_id,finished_at}');
          SELECT lifecycle.add_policy('mas_queue_jobs', 'mas.queue_jobs', 'queue_job_id', time_kind => 'ulid', older_than => '30 days',
                                      filter => $$status IN ('completed', 'failed')$$);
          SELECT lifecycle.add_policy('mas_upstream_sessions', 'mas.upstream_oauth_authorization_sessions',
@@ -123,6 +125,100 @@ fn mas_jobs_clear_ips_and_delete_in_fk_order() {
     c.batch_execute("CALL lifecycle.reap(100, '1 minute')").unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM mas.user_sessions WHERE finished_at < now() - interval '30 days'"), 0);
     assert_eq!(count(&mut c, "SELECT last_acted FROM lifecycle.policy_status WHERE name = 'mas_user_session_ips'"), 0);
+}
+
+/// MAS's foreign keys as its migrations leave them (the example starts before them): compat
+/// and OAuth2 sessions, and authentications, reference a user session with NO ACTION.
+fn mas_current_foreign_keys(c: &mut postgres::Client) {
+    for (constraint, table) in [
+        ("compat_sessions_user_session_id_fkey", "mas.compat_sessions"),
+        ("oauth2_sessions_user_session_id_fkey", "mas.oauth2_sessions"),
+        ("user_session_authentications_user_session_id_fkey", "mas.user_session_authentications"),
+    ] {
+        c.batch_execute(&format!("CALL lifecycle.change_fk_action('{constraint}', 'NO ACTION', '{table}')")).unwrap();
+    }
+}
+
+/// MAS's user-session cleanup as one call leaves exactly what MAS's own SQL leaves: finished
+/// sessions go with their authentications unless a compat or OAuth2 session still references
+/// them; upstream authorization sessions (SET NULL) never hold one back.
+#[test]
+fn mas_user_session_job_leaves_exactly_what_mas_sql_leaves() {
+    let db = Cluster::shared().fresh_db();
+    db.load_example("mas.sql");
+    let mut c = db.connect();
+    mas_current_foreign_keys(&mut c);
+    // 400 finished sessions (300 of them 40 days ago) and 50 live ones; children by id pattern.
+    c.batch_execute(
+        "SET search_path = mas;
+         INSERT INTO user_sessions (user_session_id, user_id, created_at, finished_at)
+         SELECT md5('us' || g)::uuid, '01890000-0000-0000-0000-000000000001', now() - interval '60 days',
+                CASE WHEN g <= 300 THEN now() - interval '40 days' + g * interval '1 second'
+                     WHEN g <= 400 THEN now() - interval '5 days' END
+           FROM generate_series(1, 450) g;
+         INSERT INTO compat_sessions (compat_session_id, user_id, user_session_id, created_at)
+         SELECT gen_random_uuid(), '01890000-0000-0000-0000-000000000001', md5('us' || g)::uuid, now()
+           FROM generate_series(1, 450) g WHERE g % 7 = 0;
+         INSERT INTO oauth2_sessions (oauth2_session_id, user_id, user_session_id, created_at)
+         SELECT gen_random_uuid(), '01890000-0000-0000-0000-000000000001', md5('us' || g)::uuid, now()
+           FROM generate_series(1, 450) g WHERE g % 11 = 0;
+         INSERT INTO upstream_oauth_authorization_sessions (upstream_oauth_authorization_session_id, upstream_oauth_provider_id, state, created_at, user_session_id)
+         SELECT md5('up' || g)::uuid, gen_random_uuid(), 'st' || g, now(), md5('us' || g)::uuid FROM generate_series(1, 450) g WHERE g % 3 = 0;
+         INSERT INTO user_session_authentications
+         SELECT md5('au' || g)::uuid, md5('us' || g)::uuid, CASE WHEN g % 3 = 0 THEN md5('up' || g)::uuid END, now()
+           FROM generate_series(1, 450) g WHERE g % 2 = 0;
+         RESET search_path;",
+    )
+    .unwrap();
+    let state = "SELECT (SELECT string_agg(user_session_id::text, ',' ORDER BY 1) FROM mas.user_sessions)
+                    || '|' || (SELECT string_agg(user_session_authentication_id::text, ',' ORDER BY 1) FROM mas.user_session_authentications)
+                    || '|' || (SELECT count(*) FROM mas.upstream_oauth_authorization_sessions WHERE user_session_id IS NULL)";
+    // MAS's SQL, rolled back: what it leaves.
+    c.batch_execute(
+        "BEGIN;
+         WITH gone AS (
+             SELECT user_session_id FROM mas.user_sessions us
+              WHERE us.finished_at < now() - interval '30 days'
+                AND NOT EXISTS (SELECT 1 FROM mas.compat_sessions c WHERE c.user_session_id = us.user_session_id)
+                AND NOT EXISTS (SELECT 1 FROM mas.oauth2_sessions o WHERE o.user_session_id = us.user_session_id)),
+         auth AS (DELETE FROM mas.user_session_authentications a USING gone g WHERE a.user_session_id = g.user_session_id)
+         DELETE FROM mas.user_sessions us USING gone g WHERE us.user_session_id = g.user_session_id;",
+    )
+    .unwrap();
+    let (expected, mas_kept): (String, i64) = (
+        c.query_one(state, &[]).unwrap().get(0),
+        count(&mut c, "SELECT count(*) FROM mas.user_sessions WHERE finished_at < now() - interval '30 days'"),
+    );
+    c.batch_execute("ROLLBACK").unwrap();
+    assert!(mas_kept > 0 && mas_kept < 300, "the data set has kept and deleted sessions: {mas_kept}");
+    // The same job as one add_policy call.
+    c.batch_execute(
+        "SET search_path = mas;
+         SELECT lifecycle.add_policy('mas_user_sessions', 'user_sessions', 'finished_at', older_than => '30 days',
+                                     dependents => 'block', delete_from => '{user_session_authentications(user_session_id)}',
+                                     batch_size => 17, target_batch_time => NULL);
+         RESET search_path;",
+    )
+    .unwrap();
+    let shown: Vec<String> = c
+        .query("SELECT child::text || '(' || child_column || '): ' || split_part(handled_by, ':', 1) FROM lifecycle.check_policy('mas_user_sessions') ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "mas.compat_sessions(user_session_id): block",
+            "mas.oauth2_sessions(user_session_id): block",
+            "mas.upstream_oauth_authorization_sessions(user_session_id): the foreign key's own ON DELETE action",
+            "mas.user_session_authentications(user_session_id): delete",
+        ]
+    );
+    c.batch_execute("CALL lifecycle.reap(1000, '1 minute')").unwrap();
+    let actual: String = c.query_one(state, &[]).unwrap().get(0);
+    assert_eq!(actual, expected);
+    assert_eq!(count(&mut c, "SELECT total_blocked FROM lifecycle.policy_status WHERE name = 'mas_user_sessions'"), mas_kept);
 }
 
 #[test]
@@ -263,7 +359,13 @@ fn bad_input_is_a_clear_error_and_registers_nothing() {
     db.load_example("mas.sql");
     db.load_example("mattermost.sql");
     let mut c = db.connect();
-    c.batch_execute("CREATE TABLE nopk (t timestamptz)").unwrap();
+    c.batch_execute(
+        "CREATE TABLE nopk (t timestamptz);
+         CREATE TABLE kc_sessions (realm text, id bigint, expires_at timestamptz NOT NULL, PRIMARY KEY (realm, id));
+         CREATE TABLE kc_notes (realm text, session_id bigint, note_id int);
+         CREATE VIEW kc_view AS SELECT * FROM kc_notes;",
+    )
+    .unwrap();
     let cases: &[(&str, &str)] = &[
         ("SELECT lifecycle.add_policy('x', 'mas.nope', 'created_at')", "42P01"),
         ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'nope', older_than => '1 day')", "42703"),
@@ -294,7 +396,21 @@ fn bad_input_is_a_clear_error_and_registers_nothing() {
         ("SELECT lifecycle.add_policy('x', 'mas.queue_jobs', 'created_at', enabled => NULL)", "22004"),
         ("SELECT lifecycle.reap_expired(0)", "22023"),
         ("SELECT lifecycle.reap_expired(-5)", "22023"),
-        ("SELECT lifecycle.reap_expired(NULL)", "22004"),
+        // Keys of several columns: children must name one column per key column, of its type.
+        ("SELECT lifecycle.add_policy('x', 'kc_sessions', 'expires_at', delete_from => '{kc_notes(session_id)}')", "42804"),
+        ("SELECT lifecycle.add_policy('x', 'kc_sessions', 'expires_at', delete_from => '{kc_notes(session_id, realm)}')", "42804"),
+        ("SELECT lifecycle.add_policy('x', 'kc_sessions', 'expires_at', delete_from => '{kc_notes(realm, note_id)}')", "42804"),
+        ("SELECT lifecycle.add_policy('x', 'kc_sessions', 'expires_at', block_on => '{kc_notes(realm, nope)}')", "42703"),
+        ("SELECT lifecycle.add_policy('x', 'kc_sessions', 'expires_at', block_on => '{kc_sessions(realm, id)}')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'kc_sessions', 'expires_at', block_on => '{kc_view(realm, session_id)}')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'kc_sessions', 'expires_at', block_on => '{kc_notes(realm, session_id), kc_notes(realm, session_id)}')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'kc_sessions', 'expires_at', block_on => '{nope(realm, session_id)}')", "42P01"),
+        ("SELECT lifecycle.add_policy('x', 'kc_sessions', 'expires_at', block_on => '{kc_notes}')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'kc_sessions', 'expires_at', target_batch_time => '0')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'kc_sessions', 'expires_at', target_batch_time => '-1 ms')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'mas.user_sessions', 'last_active_at', nullify => '{last_active_ip}', dependents => 'delete')", "22023"),
+        // Names resolve in the caller's search_path: mattermost is not on it here.
+        ("SELECT lifecycle.add_policy('x', 'mattermost.useraccesstokens', 'expiresat', time_kind => 'unix_ms', delete_from => '{sessions(useraccesstokenid)}')", "42P01"),
         ("CALL lifecycle.reap(0, '1 minute')", "22023"),
         ("CALL lifecycle.reap(10, NULL)", "22004"),
         ("SELECT * FROM lifecycle.preview('nope')", "42704"),
@@ -418,4 +534,122 @@ fn batches_in_one_session_follow_table_and_policy_changes() {
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE data ? 'userid'"), 120, "audit data of the old policy");
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE data ? 'isactive' AND NOT data ? 'userid'"), due - 120);
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE row_key <> data ->> 'id'"), 0, "keys and data out of step");
+}
+
+/// Keys of several columns work wherever one does: cursor, children to delete (a foreign key
+/// of two columns), children that block (no foreign key at all), cascades left to their key,
+/// preview, audit row keys (a JSON array in key order) and adaptive batches.
+#[test]
+fn composite_keys_reap_with_their_children_and_audit_a_json_key() {
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE SCHEMA kc;
+         CREATE TABLE kc.sessions (realm text, id bigint, expires_at timestamptz NOT NULL, PRIMARY KEY (realm, id));
+         CREATE INDEX ON kc.sessions (expires_at);
+         CREATE TABLE kc.client_sessions (realm text, session_id bigint, client text, PRIMARY KEY (realm, session_id, client),
+                                          FOREIGN KEY (realm, session_id) REFERENCES kc.sessions);
+         CREATE TABLE kc.notes (realm text, session_id bigint, note text,
+                                FOREIGN KEY (realm, session_id) REFERENCES kc.sessions ON DELETE CASCADE);
+         CREATE TABLE kc.locks (realm text, sid bigint);
+         -- 10 sessions per minute: equal times across batch boundaries, realms interleaved.
+         INSERT INTO kc.sessions SELECT 'r' || (g % 3), g, '2020-01-01'::timestamptz + (g / 10) * interval '1 minute' FROM generate_series(1, 100) g;
+         INSERT INTO kc.sessions VALUES ('r0', 1000, now() + interval '1 day');
+         INSERT INTO kc.client_sessions SELECT realm, id, 'app' FROM kc.sessions WHERE id % 2 = 0;
+         INSERT INTO kc.notes SELECT realm, id, 'n' FROM kc.sessions;
+         INSERT INTO kc.locks VALUES ('r1', 1), ('r2', 5);
+         SET search_path = kc, public;
+         SELECT lifecycle.add_policy('kc', 'sessions', 'expires_at', dependents => 'delete', block_on => '{locks(realm, sid)}',
+                                     audit => '{realm,id}', batch_size => 7);
+         RESET search_path;",
+    )
+    .unwrap();
+    assert_eq!(
+        c.query_one("SELECT key_columns::text FROM lifecycle.policies WHERE name = 'kc'", &[]).unwrap().get::<_, String>(0),
+        "{realm,id}"
+    );
+    let first: Vec<String> =
+        c.query("SELECT row_key FROM lifecycle.preview('kc', 3)", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(first, [r#"["r0", 3]"#, r#"["r0", 6]"#, r#"["r0", 9]"#], "keyset order is (time, realm, id)");
+    c.batch_execute("CALL lifecycle.reap(1000, '1 minute')").unwrap();
+    let left: Vec<String> = c
+        .query("SELECT realm || '/' || id FROM kc.sessions ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["r1/1", "r2/5", "r0/1000"], "blocked by a lock, and not due");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM kc.client_sessions"), 1, "children deleted with their session");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM kc.notes"), 3, "cascades left to their foreign key");
+    assert_eq!(count(&mut c, "SELECT count(DISTINCT row_key) FROM lifecycle.audit_log WHERE policy = 'kc'"), 98);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE row_key::jsonb = jsonb_build_array(data->>'realm', (data->>'id')::bigint)"),
+        98,
+        "row_key is the key as a JSON array"
+    );
+    let row = c.query_one("SELECT total_acted, total_blocked, batch_size FROM lifecycle.policy_status WHERE name = 'kc'", &[]).unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (98, 2));
+    assert!(row.get::<_, i32>(2) > 7, "fast batches grew from batch_size 7: {}", row.get::<_, i32>(2));
+}
+
+/// A batch reads O(batch) rows in cursor order at any size: an ordered scan of the time index
+/// (equal times ordered by key in an incremental sort of just those), never a bitmap scan or a
+/// sort of the whole backlog (what the planner chose for a 5000-row batch in 0.2.0).
+#[test]
+fn a_batch_reads_only_its_rows_from_a_large_backlog_at_any_size() {
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    c.batch_execute(
+        // Mattermost-shaped tokens (40 % due, 10 % never expiring, a partial index on the expiry),
+        // keyed by (user, id) as a distributed table would be.
+        "CREATE TABLE grants (userid varchar(26), id varchar(26), token varchar(26), expiresat bigint NOT NULL, PRIMARY KEY (userid, id));
+         CREATE INDEX grants_expiresat_idx ON grants (expiresat) WHERE expiresat > 0;
+         INSERT INTO grants SELECT 'u' || (g % 5), 't' || g, 'secret' || g,
+                CASE WHEN g % 10 < 4 THEN (extract(epoch FROM now() - (g / 3) * interval '1 second') * 1000)::bigint
+                     WHEN g % 10 = 4 THEN 0
+                     ELSE (extract(epoch FROM now() + interval '1 day') * 1000)::bigint END
+           FROM generate_series(1, 300000) g;",
+    )
+    .unwrap();
+    // Statistics that make a bitmap scan and a sort look cheap to the planner: every row due.
+    c.batch_execute("VACUUM ANALYZE grants").unwrap();
+    for batch in [1000, 50000] {
+        c.batch_execute(&format!(
+            "SELECT lifecycle.drop_policy(name) FROM lifecycle.policies;
+             SELECT lifecycle.add_policy('grants', 'grants', 'expiresat', time_kind => 'unix_ms', batch_size => {batch},
+                                         target_batch_time => NULL);"
+        ))
+        .unwrap();
+        for round in 0..2 {
+            let (mut s, notices) = Cluster::shared().connect_collecting(&db.name);
+            s.batch_execute(
+                "LOAD 'auto_explain';
+                 SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;
+                 SET auto_explain.log_analyze = on; SET auto_explain.log_level = notice;",
+            )
+            .unwrap();
+            assert_eq!(count(&mut s, "SELECT lifecycle.reap_expired()"), batch, "round {round}");
+            let plans = notices.lock().unwrap();
+            let plan = plans.iter().find(|n| n.contains("WITH batch AS")).expect("the batch's plan");
+            assert!(!plan.contains("Bitmap") && !plan.contains("Seq Scan on grants"), "batch {batch}:\n{plan}");
+            assert!(plan.contains("Index Scan using grants_expiresat_idx on grants t"), "batch {batch}:\n{plan}");
+            // A plain Sort of the table's rows (the only plain Sort allowed is of the batch itself).
+            let lines: Vec<&str> = plan.lines().collect();
+            let full_sort = lines.windows(2).any(|w| {
+                let node = w[0].trim_start().trim_start_matches("->").trim_start();
+                node.starts_with("Sort ") && w[1].contains("Sort Key: t.")
+            });
+            assert!(!full_sort, "a sort of the backlog:\n{plan}");
+            let scanned: i64 = plan
+                .lines()
+                .find(|l| l.contains("Index Scan using grants_expiresat_idx"))
+                .and_then(|l| l.split("actual time=").nth(1))
+                .and_then(|l| l.split("rows=").nth(1))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .expect("actual rows of the index scan");
+            // An incremental sort reads whole groups of at least 32 rows past the limit.
+            assert!(scanned <= batch + 64, "batch {batch} read {scanned} rows:\n{plan}");
+        }
+    }
 }

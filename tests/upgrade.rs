@@ -1,10 +1,11 @@
-//! Upgrades: install 0.1.0 from its frozen script, load data, ALTER EXTENSION ... UPDATE, and
+//! Upgrades: install 0.1.0 or 0.2.0 from its frozen script, load data, ALTER EXTENSION ...
 #![cfg(not(feature = "pg_test"))]
-//! check that data, policies, links and schedules survive and work, and that the upgraded
-//! catalog is exactly what a fresh 0.2.0 install creates.
+//! UPDATE, and check that data, policies, links and schedules survive and work with unchanged
+//! meaning, and that the upgraded catalog is exactly what a fresh install of the crate's
+//! version creates.
 mod common;
 use common::data::{mattermost_tokens, unfilled, upstream_history, ADD_LINK, MM_POLICY};
-use common::{count, Cluster, ClusterOptions};
+use common::{count, sqlstate, Cluster, ClusterOptions};
 use postgres::Client;
 
 /// Everything the extension defines, as comparable text: routines with their bodies, settings,
@@ -66,21 +67,57 @@ fn version(c: &mut Client) -> String {
 
 #[test]
 fn upgrade_from_0_1_0_keeps_data_policies_links_and_schedules() {
+    upgrade_keeps_data_policies_links_and_schedules("0.1.0");
+}
+
+#[test]
+fn upgrade_from_0_2_0_keeps_data_policies_links_and_schedules() {
+    upgrade_keeps_data_policies_links_and_schedules("0.2.0");
+}
+
+fn upgrade_keeps_data_policies_links_and_schedules(from: &str) {
     // pg_cron's functions live in cron.database_name ('postgres'): schedule from there.
     let cluster = Cluster::private(ClusterOptions::default());
     let mut c = cluster.connect("postgres");
-    c.batch_execute("CREATE EXTENSION pg_cron; CREATE EXTENSION pg_lifecycle VERSION '0.1.0'").unwrap();
-    assert_eq!(version(&mut c), "0.1.0");
+    c.batch_execute(&format!("CREATE EXTENSION pg_cron; CREATE EXTENSION pg_lifecycle VERSION '{from}'")).unwrap();
+    assert_eq!(version(&mut c), from);
     for example in ["mattermost.sql", "mas.sql"] {
         cluster.psql_file("postgres", &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(example));
     }
     mattermost_tokens(&mut c, 1000);
     upstream_history(&mut c, 500);
-    c.batch_execute(MM_POLICY).unwrap();
+    // The installed library is this version's: an earlier version's SQL that reaches it says
+    // what to do instead of misreading the tables.
+    let (code, message, _) = sqlstate(c.batch_execute(MM_POLICY));
+    assert_eq!(code, "55000", "{message}");
+    assert!(message.contains(&format!("extension at version {from}")), "{message}");
+    // So the policies are written as the earlier version wrote them: mm_pats mid-sweep (its
+    // cursor after the first 100 due tokens) and a MAS 'block' policy. In 0.2.0 'block' kept a
+    // row while any foreign-key child referenced it, SET NULL ones included; after the
+    // upgrade it must still (a finished session with a compat child).
+    c.batch_execute(
+        "INSERT INTO mas.user_sessions (user_session_id, user_id, created_at, finished_at)
+         VALUES ('00000000-0000-0000-0000-0000000000b1', '01890000-0000-0000-0000-000000000001', now() - interval '60 days', now() - interval '40 days'),
+                ('00000000-0000-0000-0000-0000000000b2', '01890000-0000-0000-0000-000000000001', now() - interval '60 days', now() - interval '40 days');
+         INSERT INTO mas.compat_sessions (compat_session_id, user_id, user_session_id, created_at)
+         VALUES (gen_random_uuid(), '01890000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-0000000000b1', now());
+         INSERT INTO lifecycle.policies (name, relation, key_column, key_type, time_column, time_type, time_kind, older_than,
+                                         action, dependents, child_relations, child_columns, audit_columns, batch_size, owner)
+         VALUES ('mm_pats', 'mattermost.useraccesstokens', 'id', 'character varying', 'expiresat', 'bigint', 'unix_ms', NULL,
+                 'delete', 'delete', '{mattermost.sessions}', '{useraccesstokenid}', '{id,userid,expiresat}', 100, current_user::regrole),
+                ('mas_user_sessions', 'mas.user_sessions', 'user_session_id', 'uuid', 'finished_at', 'timestamp with time zone',
+                 'timestamptz', '30 days', 'delete', 'block', '{}', '{}', NULL, 1000, current_user::regrole);
+         INSERT INTO lifecycle.policy_state (policy_id, cursor) SELECT id, NULL FROM lifecycle.policies;
+         UPDATE lifecycle.policy_state SET cursor = (
+                SELECT jsonb_build_array(expiresat, id) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)
+                 ORDER BY expiresat, id OFFSET 99 LIMIT 1)
+          WHERE policy_id = (SELECT id FROM lifecycle.policies WHERE name = 'mm_pats');
+         INSERT INTO lifecycle.audit_log (policy, relation, row_key, action) VALUES ('mm_pats', 'mattermost.useraccesstokens', 'tx', 'delete');",
+    )
+    .unwrap();
     c.batch_execute(ADD_LINK).unwrap();
     c.batch_execute(
-        "SELECT lifecycle.reap_expired(100);
-         SELECT lifecycle.schedule('*/5 * * * *');
+        "SELECT lifecycle.schedule('*/5 * * * *');
          SELECT lifecycle.schedule_policy('mm_pats', '17 * * * *');",
     )
     .unwrap();
@@ -90,7 +127,7 @@ fn upgrade_from_0_1_0_keeps_data_policies_links_and_schedules() {
     assert_eq!(jobs_before, 2);
 
     c.batch_execute("ALTER EXTENSION pg_lifecycle UPDATE").unwrap();
-    assert_eq!(version(&mut c), "0.2.0");
+    assert_eq!(version(&mut c), env!("CARGO_PKG_VERSION"));
 
     // Data, policies, links and schedules survived ...
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log"), audit_before);
@@ -98,12 +135,25 @@ fn upgrade_from_0_1_0_keeps_data_policies_links_and_schedules() {
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.links WHERE name = 'upstream_user_session'"), 1);
     assert_eq!(count(&mut c, "SELECT count(*) FROM cron.job"), jobs_before);
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.schedule_status"), 2);
-    // ... and work: reaping continues from its cursor, the link trigger and backfill fill,
-    // activity is there.
+    // ... and work: reaping continues from its cursor (the first call ends its sweep, the
+    // next starts from the oldest), the link trigger and backfill fill, activity is there.
+    let due = 1 + 400; // the example's own expired token, and 40 % of 1000
+    c.batch_execute("CALL lifecycle.reap(max_batches => 100)").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)"), 100);
     c.batch_execute("CALL lifecycle.reap(max_batches => 100)").unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)"), 0);
-    let due = 1 + 400; // the example's own expired token, and 40 % of 1000
-    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'mm_pats'"), due, "nothing reaped twice");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'mm_pats'"), 1 + due, "nothing reaped twice");
+    let kept: Vec<String> = c
+        .query("SELECT user_session_id::text FROM mas.user_sessions WHERE user_session_id::text LIKE '00000000-%-0000000000b_'", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kept, ["00000000-0000-0000-0000-0000000000b1"], "the block policy keeps its 0.2.0 meaning");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM lifecycle.check_policy('mas_user_sessions') WHERE child::text = 'mas.compat_sessions' AND handled_by LIKE 'block:%'"),
+        1
+    );
     c.batch_execute("UPDATE mas.upstream_oauth_authorization_sessions SET user_session_id = NULL").unwrap();
     c.batch_execute("CALL lifecycle.backfill_link('upstream_user_session', 100)").unwrap();
     assert_eq!(unfilled(&mut c), 0);

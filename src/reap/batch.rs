@@ -1,9 +1,9 @@
 //! One batch of one policy: pick due rows by keyset cursor, act on them, audit, move the cursor.
 //!
-//! Cost is O(batch): the candidate scan starts at the persisted cursor `[time, key]` on the
+//! Cost is O(batch): the candidate scan starts at the persisted cursor `[time, key...]` on the
 //! time index instead of rescanning from the oldest row, so rows already reaped (dead tuples)
 //! and rows passed over (blocked by children, locked by the app) are not read again in the same
-//! sweep. `(time, key)` ordering makes equal timestamps at a batch boundary neither skipped nor
+//! sweep. `(time, key...)` ordering makes equal timestamps at a batch boundary neither skipped nor
 //! processed twice. A sweep ends when a batch comes back short; the next one starts from the
 //! oldest due row again, which is how skipped rows are retried.
 
@@ -11,11 +11,66 @@ use crate::error::{self, Code};
 use crate::role;
 use crate::sql::{self, col, ident};
 use pgrx::datum::DatumWithOid;
-use pgrx::prelude::*;
 use pgrx::datum::Interval;
+use pgrx::prelude::*;
+use std::time::{Duration, Instant};
 
 /// Distinguishes our advisory locks from the application's (two-int4 key space: "LCyc").
 const ADVISORY_LOCK_CLASS: i32 = 0x4c43_7963;
+
+/// The smallest and largest batch; `batch_size`, adaptive sizes and every `batch` argument
+/// stay within them (sql/reap.sql's domain `lifecycle.batch_size` says the same to SQL).
+pub const BATCH_MIN: i32 = 1;
+pub const BATCH_MAX: i32 = 100_000;
+
+/// The plan every batch statement gets, whatever the planner's estimates say. Left to its
+/// estimates, a large LIMIT over a large backlog made the planner read every due row with a
+/// bitmap scan and sort them all (on disk) to return one batch; with an ordered scan of the
+/// time index (equal times ordered by key in an incremental sort of just those rows) a batch
+/// reads O(batch) rows. The same holds for the children: one index probe per key, never a
+/// hash of a whole child table. The plan is generic (the limit is a parameter), so one plan
+/// serves every batch size, adaptive ones included. JIT is off: the disabled paths' costs
+/// would otherwise cross jit_above_cost and compile every batch (~0.5 s each).
+const PLAN_SHAPE: &[(&std::ffi::CStr, &str)] = &[
+    (c"plan_cache_mode", "force_generic_plan"),
+    (c"jit", "off"),
+    (c"enable_seqscan", "off"),
+    (c"enable_bitmapscan", "off"),
+    (c"enable_sort", "off"),
+    (c"enable_hashjoin", "off"),
+    (c"enable_mergejoin", "off"),
+    (c"enable_hashagg", "off"),
+];
+
+/// Runs `work` (which plans and runs batch statements) under [`PLAN_SHAPE`].
+pub fn with_batch_plan_shape<R>(work: impl FnOnce() -> R) -> R {
+    sql::with_settings(PLAN_SHAPE, work)
+}
+
+/// A column as generated SQL needs it: its name and its type as SQL text.
+#[derive(Clone)]
+pub struct Column {
+    pub name: String,
+    pub type_name: String,
+}
+
+/// What happens to a child when its parent row is acted on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Handling {
+    /// Deleted with the row, in the same statement.
+    Delete,
+    /// Keeps the row while it references it.
+    Block,
+}
+
+/// A table whose rows reference the policy's rows: `columns` (of the child) equal
+/// `parent_columns` (of the policy's table).
+pub struct Child {
+    relation: String,
+    columns: Vec<String>,
+    parent_columns: Vec<String>,
+    handling: Handling,
+}
 
 /// A policy as a batch needs it, with table names resolved now (renames are followed).
 pub struct Policy {
@@ -23,64 +78,73 @@ pub struct Policy {
     pub name: String,
     pub owner: pg_sys::Oid,
     pub relation: String,
-    key_column: String,
-    key_type: String,
-    time_column: String,
-    time_type: String,
+    keys: Vec<Column>,
+    time: Column,
     time_kind: String,
     older_than: Option<Interval>,
     filter: Option<String>,
     nullify: Option<Vec<String>>,
-    dependents: String,
-    children: Vec<(String, String)>,
-    blocking: Vec<(String, String)>,
+    children: Vec<Child>,
     audit: Option<Vec<String>>,
     batch_size: i32,
+    target_batch_time: Option<Duration>,
+    current_batch: Option<i32>,
     pub cursor: Option<String>,
     partitioned: bool,
+    /// The extension's owner, who writes the bookkeeping.
+    bookkeeper: pg_sys::Oid,
 }
 
-/// One row per batch. The referencing foreign keys (children that block a row) are looked up
-/// only for dependents = 'block': pg_constraint has no index on confrelid, so that lookup
-/// reads the whole catalog.
+/// One row per batch.
 const LOAD: &str = "
 SELECT p.id, p.name, p.owner::oid,
        pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),
-       p.key_column::text, p.key_type, p.time_column::text, p.time_type, p.time_kind, p.older_than,
-       p.filter, p.nullify_columns::text[], p.dependents,
-       ARRAY(SELECT pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(cc.relname)
-               FROM unnest(p.child_relations) WITH ORDINALITY AS u(r, ord)
-               JOIN pg_catalog.pg_class cc ON cc.oid = u.r
-               JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace ORDER BY u.ord),
-       p.child_columns::text[],
-       CASE WHEN p.dependents = 'block' THEN
-       ARRAY(SELECT pg_catalog.quote_ident(fn.nspname) || '.' || pg_catalog.quote_ident(fc.relname)
-               FROM pg_catalog.pg_constraint f
-               JOIN pg_catalog.pg_class fc ON fc.oid = f.conrelid
-               JOIN pg_catalog.pg_namespace fn ON fn.oid = fc.relnamespace
-              WHERE f.confrelid = p.relation AND f.contype = 'f' AND cardinality(f.conkey) = 1 ORDER BY f.oid) END,
-       CASE WHEN p.dependents = 'block' THEN
-       ARRAY(SELECT fa.attname::text
-               FROM pg_catalog.pg_constraint f
-               JOIN pg_catalog.pg_attribute fa ON fa.attrelid = f.conrelid AND fa.attnum = f.conkey[1]
-              WHERE f.confrelid = p.relation AND f.contype = 'f' AND cardinality(f.conkey) = 1 ORDER BY f.oid) END,
-       p.audit_columns::text[], p.batch_size, s.cursor::text, c.oid IS NOT NULL, c.relkind = 'p'
+       p.key_columns::text[], p.key_types, p.time_column::text, p.time_type, p.time_kind, p.older_than,
+       p.filter, p.nullify_columns::text[], p.audit_columns::text[], p.batch_size,
+       (extract(epoch FROM p.target_batch_time) * 1000000)::bigint, s.current_batch, s.cursor::text,
+       c.oid IS NOT NULL, c.relkind = 'p',
+       p.dependents <> 'none' OR EXISTS (SELECT 1 FROM lifecycle.policy_children pc WHERE pc.policy_id = p.id)
   FROM lifecycle.policies p
   JOIN lifecycle.policy_state s ON s.policy_id = p.id
   LEFT JOIN pg_catalog.pg_class c ON c.oid = p.relation
   LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE p.id = $1";
 
-/// (quoted relation, column) pairs from two parallel arrays of LOAD.
-fn pairs(relations: Vec<String>, columns: Vec<String>) -> Vec<(String, String)> {
-    relations.into_iter().zip(columns).collect()
+/// The children a batch acts on or is held back by (lifecycle._policy_children decides which:
+/// sql/reap.sql). pg_constraint has no index on confrelid, so this is only asked for policies
+/// that have children to consider.
+const CHILDREN: &str = "
+SELECT pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(cc.relname),
+       k.columns::text[], k.parent_columns::text[], k.handling
+  FROM lifecycle._policy_children($1) k
+  JOIN pg_catalog.pg_class cc ON cc.oid = k.relation
+  JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace
+ WHERE k.handling IN ('delete', 'block')";
+
+fn load_children(id: i32) -> Vec<Child> {
+    Spi::connect(|client| {
+        client
+            .select(CHILDREN, None, &[id.into()])?
+            .map(|row| {
+                Ok(Child {
+                    relation: row.get(1)?.unwrap_or_default(),
+                    columns: row.get(2)?.unwrap_or_default(),
+                    parent_columns: row.get(3)?.unwrap_or_default(),
+                    handling: if row.get::<String>(4)?.as_deref() == Some("block") { Handling::Block } else { Handling::Delete },
+                })
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error::internal(e))
 }
 
 impl Policy {
     /// Loads a policy and checks that the caller may act for its owner.
     pub fn load(id: i32) -> Policy {
+        // First: it also checks that the tables have this library's shape.
+        let bookkeeper = role::extension_owner();
         let found = sql::optional_row(LOAD, &[id.into()], |row| {
-            if !row.get::<bool>(21)?.unwrap_or(false) {
+            if !row.get::<bool>(18)?.unwrap_or(false) {
                 let name = row.get::<String>(2)?.unwrap_or_default();
                 error::raise(
                     Code::ERRCODE_UNDEFINED_TABLE,
@@ -89,43 +153,51 @@ impl Policy {
                     Some("Drop the policy with lifecycle.drop_policy, or register it again on the new table."),
                 );
             }
-            Ok(Policy {
-                id: row.get(1)?.unwrap_or_default(),
-                name: row.get(2)?.unwrap_or_default(),
-                owner: row.get(3)?.unwrap_or_default(),
-                relation: row.get(4)?.unwrap_or_default(),
-                key_column: row.get(5)?.unwrap_or_default(),
-                key_type: row.get(6)?.unwrap_or_default(),
-                time_column: row.get(7)?.unwrap_or_default(),
-                time_type: row.get(8)?.unwrap_or_default(),
-                time_kind: row.get(9)?.unwrap_or_default(),
-                older_than: row.get(10)?,
-                filter: row.get(11)?,
-                nullify: row.get(12)?,
-                dependents: row.get(13)?.unwrap_or_default(),
-                children: pairs(row.get(14)?.unwrap_or_default(), row.get(15)?.unwrap_or_default()),
-                blocking: pairs(row.get(16)?.unwrap_or_default(), row.get(17)?.unwrap_or_default()),
-                audit: row.get(18)?,
-                batch_size: row.get(19)?.unwrap_or(1000),
-                cursor: row.get(20)?,
-                partitioned: row.get(22)?.unwrap_or(false),
-            })
+            let key_names: Vec<String> = row.get(5)?.unwrap_or_default();
+            let key_types: Vec<String> = row.get(6)?.unwrap_or_default();
+            Ok((
+                Policy {
+                    id: row.get(1)?.unwrap_or_default(),
+                    name: row.get(2)?.unwrap_or_default(),
+                    owner: row.get(3)?.unwrap_or_default(),
+                    relation: row.get(4)?.unwrap_or_default(),
+                    keys: key_names.into_iter().zip(key_types).map(|(name, type_name)| Column { name, type_name }).collect(),
+                    time: Column { name: row.get(7)?.unwrap_or_default(), type_name: row.get(8)?.unwrap_or_default() },
+                    time_kind: row.get(9)?.unwrap_or_default(),
+                    older_than: row.get(10)?,
+                    filter: row.get(11)?,
+                    nullify: row.get(12)?,
+                    audit: row.get(13)?,
+                    batch_size: row.get(14)?.unwrap_or(1000),
+                    target_batch_time: row.get::<i64>(15)?.map(|us| Duration::from_micros(us.max(1) as u64)),
+                    current_batch: row.get(16)?,
+                    cursor: row.get(17)?,
+                    partitioned: row.get(19)?.unwrap_or(false),
+                    children: Vec::new(),
+                    bookkeeper,
+                },
+                row.get::<bool>(20)?.unwrap_or(false),
+            ))
         });
-        let policy = found.unwrap_or_else(|| {
+        let (mut policy, has_children) = found.unwrap_or_else(|| {
             error::raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("policy with id {id} does not exist"), None, None)
         });
         check_may_act(policy.owner, &policy.name);
+        if has_children {
+            policy.children = load_children(id);
+        }
         policy
     }
 
+    /// Whether the time column is the whole key (a ULID key): the cursor is then the key.
     fn same_time_and_key(&self) -> bool {
-        self.time_column == self.key_column
+        self.keys.len() == 1 && self.keys[0].name == self.time.name
     }
 
     /// The due predicate over alias `t`: rule, time kind, "never" values, nullify, filter.
     /// `$3` is `older_than`.
     pub fn due(&self) -> String {
-        let t = col("t", &self.time_column);
+        let t = col("t", &self.time.name);
         let reference = if self.older_than.is_some() { "(now() - $3::interval)" } else { "now()" };
         let op = if self.older_than.is_some() { "<" } else { "<=" };
         let mut due = match self.time_kind.as_str() {
@@ -133,7 +205,7 @@ impl Policy {
             "timestamp" => format!("{t} {op} ({reference} AT TIME ZONE pg_catalog.current_setting('TimeZone'))"),
             "unix_ms" => format!("{t} > 0 AND {t} {op} pg_catalog.floor(extract(epoch FROM {reference}) * 1000)::bigint"),
             "unix_s" => format!("{t} > 0 AND {t} {op} pg_catalog.floor(extract(epoch FROM {reference}))::bigint"),
-            _ if self.time_type == "uuid" => format!("{t} < lifecycle.ulid_floor({reference})"),
+            _ if self.time.type_name == "uuid" => format!("{t} < lifecycle.ulid_floor({reference})"),
             _ => format!("{t} < lifecycle.ulid_floor_text({reference})"),
         };
         if let Some(columns) = &self.nullify {
@@ -146,55 +218,110 @@ impl Policy {
         due
     }
 
-    /// Keyset position after `$1` (the cursor as jsonb text `[time, key]`). Each bound is a
-    /// scalar subquery, so it is parsed and cast once per batch, not once per candidate row.
+    /// The columns the cursor orders by: time, then every key column.
+    fn cursor_columns(&self) -> Vec<&Column> {
+        if self.same_time_and_key() {
+            vec![&self.keys[0]]
+        } else {
+            std::iter::once(&self.time).chain(self.keys.iter()).collect()
+        }
+    }
+
+    /// Keyset position after `$1` (the cursor as jsonb text `[time, key1, key2, ...]`). Each
+    /// bound is a scalar subquery, so it is parsed and cast once per batch, not once per
+    /// candidate row. `time >= bound` is spelled out beside the row comparison so that the
+    /// time index has a range to scan whatever it covers.
     fn after_cursor(&self) -> String {
-        let (t, k) = (col("t", &self.time_column), col("t", &self.key_column));
-        let time = format!("(SELECT ($1::jsonb ->> 0)::{})", self.time_type);
-        let key = format!("(SELECT ($1::jsonb ->> 1)::{})", self.key_type);
+        let bound = |i: usize, c: &Column| format!("(SELECT ($1::jsonb ->> {i})::{})", c.type_name);
         if self.same_time_and_key() {
-            format!("{k} > {key}")
-        } else {
-            format!("{t} >= {time} AND ({t} > {time} OR {k} > {key})")
+            return format!("{} > {}", col("t", &self.keys[0].name), bound(1, &self.keys[0]));
         }
+        let columns = self.cursor_columns();
+        let row: Vec<String> = columns.iter().map(|c| col("t", &c.name)).collect();
+        let bounds: Vec<String> = columns.iter().enumerate().map(|(i, c)| bound(i, c)).collect();
+        format!("{} >= {} AND ({}) > ({})", row[0], bounds[0], row.join(", "), bounds.join(", "))
     }
 
-    fn order(&self, alias: &str, key: &str, time: &str, desc: bool) -> String {
+    /// `ORDER BY` over the cursor columns of row `alias`, named by `name` (their names in
+    /// the table, or their aliases in the batch).
+    fn order(&self, alias: &str, name: impl Fn(usize, &Column) -> String, desc: bool) -> String {
         let dir = if desc { " DESC" } else { "" };
-        if self.same_time_and_key() {
-            format!("{alias}.{key}{dir}")
+        let columns: Vec<String> =
+            self.cursor_columns().iter().enumerate().map(|(i, c)| format!("{alias}.{}{dir}", name(i, c))).collect();
+        columns.join(", ")
+    }
+
+    /// The row's key as audit and preview show it: a single key's text, or a composite key as
+    /// a JSON array of its values in key order (docs/reaping.md).
+    fn row_key(&self, alias: &str) -> String {
+        if self.keys.len() == 1 {
+            format!("{}::text", col(alias, &self.keys[0].name))
         } else {
-            format!("{alias}.{time}{dir}, {alias}.{key}{dir}")
+            let parts: Vec<String> = self.keys.iter().map(|k| col(alias, &k.name)).collect();
+            format!("jsonb_build_array({})::text", parts.join(", "))
         }
     }
 
-    /// Whether rows can be blocked: dependents = 'block' and children exist.
+    /// Columns of the policy's table that a batch carries from its candidates to its actions:
+    /// the key, then whatever else a deleted child references. Aliased `v0, v1, ...`.
+    fn carried(&self) -> Vec<String> {
+        let mut carried: Vec<String> = self.keys.iter().map(|k| k.name.clone()).collect();
+        for child in self.children.iter().filter(|c| c.handling == Handling::Delete) {
+            for p in &child.parent_columns {
+                if !carried.contains(p) {
+                    carried.push(p.clone());
+                }
+            }
+        }
+        carried
+    }
+
+    fn carried_alias(&self, column: &str) -> String {
+        let i = self.carried().iter().position(|c| c == column).unwrap_or_default();
+        format!("v{i}")
+    }
+
+    /// Whether rows can be blocked: some child keeps its parent.
     fn may_block(&self) -> bool {
-        self.dependents == "block" && !self.blocking.is_empty()
+        self.children.iter().any(|c| c.handling == Handling::Block)
     }
 
-    /// Whether children still reference row `t` (dependents = 'block').
+    /// Whether a blocking child still references row `t`.
     fn blocked(&self) -> String {
-        if !self.may_block() {
-            return "false".into();
-        }
-        let key = col("t", &self.key_column);
         let checks: Vec<String> = self
-            .blocking
+            .children
             .iter()
-            .map(|(rel, c)| format!("EXISTS (SELECT 1 FROM {rel} c WHERE {} = {key})", col("c", c)))
+            .filter(|c| c.handling == Handling::Block)
+            .map(|child| {
+                let pairs: Vec<String> = child
+                    .columns
+                    .iter()
+                    .zip(&child.parent_columns)
+                    .map(|(c, p)| format!("{} = {}", col("c", c), col("t", p)))
+                    .collect();
+                format!("EXISTS (SELECT 1 FROM {} c WHERE {})", child.relation, pairs.join(" AND "))
+            })
             .collect();
-        checks.join(" OR ")
+        if checks.is_empty() {
+            "false".into()
+        } else {
+            checks.join(" OR ")
+        }
     }
 
-    /// Candidate rows of the next batch, in keyset order, at most `limit` (SQL: a number or
-    /// a parameter). For a preview they carry their audit data and are not locked; for a
-    /// batch they are locked, and the audit data is taken later from the acted-on rows.
-    pub fn candidates(&self, limit: &str, preview: bool) -> String {
-        let (t, k) = (ident(&self.time_column), ident(&self.key_column));
-        let audit = if preview { self.audit_data() } else { "NULL::jsonb".into() };
+    /// Candidate rows of the next batch, in keyset order, at most `$2`. For a preview they
+    /// carry their row key and audit data and are not locked; for a batch they are locked,
+    /// and the audit data is taken later from the acted-on rows.
+    pub fn candidates(&self, preview: bool) -> String {
+        let carried: Vec<String> =
+            self.carried().iter().enumerate().map(|(i, c)| format!("{} AS v{i}", col("t", c))).collect();
+        let (row_key, audit) =
+            if preview { (self.row_key("t"), self.audit_data()) } else { ("NULL::text".into(), "NULL::jsonb".into()) };
         let mut sql = format!(
-            "SELECT t.{k} AS k, t.{t} AS tm, t.ctid AS tid, {blocked} AS blocked, {audit} AS data FROM {rel} t WHERE {due}",
+            "SELECT {carried}, t.{time} AS tm, t.ctid AS tid, {blocked} AS blocked, {row_key} AS rk, {audit} AS data
+               FROM {rel} t WHERE {due}",
+            carried = carried.join(", "),
+            time = ident(&self.time.name),
             blocked = self.blocked(),
             rel = self.relation,
             due = self.due(),
@@ -202,68 +329,85 @@ impl Policy {
         if self.cursor.is_some() {
             sql.push_str(&format!(" AND {}", self.after_cursor()));
         }
-        sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", self.order("t", &k, &t, false)));
+        sql.push_str(&format!(" ORDER BY {} LIMIT $2", self.order("t", |_, c| ident(&c.name), false)));
         if !preview {
             sql.push_str(" FOR UPDATE OF t SKIP LOCKED");
         }
         sql
     }
 
+    /// (`USING` list, `WHERE`) of a statement on the table aliased `alias` that matches the
+    /// acted-on rows by `columns` = the carried `parent_columns`: one `= ANY` (an index probe
+    /// per key) for a single column, a join with the batch for several.
+    fn matching(&self, alias: &str, acted: &str, columns: &[String], parent_columns: &[String]) -> (String, String) {
+        if columns.len() == 1 {
+            // `= ANY (ARRAY(...))` rather than a join: the planner cannot see that `acted`
+            // holds at most one batch.
+            let v = self.carried_alias(&parent_columns[0]);
+            (String::new(), format!("{} = ANY (ARRAY(SELECT {v} FROM {acted}))", col(alias, &columns[0])))
+        } else {
+            let pairs: Vec<String> = columns
+                .iter()
+                .zip(parent_columns)
+                .map(|(c, p)| format!("{} = a.{}", col(alias, c), self.carried_alias(p)))
+                .collect();
+            (format!("{acted} a"), pairs.join(" AND "))
+        }
+    }
+
     /// The whole batch as one statement: returns acted, examined, blocked, new cursor, audit.
-    /// The limit is part of the text (not a parameter) so that the kept plan is planned for
-    /// it: a generic plan for "LIMIT $n" assumes a tenth of the table.
-    fn statement(&self, limit: i32) -> String {
-        let key = ident(&self.key_column);
-        let mut sql = format!("WITH batch AS ({})", self.candidates(&limit.to_string(), false));
+    fn statement(&self) -> String {
+        let mut sql = format!("WITH batch AS ({})", self.candidates(false));
         // The rows to act on: all candidates, or those no child blocks (a second CTE, only
         // when there is something to filter).
         let acted = if self.may_block() {
-            sql.push_str(", acted AS (SELECT k, tid FROM batch WHERE NOT blocked)");
+            sql.push_str(", acted AS (SELECT * FROM batch WHERE NOT blocked)");
             "acted"
         } else {
             "batch"
         };
-        // `= ANY (ARRAY(...))` rather than a join: the planner cannot see that `acted` holds
-        // at most one batch, and would happily hash-join it against a full scan of the table.
-        let keys = format!("ANY (ARRAY(SELECT k FROM {acted}))");
-        for (i, (rel, c)) in self.children.iter().enumerate() {
-            sql.push_str(&format!(", child_{i} AS (DELETE FROM {rel} c WHERE {} = {keys})", col("c", c)));
+        for (i, child) in self.children.iter().filter(|c| c.handling == Handling::Delete).enumerate() {
+            let (using, cond) = self.matching("c", acted, &child.columns, &child.parent_columns);
+            let using = if using.is_empty() { String::new() } else { format!(" USING {using}") };
+            sql.push_str(&format!(", child_{i} AS (DELETE FROM {} c{using} WHERE {cond})", child.relation));
         }
         // The candidates are locked FOR UPDATE above, so their ctids cannot change before the
         // action: a TID scan spares a second index probe per row. Not on partitioned tables,
-        // where a ctid is only unique within one partition.
-        let target = if self.partitioned {
-            format!("t.{key} = {keys}")
+        // where a ctid is only unique within one partition: there the key matches.
+        let key_names: Vec<String> = self.keys.iter().map(|k| k.name.clone()).collect();
+        let (from, target) = if self.partitioned {
+            self.matching("t", acted, &key_names, &key_names)
         } else {
-            format!("t.ctid = ANY (ARRAY(SELECT tid FROM {acted}))")
+            (String::new(), format!("t.ctid = ANY (ARRAY(SELECT tid FROM {acted}))"))
         };
-        let returning = format!("t.{key} AS k, {} AS data", self.audit_data());
+        let returning = format!("{} AS k, {} AS data", self.row_key("t"), self.audit_data());
         match &self.nullify {
-            None => sql.push_str(&format!(
-                ", done AS (DELETE FROM {rel} t WHERE {target} RETURNING {returning})",
-                rel = self.relation
-            )),
-            Some(columns) => sql.push_str(&format!(
-                ", done AS (UPDATE {rel} t SET {sets} WHERE {target} RETURNING {returning})",
-                rel = self.relation,
-                sets = columns.iter().map(|c| format!("{} = NULL", ident(c))).collect::<Vec<_>>().join(", ")
-            )),
+            None => {
+                let using = if from.is_empty() { String::new() } else { format!(" USING {from}") };
+                sql.push_str(&format!(", done AS (DELETE FROM {rel} t{using} WHERE {target} RETURNING {returning})", rel = self.relation));
+            }
+            Some(columns) => {
+                let from = if from.is_empty() { String::new() } else { format!(" FROM {from}") };
+                sql.push_str(&format!(
+                    ", done AS (UPDATE {rel} t SET {sets}{from} WHERE {target} RETURNING {returning})",
+                    rel = self.relation,
+                    sets = columns.iter().map(|c| format!("{} = NULL", ident(c))).collect::<Vec<_>>().join(", ")
+                ));
+            }
         }
-        let (keys, data) = if self.audit.is_some() {
-            ("array_agg(d.k::text)", "array_agg(d.data)")
-        } else {
-            ("NULL::text[]", "NULL::jsonb[]")
-        };
+        let (keys, data) = if self.audit.is_some() { ("array_agg(d.k)", "array_agg(d.data)") } else { ("NULL::text[]", "NULL::jsonb[]") };
         let blocked = if self.may_block() { "(SELECT count(*) FROM batch WHERE blocked)" } else { "0::bigint" };
         // The last row in keyset order is found first and only then turned into jsonb, so
         // the cursor costs one jsonb value per batch, not one per row. The audit rows leave
         // as two arrays in the same order (one aggregate pass), to be written by `run`.
+        let position = self.keys.iter().enumerate().map(|(i, _)| format!("b.v{i}")).collect::<Vec<_>>().join(", ");
+        let batch_name = |i: usize, _: &Column| if self.same_time_and_key() { "v0".to_string() } else if i == 0 { "tm".into() } else { format!("v{}", i - 1) };
         sql.push_str(&format!(
             " SELECT a.acted, (SELECT count(*) FROM batch), {blocked},
-                     (SELECT jsonb_build_array(b.tm, b.k)::text FROM (SELECT tm, k FROM batch b ORDER BY {order} LIMIT 1) b),
+                     (SELECT jsonb_build_array(b.tm, {position})::text FROM (SELECT * FROM batch b ORDER BY {order} LIMIT 1) b),
                      a.keys, a.data
                 FROM (SELECT count(*) AS acted, {keys} AS keys, {data} AS data FROM done d) a",
-            order = self.order("b", "k", "tm", true)
+            order = self.order("b", batch_name, true)
         ));
         sql
     }
@@ -273,10 +417,34 @@ impl Policy {
         sql::jsonb_of_columns("t", self.audit.as_deref().unwrap_or_default())
     }
 
-    /// `$1` cursor, `$2` limit (where the text has a parameter for it), `$3` older_than.
+    /// `$1` cursor, `$2` limit, `$3` older_than.
     pub fn args<'a>(&'a self, limit: i32) -> Vec<DatumWithOid<'a>> {
-        vec![self.cursor.clone().into(), limit.into(), self.older_than.into()]
+        vec![self.cursor.clone().into(), i64::from(limit).into(), self.older_than.into()]
     }
+
+    /// The size of the next batch: fixed, or the adaptive size reached so far.
+    fn next_size(&self) -> i32 {
+        match self.target_batch_time {
+            None => self.batch_size,
+            Some(_) => self.current_batch.unwrap_or(self.batch_size),
+        }
+    }
+}
+
+/// The adaptive batch size after a batch of `size` rows that took `elapsed` against `target`
+/// (the pt-archiver `--chunk-time` idea): over the target it shrinks in proportion (at most
+/// to a quarter at once), well under it grows (at most double at once) if the batch was full,
+/// since a short batch says nothing about a bigger one.
+pub fn adapt_batch_size(size: i32, elapsed: Duration, target: Duration, full: bool) -> i32 {
+    let ratio = target.as_secs_f64() / elapsed.as_secs_f64().max(1e-6);
+    let next = if ratio < 1.0 {
+        f64::from(size) * ratio.max(0.25)
+    } else if full && ratio > 1.5 {
+        f64::from(size) * ratio.min(2.0)
+    } else {
+        f64::from(size)
+    };
+    (next.round() as i32).clamp(BATCH_MIN, BATCH_MAX)
 }
 
 /// Refuses callers that are not the policy's owner (or a member of that role).
@@ -299,11 +467,11 @@ pub struct Outcome {
     pub sweep_done: bool,
 }
 
-/// Runs one batch of policy `id` with at most `limit` rows. Skips (examined = 0) when another
-/// reaper holds the policy's lock.
-pub fn run(id: i32, limit: i32) -> Outcome {
+/// Runs one batch of policy `id` with at most `cap` rows (NULL: the policy's own size).
+/// Skips (examined = 0) when another reaper holds the policy's lock.
+pub fn run(id: i32, cap: Option<i32>) -> Outcome {
     let policy = Policy::load(id);
-    let limit = limit.min(policy.batch_size);
+    let limit = policy.next_size().min(cap.unwrap_or(BATCH_MAX));
     let locked = sql::optional_row(
         "SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)",
         &[ADVISORY_LOCK_CLASS.into(), id.into()],
@@ -314,15 +482,19 @@ pub fn run(id: i32, limit: i32) -> Outcome {
     if !locked {
         return Outcome { acted: 0, examined: 0, sweep_done: true };
     }
-    let statement = policy.statement(limit);
+    let statement = policy.statement();
     let action = if policy.nullify.is_some() { "nullify" } else { "delete" };
-    let bookkeeper = role::extension_owner();
+    let bookkeeper = policy.bookkeeper;
     // One SPI connection for both statements: the audit arrays go from the first to the
     // second as the binary values they are (they live until the connection ends), not
     // through text.
     Spi::connect_mut(|client| {
-        let row = role::run_as(policy.owner, true, || sql::run_kept(client, true, &statement, &policy.args(limit), Some(1)))?
-            .first();
+        let started = Instant::now();
+        let row = with_batch_plan_shape(|| {
+            role::run_as(policy.owner, true, || sql::run_kept(client, true, &statement, &policy.args(limit), Some(1)))
+        })?
+        .first();
+        let elapsed = started.elapsed();
         let acted = row.get::<i64>(1)?.unwrap_or(0);
         let examined = row.get::<i64>(2)?.unwrap_or(0);
         let blocked = row.get::<i64>(3)?.unwrap_or(0);
@@ -330,6 +502,7 @@ pub fn run(id: i32, limit: i32) -> Outcome {
         let audit_keys = raw_arg(row.get_datum_by_ordinal(5)?, pg_sys::TEXTARRAYOID);
         let audit_data = raw_arg(row.get_datum_by_ordinal(6)?, pg_sys::JSONBARRAYOID);
         let sweep_done = examined < i64::from(limit);
+        let next_size = policy.target_batch_time.map(|target| adapt_batch_size(limit, elapsed, target, !sweep_done));
         let args = [
             policy.id.into(),
             policy.name.as_str().into(),
@@ -341,6 +514,7 @@ pub fn run(id: i32, limit: i32) -> Outcome {
             cursor.into(),
             acted.into(),
             blocked.into(),
+            next_size.into(),
         ];
         role::run_as(bookkeeper, false, || sql::run_kept(client, true, BOOKKEEPING, &args, None))?;
         Ok::<_, pgrx::spi::Error>(Outcome { acted, examined, sweep_done })
@@ -358,7 +532,8 @@ UPDATE lifecycle.policy_state
    SET cursor = CASE WHEN $7 THEN NULL ELSE $8::jsonb END,
        sweep_started_at = CASE WHEN cursor IS NULL THEN now() ELSE sweep_started_at END,
        last_run_at = now(), last_acted = $9, total_acted = total_acted + $9,
-       total_blocked = total_blocked + $10, batches = batches + 1, last_error = NULL
+       total_blocked = total_blocked + $10, batches = batches + 1, last_error = NULL,
+       current_batch = $11
  WHERE policy_id = $1";
 
 /// A value of the current SPI result passed on as a parameter as is (no conversion).
@@ -371,3 +546,22 @@ fn raw_arg<'a>(value: Option<pg_sys::Datum>, type_oid: pg_sys::Oid) -> DatumWith
     }
 }
 
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::{adapt_batch_size, BATCH_MAX, BATCH_MIN};
+    use std::time::Duration;
+
+    #[test]
+    fn adaptive_batches_grow_under_the_target_and_shrink_over_it() {
+        let ms = Duration::from_millis;
+        assert_eq!(adapt_batch_size(1000, ms(10), ms(50), true), 2000, "at most double at once");
+        assert_eq!(adapt_batch_size(1000, ms(10), ms(50), false), 1000, "a short batch says nothing about a bigger one");
+        assert_eq!(adapt_batch_size(1000, ms(40), ms(50), true), 1000, "near the target it stays");
+        assert_eq!(adapt_batch_size(1000, ms(100), ms(50), true), 500, "over the target in proportion");
+        assert_eq!(adapt_batch_size(1000, ms(1000), ms(50), true), 250, "at most a quarter at once");
+        assert_eq!(adapt_batch_size(BATCH_MAX, ms(1), ms(50), true), BATCH_MAX);
+        assert_eq!(adapt_batch_size(BATCH_MIN, ms(1000), ms(50), true), BATCH_MIN);
+    }
+}

@@ -16,7 +16,7 @@ use ulid::Ulid;
 #[search_path(pg_catalog, pg_temp)]
 fn reap_batch(
     policy_id: i32,
-    batch: i32,
+    batch: Option<i32>,
 ) -> TableIterator<'static, (name!(acted, i64), name!(examined, i64), name!(sweep_done, bool))> {
     let outcome = batch::run(policy_id, batch);
     TableIterator::once((outcome.acted, outcome.examined, outcome.sweep_done))
@@ -73,13 +73,16 @@ fn preview(
     policy_name: &str,
     max_rows: default!(i32, 10),
 ) -> TableIterator<'static, (name!(row_key, String), name!(time_value, String), name!(blocked, bool), name!(audit_data, Option<pgrx::JsonB>))> {
-    if !(1..=100_000).contains(&max_rows) {
-        error::invalid_argument(format!("max_rows must be between 1 and 100000, got {max_rows}"), "E.g. preview('my_policy', 20).");
+    if !(batch::BATCH_MIN..=batch::BATCH_MAX).contains(&max_rows) {
+        error::invalid_argument(
+            format!("max_rows must be between {} and {}, got {max_rows}", batch::BATCH_MIN, batch::BATCH_MAX),
+            "E.g. preview('my_policy', 20).",
+        );
     }
     let (id, _) = policy_for_change(policy_name);
     let policy = Policy::load(id);
-    let query = format!("SELECT k::text, tm::text, blocked, data FROM ({}) c", policy.candidates("$2", true));
-    let rows = role::run_as(policy.owner, true, || {
+    let query = format!("SELECT rk, tm::text, blocked, data FROM ({}) c", policy.candidates(true));
+    let rows = batch::with_batch_plan_shape(|| role::run_as(policy.owner, true, || {
         Spi::connect(|client| {
             client
                 .select(query.as_str(), None, &policy.args(max_rows))?
@@ -87,7 +90,7 @@ fn preview(
                 .collect::<Result<Vec<_>, pgrx::spi::Error>>()
         })
         .unwrap_or_else(|e| error::internal(e))
-    });
+    }));
     TableIterator::new(rows)
 }
 
@@ -159,5 +162,5 @@ fn ulid_floor_text(at: TimestampWithTimeZone) -> String {
 pgrx::extension_sql_file!(
     "../../sql/reap.sql",
     name = "reap",
-    requires = [reap_batch, note_policy_error, estimate_backlog, policy::add_policy, ulid_floor, ulid_floor_text, "expiry"]
+    requires = [reap_batch, note_policy_error, estimate_backlog, policy::register_policy, ulid_floor, ulid_floor_text, "expiry"]
 );

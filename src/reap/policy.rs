@@ -7,6 +7,7 @@
 use crate::error::{self, Code};
 use crate::role;
 use crate::sql;
+use super::batch;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::datum::Interval;
@@ -92,24 +93,46 @@ fn check_relation(relid: pg_sys::Oid) -> String {
     qualified
 }
 
-/// The single-column primary key (name, type) that batches use as keyset tiebreak and key.
-fn primary_key(relid: pg_sys::Oid, relation: &str) -> (String, String) {
-    sql::optional_row(
-        "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, NULL)
-           FROM pg_catalog.pg_index i
-           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-          WHERE i.indrelid = $1 AND i.indisprimary AND i.indnatts = 1",
-        &[relid.into()],
-        |row| Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())),
-    )
-    .unwrap_or_else(|| {
+/// A column of the primary key: name, type as SQL text, type OID.
+struct KeyColumn {
+    name: String,
+    type_name: String,
+    type_oid: pg_sys::Oid,
+}
+
+/// The primary key's columns in index order: the batch's keyset tiebreak and row identity.
+fn primary_key(relid: pg_sys::Oid, relation: &str) -> Vec<KeyColumn> {
+    let key = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, NULL), a.atttypid
+                   FROM pg_catalog.pg_index i
+                   CROSS JOIN LATERAL unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY AS k(attnum, ord)
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                  WHERE i.indrelid = $1 AND i.indisprimary
+                  ORDER BY k.ord",
+                None,
+                &[relid.into()],
+            )?
+            .map(|row| {
+                Ok(KeyColumn {
+                    name: row.get(1)?.unwrap_or_default(),
+                    type_name: row.get(2)?.unwrap_or_default(),
+                    type_oid: row.get(3)?.unwrap_or_default(),
+                })
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error::internal(e));
+    if key.is_empty() {
         error::raise(
             Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("{relation} has no single-column primary key"),
+            format!("{relation} has no primary key"),
             None,
-            Some("Batches identify rows by a single-column primary key; add one (an identity or ULID column)."),
-        )
-    })
+            Some("Batches identify rows by the primary key (one column or several); add one."),
+        );
+    }
+    key
 }
 
 /// The time kind: as given (checked against the column type) or inferred from it.
@@ -168,95 +191,163 @@ fn names(list: Option<Vec<Option<String>>>, what: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
-/// A dependent table to delete from first: `schema.table(column)`.
+/// A child the policy names: `relation(columns)` referencing the primary key, in key order.
 struct Child {
     relid: pg_sys::Oid,
-    column: String,
+    columns: Vec<String>,
+    handling: &'static str,
 }
 
-fn parse_child(spec: &str, key_type: pg_sys::Oid) -> Child {
+/// Parses `table(column, ...)`; the table resolves in `search_path` (the caller's), as a
+/// regclass argument does. `option` names the option for messages.
+fn parse_child(spec: &str, option: &str, search_path: &str) -> (pg_sys::Oid, Vec<String>) {
     let bad = || -> ! {
         error::invalid_argument(
-            format!("invalid delete_from entry {}", sql::literal(spec)),
-            "Write each entry as 'schema.table(column)', e.g. 'mattermost.sessions(useraccesstokenid)'.",
+            format!("invalid {option} entry {}", sql::literal(spec)),
+            "Write each entry as 'table(column)' or 'schema.table(column1, column2)', the columns in the order of the policy table's primary key.",
         )
     };
     let (relation, rest) = spec.rsplit_once('(').unwrap_or_else(|| bad());
-    let column = rest.strip_suffix(')').unwrap_or_else(|| bad()).trim();
+    let list = rest.trim_end().strip_suffix(')').unwrap_or_else(|| bad());
+    let columns: Vec<String> = list
+        .split(',')
+        .map(|c| {
+            let c = c.trim();
+            c.strip_prefix('"').and_then(|c| c.strip_suffix('"')).map(|c| c.replace("\"\"", "\"")).unwrap_or_else(|| c.to_string())
+        })
+        .collect();
+    if relation.trim().is_empty() || columns.iter().any(|c| c.is_empty()) {
+        bad();
+    }
     // regclass input does the quoting rules and raises 42P01 for an unknown table.
-    let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT $1::text::regclass::oid", &[relation.trim().into()])
-        .unwrap_or_else(|e| error::internal(e))
-        .unwrap_or_else(|| bad());
-    child(relid, column, key_type)
+    let relid = sql::with_settings(&[(c"search_path", search_path)], || {
+        Spi::get_one_with_args::<pg_sys::Oid>("SELECT $1::text::regclass::oid", &[relation.trim().into()])
+    })
+    .unwrap_or_else(|e| error::internal(e))
+    .unwrap_or_else(|| bad());
+    (relid, columns)
 }
 
-fn child(relid: pg_sys::Oid, column_name: &str, key_type: pg_sys::Oid) -> Child {
-    let name = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relid.into()])
-        .unwrap_or_else(|e| error::internal(e))
-        .unwrap_or_default();
-    let col = column(relid, column_name, &name);
-    if col.type_oid != key_type {
-        error::raise(
-            Code::ERRCODE_DATATYPE_MISMATCH,
-            format!("{name}.{column_name} ({}) cannot reference the policy table's key", col.type_name),
-            None,
-            Some("A dependent column must have the type of the policy table's primary key."),
+/// Checks a named child against the policy's table and key; `option` is delete_from or block_on.
+fn child(relid: pg_sys::Oid, columns: Vec<String>, option: &str, policy_relid: pg_sys::Oid, key: &[KeyColumn]) -> Child {
+    let (kind, name) = sql::optional_row(
+        "SELECT c.relkind::text, $1::regclass::text FROM pg_catalog.pg_class c WHERE c.oid = $1",
+        &[relid.into()],
+        |row| Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())),
+    )
+    .unwrap_or_default();
+    if !matches!(kind.as_str(), "r" | "p") {
+        error::invalid_argument(format!("{option} names {name}, which is not a table"), "Name the tables whose rows reference the policy's rows.");
+    }
+    if relid == policy_relid && columns.iter().eq(key.iter().map(|k| &k.name)) {
+        error::invalid_argument(
+            format!("{option} names the primary key of {name} itself, not a child"),
+            "Name the tables whose rows reference the policy's rows, with their referencing columns.",
         );
     }
-    let allowed = Spi::get_one_with_args::<bool>(
-        "SELECT pg_catalog.has_table_privilege($1, 'SELECT') AND pg_catalog.has_table_privilege($1, 'DELETE')",
-        &[relid.into()],
-    )
-    .unwrap_or_else(|e| error::internal(e))
-    .unwrap_or(false);
+    if columns.len() != key.len() {
+        error::raise(
+            Code::ERRCODE_DATATYPE_MISMATCH,
+            format!("{option} entry {name}({}) has {} column(s); the primary key has {}", columns.join(", "), columns.len(), key.len()),
+            None,
+            Some("Name one child column per primary-key column, in the key's order."),
+        );
+    }
+    for (c, k) in columns.iter().zip(key) {
+        let col = column(relid, c, &name);
+        if col.type_oid != k.type_oid {
+            error::raise(
+                Code::ERRCODE_DATATYPE_MISMATCH,
+                format!("{name}.{c} ({}) cannot reference the policy table's key column {} ({})", col.type_name, k.name, k.type_name),
+                None,
+                Some("A child column must have the type of the primary-key column it references, in the key's order."),
+            );
+        }
+    }
+    let handling = if option == "delete_from" { "delete" } else { "block" };
+    let privileges = if handling == "delete" { "SELECT, DELETE" } else { "SELECT" };
+    let allowed = Spi::get_one_with_args::<bool>("SELECT pg_catalog.has_table_privilege($1, $2)", &[relid.into(), privileges.into()])
+        .unwrap_or_else(|e| error::internal(e))
+        .unwrap_or(false);
     if !allowed {
         error::raise(
             Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("permission denied to delete from dependent table {name}"),
+            format!("permission denied for {option} table {name}"),
             None,
-            Some("The policy's owner needs SELECT and DELETE on every table it deletes dependents from."),
+            Some("The policy's owner needs SELECT on every child it names, and DELETE on those in delete_from."),
         );
     }
-    Child { relid, column: column_name.to_string() }
+    Child { relid, columns, handling }
 }
 
-/// Single-column FKs that reference the table's key from another table: (child, column, on delete).
-fn referencing_fks(relid: pg_sys::Oid) -> Vec<(pg_sys::Oid, String, String)> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT c.conrelid, a.attname::text, c.confdeltype::text
-                   FROM pg_catalog.pg_constraint c
-                   JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
-                  WHERE c.confrelid = $1 AND c.contype = 'f' AND cardinality(c.conkey) = 1
-                  ORDER BY c.oid",
-                None,
-                &[relid.into()],
-            )?
-            .map(|row| Ok((row.get::<pg_sys::Oid>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default(), row.get::<String>(3)?.unwrap_or_default())))
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-    })
-    .unwrap_or_else(|e| error::internal(e))
-}
-
-/// A delete would fail on FKs that neither act themselves (CASCADE/SET NULL/SET DEFAULT)
-/// nor are handled by the policy: refuse to register such a policy.
-fn check_deletes_can_succeed(fks: &[(pg_sys::Oid, String, String)], relation: &str, children: &[Child]) {
-    for (child_rel, child_col, action) in fks {
-        let child_rel = *child_rel;
-        let handled = children.iter().any(|c| c.relid == child_rel && c.column == *child_col);
-        if matches!(action.as_str(), "a" | "r") && !handled {
-            let child = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[child_rel.into()])
-                .unwrap_or_else(|e| error::internal(e))
-                .unwrap_or_default();
-            error::raise(
-                Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
-                format!("{child}.{child_col} references {relation} with ON DELETE {}: deleting a referenced row would fail",
-                    if action == "a" { "NO ACTION" } else { "RESTRICT" }),
-                None,
-                Some("Use dependents => 'block' to keep referenced rows until their children are gone, or dependents => 'delete' to delete the children first."),
-            );
+/// The entries of a delete_from / block_on array. An array literal splits at every comma,
+/// so `'{t(a, b)}'` arrives as `t(a` and ` b)`: the elements are joined again and split only
+/// at commas outside parentheses and double quotes.
+fn child_specs(elements: Vec<String>) -> Vec<String> {
+    if elements.is_empty() {
+        return elements;
+    }
+    let joined = elements.join(",");
+    let (mut specs, mut current, mut depth, mut quoted) = (Vec::new(), String::new(), 0i32, false);
+    for ch in joined.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth -= 1,
+            ',' if !quoted && depth == 0 => {
+                specs.push(std::mem::take(&mut current).trim().to_string());
+                continue;
+            }
+            _ => {}
         }
+        current.push(ch);
+    }
+    specs.push(current.trim().to_string());
+    specs
+}
+
+/// The children named by delete_from and block_on, checked; each (table, columns) once.
+fn named_children(
+    delete_from: Option<Vec<Option<String>>>,
+    block_on: Option<Vec<Option<String>>>,
+    search_path: &str,
+    policy_relid: pg_sys::Oid,
+    key: &[KeyColumn],
+) -> Vec<Child> {
+    let mut children: Vec<Child> = Vec::new();
+    for (option, list) in [("delete_from", delete_from), ("block_on", block_on)] {
+        for spec in child_specs(names(list, option).unwrap_or_default()) {
+            let (relid, columns) = parse_child(&spec, option, search_path);
+            let named = child(relid, columns, option, policy_relid, key);
+            if children.iter().any(|c| c.relid == named.relid && c.columns == named.columns) {
+                error::invalid_argument(
+                    format!("{option} entry {} names a child already named", sql::literal(&spec)),
+                    "Name each child once, in delete_from or in block_on.",
+                );
+            }
+            children.push(named);
+        }
+    }
+    children
+}
+
+/// A delete would fail on children that neither the policy handles nor their foreign keys
+/// (lifecycle._policy_children says 'fails'): refuse to register such a policy. Runs after
+/// the policy is stored, inside add_policy's statement, so a refusal stores nothing.
+fn check_deletes_can_succeed(policy_id: i32, relation: &str) {
+    let failing = sql::optional_row(
+        "SELECT k.relation::text || '(' || array_to_string(k.columns, ', ') || ')', k.on_delete
+           FROM lifecycle._policy_children($1) k WHERE k.handling = 'fails' LIMIT 1",
+        &[policy_id.into()],
+        |row| Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())),
+    );
+    if let Some((child, action)) = failing {
+        error::raise(
+            Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            format!("{child} references {relation} with ON DELETE {action}: deleting a referenced row would fail"),
+            None,
+            Some("Use dependents => 'block' to keep referenced rows until their children are gone, dependents => 'delete' or delete_from to delete the children with them."),
+        );
     }
 }
 
@@ -340,11 +431,12 @@ fn required<T>(value: Option<T>, name: &str) -> T {
 }
 
 /// Validates and stores a policy; returns its id. Called by lifecycle.add_policy (sql/reap.sql),
-/// which gives the SQL signature its named, defaulted arguments.
+/// which gives the SQL signature its named, defaulted arguments and passes the caller's
+/// search_path, in which the tables named by delete_from and block_on resolve.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(schema = "lifecycle", name = "_add_policy")]
 #[search_path(pg_catalog, pg_temp)]
-fn add_policy(
+fn register_policy(
     name: Option<&str>,
     relation: Option<pg_sys::Oid>,
     time_column: Option<&str>,
@@ -357,7 +449,11 @@ fn add_policy(
     audit: Option<Vec<Option<String>>>,
     batch_size: Option<i32>,
     enabled: Option<bool>,
+    block_on: Option<Vec<Option<String>>>,
+    target_batch_time: Option<Interval>,
+    search_path: Option<&str>,
 ) -> i32 {
+    role::extension_owner(); // the tables have this library's shape
     let name = required(name, "name");
     check_policy_name(name);
     let relid = required(relation, "relation");
@@ -365,10 +461,10 @@ fn add_policy(
     let dependents = required(dependents, "dependents");
     let batch_size = required(batch_size, "batch_size");
     let enabled = required(enabled, "enabled");
+    let search_path = search_path.unwrap_or("");
 
     let relation = check_relation(relid);
-    let (key_column, key_type) = primary_key(relid, &relation);
-    let key_type_oid = column(relid, &key_column, &relation).type_oid;
+    let key = primary_key(relid, &relation);
     let time_col = column(relid, time_column, &relation);
     let kind = time_kind(time_kind_given, &time_col, time_column);
     if kind == "ulid" && older_than.is_none() {
@@ -380,13 +476,19 @@ fn add_policy(
     if older_than.as_ref().is_some_and(|i| i.as_micros() <= 0) {
         error::invalid_argument("older_than must be a positive interval".into(), "E.g. older_than => '30 days'.");
     }
+    if target_batch_time.as_ref().is_some_and(|i| i.as_micros() <= 0) {
+        error::invalid_argument(
+            "target_batch_time must be a positive interval".into(),
+            "E.g. target_batch_time => '50 milliseconds', or NULL for batches of a fixed batch_size.",
+        );
+    }
     let nullify = names(nullify, "nullify");
     for c in nullify.iter().flatten() {
         let col = column(relid, c, &relation);
-        if col.not_null || *c == key_column {
+        if col.not_null || key.iter().any(|k| k.name == *c) {
             error::invalid_argument(
                 format!("column {} cannot be nullified", sql::literal(c)),
-                "nullify names nullable columns that are not the primary key.",
+                "nullify names nullable columns that are not part of the primary key.",
             );
         }
     }
@@ -394,35 +496,25 @@ fn add_policy(
     for c in audit.iter().flatten() {
         column(relid, c, &relation);
     }
-    if !(1..=100_000).contains(&batch_size) {
-        error::invalid_argument(format!("batch_size must be between 1 and 100000, got {batch_size}"), "The default is 1000.");
+    if !(batch::BATCH_MIN..=batch::BATCH_MAX).contains(&batch_size) {
+        error::invalid_argument(
+            format!("batch_size must be between {} and {}, got {batch_size}", batch::BATCH_MIN, batch::BATCH_MAX),
+            "The default is 1000.",
+        );
     }
-
-    let fks = referencing_fks(relid);
-    let children: Vec<Child> = match (dependents, &delete_from) {
-        ("delete", Some(list)) => names(Some(list.clone()), "delete_from")
-            .unwrap_or_default()
-            .iter()
-            .map(|spec| parse_child(spec, key_type_oid))
-            .collect(),
-        ("delete", None) => fks
-            .iter()
-            .filter(|(child_rel, _, _)| *child_rel != relid)
-            .map(|(child_rel, col, _)| child(*child_rel, col, key_type_oid))
-            .collect(),
-        ("none" | "block", Some(_)) => error::invalid_argument(
-            "delete_from goes with dependents => 'delete'".into(),
-            "Either set dependents => 'delete' or leave delete_from out.",
-        ),
-        ("none" | "block", None) => Vec::new(),
-        (other, _) => error::invalid_argument(
-            format!("unknown dependents {}", sql::literal(other)),
-            "dependents is 'none', 'block' (skip rows that children still reference) or 'delete' (delete children first).",
-        ),
-    };
-    if nullify.is_none() && dependents != "block" {
-        check_deletes_can_succeed(&fks, &relation, &children);
+    if !matches!(dependents, "none" | "block" | "delete") {
+        error::invalid_argument(
+            format!("unknown dependents {}", sql::literal(dependents)),
+            "dependents is 'none', 'block' (keep rows that children still reference) or 'delete' (delete children with them).",
+        );
     }
+    if nullify.is_some() && (dependents == "delete" || delete_from.is_some()) {
+        error::invalid_argument(
+            "a nullify policy deletes nothing, so it has no children to delete".into(),
+            "Leave out delete_from and dependents => 'delete', or leave out nullify.",
+        );
+    }
+    let children = named_children(delete_from, block_on, search_path, relid, &key);
     if let Some(f) = filter {
         check_filter(relid, &relation, f);
     }
@@ -439,41 +531,89 @@ fn add_policy(
         );
     }
     let owner = role::current();
-    let child_relids: Vec<pg_sys::Oid> = children.iter().map(|c| c.relid).collect();
-    let child_columns: Vec<String> = children.iter().map(|c| c.column.clone()).collect();
+    let key_columns: Vec<String> = key.iter().map(|k| k.name.clone()).collect();
+    let key_types: Vec<String> = key.iter().map(|k| k.type_name.clone()).collect();
     let args: Vec<DatumWithOid> = vec![
         name.into(),
         relid.into(),
-        key_column.into(),
-        key_type.into(),
+        key_columns.into(),
+        key_types.into(),
         time_column.into(),
         time_col.type_name.into(),
         kind.into(),
         older_than.into(),
         filter.into(),
         (if nullify.is_some() { "nullify" } else { "delete" }).into(),
-        nullify.into(),
+        nullify.clone().into(),
         dependents.into(),
-        child_relids.into(),
-        child_columns.into(),
         audit.into(),
         batch_size.into(),
         enabled.into(),
         owner.into(),
+        target_batch_time.into(),
     ];
-    role::as_extension_owner(|| {
-        Spi::get_one_with_args::<i32>(
+    let id = role::as_extension_owner(|| {
+        let id = Spi::get_one_with_args::<i32>(
             "WITH p AS (
-                INSERT INTO lifecycle.policies (name, relation, key_column, key_type, time_column, time_type, time_kind,
-                    older_than, filter, action, nullify_columns, dependents, child_relations, child_columns,
-                    audit_columns, batch_size, enabled, owner)
-                VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11::name[], $12,
-                        $13::oid[]::regclass[], $14::name[], $15::name[], $16, $17, $18::oid::regrole)
+                INSERT INTO lifecycle.policies (name, relation, key_columns, key_types, time_column, time_type, time_kind,
+                    older_than, filter, action, nullify_columns, dependents, audit_columns, batch_size, enabled, owner,
+                    target_batch_time)
+                VALUES ($1, $2::oid::regclass, $3::name[], $4, $5, $6, $7, $8, $9, $10, $11::name[], $12,
+                        $13::name[], $14, $15, $16::oid::regrole, $17)
                 RETURNING id)
              INSERT INTO lifecycle.policy_state (policy_id) SELECT id FROM p RETURNING policy_id",
             &args,
-        )
+        )?
+        .unwrap_or_else(|| error::internal("policy insert returned nothing"));
+        for (position, c) in children.iter().enumerate() {
+            Spi::run_with_args(
+                "INSERT INTO lifecycle.policy_children (policy_id, position, relation, columns, handling)
+                 VALUES ($1, $2, $3::oid::regclass, $4::name[], $5)",
+                &[id.into(), (position as i32 + 1).into(), c.relid.into(), c.columns.clone().into(), c.handling.into()],
+            )?;
+        }
+        Ok::<_, pgrx::spi::Error>(id)
     })
-    .unwrap_or_else(|e| error::internal(e))
-    .unwrap_or_else(|| error::internal("policy insert returned nothing"))
+    .unwrap_or_else(|e| error::internal(e));
+    if nullify.is_none() {
+        check_deletes_can_succeed(id, &relation);
+    }
+    id
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::child_specs;
+
+    #[test]
+    fn child_entries_survive_the_array_literal_splitting_them_at_commas() {
+        let split = |parts: &[&str]| child_specs(parts.iter().map(|p| p.to_string()).collect());
+        assert_eq!(split(&["kc.locks(realm", " sid)"]), ["kc.locks(realm, sid)"]);
+        assert_eq!(split(&["a(x)", "b(y", "z)"]), ["a(x)", "b(y,z)"]);
+        assert_eq!(split(&["\"odd,name\"(x)"]), ["\"odd,name\"(x)"]);
+    }
+}
+
+/// The entry point of 0.1.0 and 0.2.0 (C symbol `add_policy_wrapper`). A released symbol never
+/// disappears: an earlier version's SQL still points at it after a new package is installed,
+/// until ALTER EXTENSION ... UPDATE. Its tables have an earlier shape then, so it only says so.
+#[allow(clippy::too_many_arguments, unused_variables)]
+#[pg_extern(sql = false)]
+fn add_policy(
+    name: Option<&str>,
+    relation: Option<pg_sys::Oid>,
+    time_column: Option<&str>,
+    older_than: Option<Interval>,
+    time_kind_given: Option<&str>,
+    filter: Option<&str>,
+    nullify: Option<Vec<Option<String>>>,
+    dependents: Option<&str>,
+    delete_from: Option<Vec<Option<String>>>,
+    audit: Option<Vec<Option<String>>>,
+    batch_size: Option<i32>,
+    enabled: Option<bool>,
+) -> i32 {
+    role::extension_owner();
+    error::internal("lifecycle._add_policy of an earlier version called with the current one installed")
 }
