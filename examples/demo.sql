@@ -30,8 +30,12 @@ SELECT name, relation, time_column, time_kind, older_than, action, dependents, f
                             dependents => 'delete', audit => '{id,userid,expiresat}');
 SELECT name FROM lifecycle.add_policy('mas_compat_session_ips', 'mas.compat_sessions', 'last_active_at',
                                       older_than => '30 days', nullify => '{last_active_ip}');
+-- The example's compat and OAuth2 sessions reference a user session ON DELETE SET NULL (MAS
+-- before its migration): name them in block_on so that a referenced session is kept.
 SELECT name FROM lifecycle.add_policy('mas_user_sessions', 'mas.user_sessions', 'finished_at',
-                                      older_than => '30 days', dependents => 'block');
+                                      older_than => '30 days', dependents => 'block',
+                                      block_on => '{mas.compat_sessions(user_session_id), mas.oauth2_sessions(user_session_id)}');
+SELECT * FROM lifecycle.check_policy('mas_user_sessions');
 SELECT name FROM lifecycle.add_policy('mas_queue_jobs', 'mas.queue_jobs', 'queue_job_id', time_kind => 'ulid',
                                       older_than => '30 days', filter => $$status IN ('completed', 'failed')$$);
 
@@ -46,7 +50,7 @@ SELECT jobname, schedule, command FROM cron.job;
 CALL lifecycle.reap(max_batches => 100, time_budget => '1 minute');
 
 \echo '== policy_status =='
-SELECT name, last_acted, total_acted, total_blocked, has_time_index, last_error FROM lifecycle.policy_status;
+SELECT name, last_acted, total_acted, total_blocked, has_time_index, batch_size, last_error FROM lifecycle.policy_status;
 \echo '== audit_log: one row per deleted token (no secret in it) =='
 SELECT policy, row_key, action, data FROM lifecycle.audit_log;
 \echo '== schedule_status =='

@@ -64,6 +64,9 @@ fn elevated_and_sql_running_functions_pin_search_path() {
         "lifecycle._activity_forget_all_cached()",
         "lifecycle._activity_forget_cached(text)",
         "lifecycle._count_token_rejection()",
+        // Only schema-qualified calls; unpinned so that the tables named in delete_from and
+        // block_on resolve in the caller's search_path, as its regclass argument does.
+        "lifecycle.add_policy(text,regclass,name,interval,text,text,name[],text,text[],name[],integer,boolean,text[],interval)",
         "lifecycle.clamp_expiry(bigint,bigint)",
         "lifecycle.clamp_expiry(timestamp with time zone,timestamp with time zone)",
         "lifecycle.cron_next_run(text,timestamp with time zone)",
