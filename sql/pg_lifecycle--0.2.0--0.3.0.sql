@@ -10,6 +10,8 @@
 -- before it, every existing 'block' policy gets its other foreign-key children as explicit
 -- block_on entries (see lifecycle.check_policy; register the policy again to drop them).
 -- Existing policies keep fixed batches (target_batch_time NULL); new ones adapt by default.
+-- CALL lifecycle.reap waits for lagging standbys (lifecycle.reap_max_replica_lag, default 10s)
+-- and refuses to run on a standby.
 
 -- Policies: the key as arrays (any arity), children in their own table.
 ALTER TABLE lifecycle.policies ADD COLUMN key_columns name[], ADD COLUMN key_types text[],
@@ -164,6 +166,40 @@ AS $$
      WHERE p.name = policy_name
 $$;
 
+-- What CALL lifecycle.reap waited for standbys and WAL (src/reap/backpressure.rs): one row.
+CREATE TABLE lifecycle.reaper_state (
+    id               boolean PRIMARY KEY DEFAULT true CHECK (id),
+    waited           interval NOT NULL DEFAULT '0',
+    waits            bigint NOT NULL DEFAULT 0,
+    last_wait_reason text,
+    last_wait_at     timestamptz
+);
+INSERT INTO lifecycle.reaper_state DEFAULT VALUES;
+COMMENT ON TABLE lifecycle.reaper_state IS 'Time CALL lifecycle.reap waited for lagging standbys or a high WAL rate.';
+
+CREATE FUNCTION lifecycle."_reap_backpressure"(
+	"deadline_ms" double precision /* f64 */
+) RETURNS bool /* bool */
+STRICT
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'reap_backpressure_wrapper';
+
+-- Raises 25006 on a standby: policies delete and update, so they run on the primary.
+CREATE FUNCTION lifecycle._require_primary()
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'pg_lifecycle reaps on the primary; this server is a standby'
+            USING ERRCODE = '25006',
+                  HINT = 'Schedule lifecycle.reap on the primary (a standby replays its deletes).';
+    END IF;
+END
+$$;
+
 -- `batch` caps every policy's batch; NULL: each policy's own (fixed or adaptive) size.
 CREATE OR REPLACE FUNCTION lifecycle._reap_round(batch integer, skip integer[] DEFAULT '{}', only_policy text DEFAULT NULL)
 RETURNS TABLE (policy_id integer, acted bigint, examined bigint, sweep_done boolean)
@@ -174,6 +210,7 @@ DECLARE
     p record;
     r record;
 BEGIN
+    PERFORM lifecycle._require_primary();
     IF batch < 1 OR batch > 100000 THEN
         RAISE EXCEPTION 'batch must be between 1 and 100000, got %', batch
             USING ERRCODE = '22023',
@@ -237,7 +274,15 @@ BEGIN
     IF policy_name IS NOT NULL THEN
         PERFORM lifecycle._require_policy(policy_name);
     END IF;
+    PERFORM lifecycle._require_primary();
     LOOP
+        -- Backpressure: wait while a standby lags or WAL flows too fast, within the budget.
+        PERFORM lifecycle._reap_backpressure(
+            extract(epoch FROM time_budget - (pg_catalog.clock_timestamp() - started)) * 1000);
+        IF pg_catalog.clock_timestamp() - started >= time_budget THEN
+            RAISE NOTICE 'pg_lifecycle: stopping, time budget % spent; the rest is done next run', time_budget;
+            EXIT;
+        END IF;
         -- A reaper's work is idempotent: if a crash loses the last round's commit, its
         -- deletes and audit rows are lost together and simply done again next run. So the
         -- rounds need not wait for a WAL flush (transaction-local; the caller's setting is
@@ -422,9 +467,10 @@ END
 $$;
 
 -- Rights, as sql/privileges.sql gives them to the objects this step created.
-REVOKE ALL ON lifecycle.policy_children, lifecycle.policy_status FROM PUBLIC;
+REVOKE ALL ON lifecycle.policy_children, lifecycle.policy_status, lifecycle.reaper_state FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean, text[], interval, text),
     lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval),
-    lifecycle.check_policy(text), lifecycle._policy_children(integer) FROM PUBLIC;
+    lifecycle.check_policy(text), lifecycle._policy_children(integer), lifecycle._require_primary(),
+    lifecycle._reap_backpressure(double precision) FROM PUBLIC;
 GRANT EXECUTE ON ALL ROUTINES IN SCHEMA lifecycle TO lifecycle_operator;
 GRANT SELECT ON ALL TABLES IN SCHEMA lifecycle TO lifecycle_operator;

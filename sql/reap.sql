@@ -71,6 +71,17 @@ CREATE TABLE lifecycle.audit_log (
 CREATE INDEX audit_log_at_idx ON lifecycle.audit_log (at);
 CREATE INDEX audit_log_policy_at_idx ON lifecycle.audit_log (policy, at);
 
+-- What CALL lifecycle.reap waited for standbys and WAL (src/reap/backpressure.rs): one row.
+CREATE TABLE lifecycle.reaper_state (
+    id               boolean PRIMARY KEY DEFAULT true CHECK (id),
+    waited           interval NOT NULL DEFAULT '0',
+    waits            bigint NOT NULL DEFAULT 0,
+    last_wait_reason text,
+    last_wait_at     timestamptz
+);
+INSERT INTO lifecycle.reaper_state DEFAULT VALUES;
+COMMENT ON TABLE lifecycle.reaper_state IS 'Time CALL lifecycle.reap waited for lagging standbys or a high WAL rate.';
+
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.policies', '');
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.policy_state', '');
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.policy_children', '');
@@ -156,6 +167,21 @@ $$;
 -- One bounded batch for every enabled policy the caller may act for (its own, or those of
 -- roles it is a member of). Each policy runs in its own subtransaction: a failing policy is
 -- rolled back alone, its error recorded in policy_state and raised as a WARNING.
+-- Raises 25006 on a standby: policies delete and update, so they run on the primary.
+CREATE FUNCTION lifecycle._require_primary()
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'pg_lifecycle reaps on the primary; this server is a standby'
+            USING ERRCODE = '25006',
+                  HINT = 'Schedule lifecycle.reap on the primary (a standby replays its deletes).';
+    END IF;
+END
+$$;
+
 -- `batch` caps every policy's batch; NULL: each policy's own (fixed or adaptive) size.
 CREATE FUNCTION lifecycle._reap_round(batch integer, skip integer[] DEFAULT '{}', only_policy text DEFAULT NULL)
 RETURNS TABLE (policy_id integer, acted bigint, examined bigint, sweep_done boolean)
@@ -166,6 +192,7 @@ DECLARE
     p record;
     r record;
 BEGIN
+    PERFORM lifecycle._require_primary();
     IF batch < 1 OR batch > 100000 THEN
         RAISE EXCEPTION 'batch must be between 1 and 100000, got %', batch
             USING ERRCODE = '22023',
@@ -246,7 +273,15 @@ BEGIN
     IF policy_name IS NOT NULL THEN
         PERFORM lifecycle._require_policy(policy_name);
     END IF;
+    PERFORM lifecycle._require_primary();
     LOOP
+        -- Backpressure: wait while a standby lags or WAL flows too fast, within the budget.
+        PERFORM lifecycle._reap_backpressure(
+            extract(epoch FROM time_budget - (pg_catalog.clock_timestamp() - started)) * 1000);
+        IF pg_catalog.clock_timestamp() - started >= time_budget THEN
+            RAISE NOTICE 'pg_lifecycle: stopping, time budget % spent; the rest is done next run', time_budget;
+            EXIT;
+        END IF;
         -- A reaper's work is idempotent: if a crash loses the last round's commit, its
         -- deletes and audit rows are lost together and simply done again next run. So the
         -- rounds need not wait for a WAL flush (transaction-local; the caller's setting is

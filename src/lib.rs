@@ -30,6 +30,7 @@ mod lifecycle {}
 pub extern "C-unwind" fn _PG_init() {
     shmem::init();
     activity::init();
+    reap::init();
 }
 
 /// Required by `cargo pgrx test`.

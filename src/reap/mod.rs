@@ -2,6 +2,7 @@
 //! `CALL reap`). The loops and views are SQL (sql/reap.sql); this module holds what needs
 //! Rust: validation (policy.rs), the batch itself (batch.rs) and the role switches around it.
 
+mod backpressure;
 mod batch;
 mod policy;
 
@@ -10,6 +11,11 @@ use crate::role;
 use batch::Policy;
 use pgrx::prelude::*;
 use ulid::Ulid;
+
+/// Defines the reaper's settings (backpressure.rs).
+pub fn init() {
+    backpressure::init();
+}
 
 /// One batch of one policy (called per policy by lifecycle._reap_round).
 #[pg_extern(schema = "lifecycle", name = "_reap_batch")]
@@ -162,5 +168,5 @@ fn ulid_floor_text(at: TimestampWithTimeZone) -> String {
 pgrx::extension_sql_file!(
     "../../sql/reap.sql",
     name = "reap",
-    requires = [reap_batch, note_policy_error, estimate_backlog, policy::register_policy, ulid_floor, ulid_floor_text, "expiry"]
+    requires = [reap_batch, note_policy_error, estimate_backlog, policy::register_policy, backpressure::reap_backpressure, ulid_floor, ulid_floor_text, "expiry"]
 );

@@ -82,6 +82,54 @@ impl Cluster {
         Cluster::start_with(options, true)
     }
 
+    /// A streaming standby of this cluster (`pg_basebackup -R`), on its own port, socket and
+    /// directory; stopped and removed on drop.
+    pub fn standby(&self) -> Cluster {
+        let cluster = Cluster { root: Cluster::new_root(), port: free_port(), owned: true };
+        cluster.spawn_watchdog();
+        let mut backup = as_pg_user(&format!("{PG_BIN}/pg_basebackup"));
+        backup.args(["-D", cluster.data_dir().to_str().unwrap(), "-R", "-X", "stream", "-c", "fast", "-h", "127.0.0.1"]);
+        backup.args(["-p", &self.port.to_string(), "-U", PG_USER]);
+        run(backup, "pg_basebackup");
+        let mut mk = as_pg_user("mkdir");
+        mk.arg(cluster.socket_dir());
+        run(mk, "mkdir socket dir");
+        cluster.append_conf(&[
+            format!("port = {}", cluster.port),
+            format!("unix_socket_directories = '{}'", cluster.socket_dir().display()),
+            "hot_standby = on".into(),
+        ]);
+        cluster.start();
+        cluster
+    }
+
+    /// A fresh directory for a cluster, which the cluster's owner can enter.
+    fn new_root() -> PathBuf {
+        let root = PathBuf::from(
+            String::from_utf8(
+                Command::new("mktemp").args(["-d", "/tmp/pg_lifecycle-it.XXXXXX"]).output().expect("mktemp").stdout,
+            )
+            .expect("utf8")
+            .trim(),
+        );
+        run(cmd("chmod", &["755", root.to_str().unwrap()]), "chmod");
+        if running_as_root() {
+            run(cmd("chown", &[PG_USER, root.to_str().unwrap()]), "chown");
+        }
+        root
+    }
+
+    /// Appends lines to the cluster's postgresql.auto.conf (read at the next start or reload).
+    pub fn append_conf(&self, lines: &[String]) {
+        let mut append = as_pg_user("sh");
+        append.args(["-c", &format!("cat >> {}/postgresql.auto.conf", self.data_dir().display())]);
+        append.stdin(Stdio::piped());
+        let mut child = append.spawn().expect("append conf");
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(format!("{}\n", lines.join("\n")).as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+
     fn start_with(options: ClusterOptions, owned: bool) -> Cluster {
         let root = PathBuf::from(
             String::from_utf8(
