@@ -85,6 +85,22 @@ BEGIN
             RETURN NEXT;
         END IF;
     END LOOP;
+    -- Scheduled reapers whose last run failed (pg_cron's database only; nothing else shows it).
+    IF to_regclass('cron.job_run_details') IS NOT NULL AND has_table_privilege('cron.job_run_details', 'SELECT')
+       AND has_table_privilege('cron.job', 'SELECT') THEN
+        FOR l IN SELECT j.jobname, d.start_time, d.return_message
+                   FROM cron.job j
+                   JOIN LATERAL (SELECT r.status, r.start_time, r.return_message FROM cron.job_run_details r
+                                  WHERE r.jobid = j.jobid AND r.status IN ('succeeded', 'failed')
+                                  ORDER BY r.runid DESC LIMIT 1) d ON true
+                  WHERE j.jobname LIKE 'pg_lifecycle:%' AND d.status = 'failed'
+                  ORDER BY j.jobname
+        LOOP
+            problem := 'schedule_failing'; object := 'job ' || l.jobname;
+            detail := format('the last run of pg_cron job %s (started %s) failed: %s', l.jobname, l.start_time, l.return_message);
+            RETURN NEXT;
+        END LOOP;
+    END IF;
     -- Activity landing in no service: recorded, but invisible to per-service cohorts.
     FOR l IN SELECT s.scope, count(*) AS n FROM lifecycle.activity_scopes s
               WHERE NOT EXISTS (SELECT 1 FROM lifecycle.scope_services m WHERE m.scope = s.scope)

@@ -453,6 +453,22 @@ BEGIN
             RETURN NEXT;
         END IF;
     END LOOP;
+    -- Scheduled reapers whose last run failed (pg_cron's database only; nothing else shows it).
+    IF to_regclass('cron.job_run_details') IS NOT NULL AND has_table_privilege('cron.job_run_details', 'SELECT')
+       AND has_table_privilege('cron.job', 'SELECT') THEN
+        FOR l IN SELECT j.jobname, d.start_time, d.return_message
+                   FROM cron.job j
+                   JOIN LATERAL (SELECT r.status, r.start_time, r.return_message FROM cron.job_run_details r
+                                  WHERE r.jobid = j.jobid AND r.status IN ('succeeded', 'failed')
+                                  ORDER BY r.runid DESC LIMIT 1) d ON true
+                  WHERE j.jobname LIKE 'pg_lifecycle:%' AND d.status = 'failed'
+                  ORDER BY j.jobname
+        LOOP
+            problem := 'schedule_failing'; object := 'job ' || l.jobname;
+            detail := format('the last run of pg_cron job %s (started %s) failed: %s', l.jobname, l.start_time, l.return_message);
+            RETURN NEXT;
+        END LOOP;
+    END IF;
     -- Activity landing in no service: recorded, but invisible to per-service cohorts.
     FOR l IN SELECT s.scope, count(*) AS n FROM lifecycle.activity_scopes s
               WHERE NOT EXISTS (SELECT 1 FROM lifecycle.scope_services m WHERE m.scope = s.scope)
@@ -466,11 +482,45 @@ BEGIN
 END
 $$;
 
+-- Scheduling that cannot fail silently: schedules checked, a warning when pg_cron would need
+-- a password, failing runs in lifecycle.check().
+CREATE FUNCTION lifecycle."_pg_cron_needs_password"(
+	"database" TEXT, /* & str */
+	"role" TEXT /* & str */
+) RETURNS bool /* core::option::Option<bool> */
+STABLE STRICT
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'pg_cron_needs_password_wrapper';
+
+CREATE OR REPLACE FUNCTION lifecycle._upsert_job(job_name text, schedule text, command text, database name)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF schedule IS NULL OR btrim(schedule) = '' THEN
+        RAISE EXCEPTION 'schedule must not be NULL or empty' USING ERRCODE = '22004', HINT = 'E.g. ''*/5 * * * *'' for every five minutes.';
+    END IF;
+    PERFORM lifecycle.cron_next_run(schedule, now());  -- 22023 for what pg_cron would refuse
+    PERFORM lifecycle._require_pg_cron(database);
+    IF lifecycle._pg_cron_needs_password(database, current_user) THEN
+        RAISE WARNING 'pg_cron connects to this server over TCP as %, and pg_hba.conf asks that connection for a password: every run of job % will fail with "connection failed"',
+                      current_user, job_name
+            USING HINT = 'Set cron.use_background_workers = on in postgresql.conf and restart, or let the role connect to cron.host without a password (a trust rule for localhost, or a .pgpass file of the server''s OS user).';
+    END IF;
+    IF database = current_database() THEN
+        RETURN cron.schedule(job_name, schedule, command);
+    END IF;
+    RETURN cron.schedule_in_database(job_name, schedule, command, database);
+END
+$$;
+
 -- Rights, as sql/privileges.sql gives them to the objects this step created.
 REVOKE ALL ON lifecycle.policy_children, lifecycle.policy_status, lifecycle.reaper_state FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean, text[], interval, text),
     lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval),
     lifecycle.check_policy(text), lifecycle._policy_children(integer), lifecycle._require_primary(),
-    lifecycle._reap_backpressure(double precision) FROM PUBLIC;
+    lifecycle._reap_backpressure(double precision), lifecycle._pg_cron_needs_password(text, text) FROM PUBLIC;
 GRANT EXECUTE ON ALL ROUTINES IN SCHEMA lifecycle TO lifecycle_operator;
 GRANT SELECT ON ALL TABLES IN SCHEMA lifecycle TO lifecycle_operator;

@@ -64,7 +64,13 @@ BEGIN
     IF schedule IS NULL OR btrim(schedule) = '' THEN
         RAISE EXCEPTION 'schedule must not be NULL or empty' USING ERRCODE = '22004', HINT = 'E.g. ''*/5 * * * *'' for every five minutes.';
     END IF;
+    PERFORM lifecycle.cron_next_run(schedule, now());  -- 22023 for what pg_cron would refuse
     PERFORM lifecycle._require_pg_cron(database);
+    IF lifecycle._pg_cron_needs_password(database, current_user) THEN
+        RAISE WARNING 'pg_cron connects to this server over TCP as %, and pg_hba.conf asks that connection for a password: every run of job % will fail with "connection failed"',
+                      current_user, job_name
+            USING HINT = 'Set cron.use_background_workers = on in postgresql.conf and restart, or let the role connect to cron.host without a password (a trust rule for localhost, or a .pgpass file of the server''s OS user).';
+    END IF;
     IF database = current_database() THEN
         RETURN cron.schedule(job_name, schedule, command);
     END IF;

@@ -43,7 +43,8 @@ fn evaluated_by_pg_cron_only(schedule: &str) -> bool {
 
 /// A server setting, read whatever the caller's privileges: `cron.database_name` and
 /// `shared_preload_libraries` are superuser-only, yet every role that schedules needs to be
-/// told where pg_cron lives. Only these two names are ever read.
+/// told where pg_cron lives and how it connects. Only pg_cron's settings and
+/// shared_preload_libraries are ever read.
 fn setting(name: &std::ffi::CStr) -> Option<String> {
     // SAFETY: returns a pointer into the GUC's own storage (or NULL); copied at once.
     let value = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
@@ -60,7 +61,56 @@ fn pg_cron_setup() -> TableIterator<'static, (name!(loaded, bool), name!(cron_da
     TableIterator::once((loaded, database))
 }
 
-pgrx::extension_sql_file!("../sql/schedule.sql", name = "schedule", requires = [cron_next_run, pg_cron_setup, "reap"]);
+/// The first pg_hba.conf rule that would take pg_cron's connection for `role` to `database`
+/// from `address` (NULL: the unix socket) asks for a password.
+const HBA_ASKS_PASSWORD: &str = "
+SELECT r.auth_method IN ('password', 'md5', 'scram-sha-256')
+  FROM pg_catalog.pg_hba_file_rules r
+ WHERE r.error IS NULL
+   AND CASE WHEN $3::inet IS NULL THEN r.type = 'local' ELSE r.type IN ('host', 'hostnossl') END
+   AND ('all' = ANY (r.database) OR $1 = ANY (r.database) OR ('sameuser' = ANY (r.database) AND $1 = $2))
+   AND ('all' = ANY (r.user_name) OR $2 = ANY (r.user_name))
+   AND ($3::inet IS NULL OR r.address IN ('all', 'samehost')
+        OR (r.netmask IS NOT NULL AND pg_catalog.family(r.address::inet) = pg_catalog.family($3::inet)
+            AND ($3::inet & r.netmask::inet) = (r.address::inet & r.netmask::inet)))
+ ORDER BY r.line_number
+ LIMIT 1";
+
+/// Whether pg_cron's jobs for `role` in `database` would need a password to connect: true when
+/// they connect over libpq (cron.use_background_workers off) and the pg_hba.conf rule that
+/// takes that connection asks for one (pg_cron has none to give unless a .pgpass file of the
+/// server's OS user does). NULL when it cannot tell (a host name other than localhost, or no
+/// right to read the rules).
+#[pg_extern(schema = "lifecycle", name = "_pg_cron_needs_password", stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn pg_cron_needs_password(database: &str, role: &str) -> Option<bool> {
+    if setting(c"cron.use_background_workers").is_some_and(|v| v == "on") {
+        return Some(false);
+    }
+    let host = setting(c"cron.host").unwrap_or_else(|| "localhost".into());
+    let addresses: Vec<Option<&str>> = match host.as_str() {
+        h if h.starts_with('/') || h.is_empty() => vec![None],
+        "localhost" => vec![Some("127.0.0.1"), Some("::1")],
+        h if h.parse::<std::net::IpAddr>().is_ok() => vec![Some(h)],
+        _ => return None,
+    };
+    // pg_hba_file_rules is for superusers: read it as the extension's owner, and give up
+    // (NULL) rather than fail when that is not enough.
+    let asks = crate::sql::in_subtransaction(|| {
+        crate::role::as_extension_owner(|| {
+            addresses.iter().any(|address| {
+                crate::sql::optional_row(HBA_ASKS_PASSWORD, &[database.into(), role.into(), (*address).into()], |row| {
+                    row.get::<bool>(1)
+                })
+                .flatten()
+                .unwrap_or(false)
+            })
+        })
+    });
+    asks.ok()
+}
+
+pgrx::extension_sql_file!("../sql/schedule.sql", name = "schedule", requires = [cron_next_run, pg_cron_setup, pg_cron_needs_password, "reap"]);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]

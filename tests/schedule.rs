@@ -132,3 +132,51 @@ fn without_pg_cron_the_extension_works_and_scheduling_says_what_to_add() {
     let (code, _, _) = sqlstate(c.query("SELECT * FROM lifecycle.schedule_status", &[]));
     assert_eq!(code, "55000");
 }
+
+/// The stock setup that fails silently: pg_cron reaching the server over TCP (cron.host =
+/// localhost) as a role that pg_hba.conf asks for a password. schedule() warns and names the
+/// fix, and once a run has failed, lifecycle.check() reports it with pg_cron's message.
+#[test]
+fn a_schedule_that_cannot_connect_is_warned_about_and_its_failures_reported() {
+    let cluster = Cluster::private(ClusterOptions {
+        extra_conf: vec!["cron.use_background_workers = off".into()],
+        ..Default::default()
+    });
+    let (mut c, notices) = cluster.connect_collecting("postgres");
+    c.batch_execute(
+        "CREATE EXTENSION pg_cron; CREATE EXTENSION pg_lifecycle;
+         CREATE ROLE reaper LOGIN PASSWORD 'secret' IN ROLE lifecycle_operator;
+         GRANT USAGE ON SCHEMA cron TO reaper;",
+    )
+    .unwrap();
+    cluster.prepend_hba(&["host all reaper 127.0.0.1/32 scram-sha-256", "host all reaper ::1/128 scram-sha-256"]);
+    // Bad schedules are refused before pg_cron sees them.
+    for bad in ["61 * * * *", "", "every minute"] {
+        let (code, message, _) = sqlstate(c.query_one(&format!("SELECT lifecycle.cron_next_run('{bad}', now())"), &[]));
+        assert_eq!(code, "22023", "{bad:?}: {message}");
+    }
+    let (code, _, _) = sqlstate(c.query_one("SELECT lifecycle.schedule('61 * * * *')", &[]));
+    assert_eq!(code, "22023");
+
+    // The superuser's own job connects over the trust rule: no warning.
+    c.batch_execute("SELECT lifecycle.schedule('* * * * *')").unwrap();
+    assert!(!notices.lock().unwrap().iter().any(|n| n.contains("connection failed")), "{:?}", notices.lock().unwrap());
+    c.batch_execute("SELECT lifecycle.unschedule()").unwrap();
+    // The reaper role's job would need a password.
+    c.batch_execute("SET ROLE reaper; SELECT lifecycle.schedule('* * * * *'); RESET ROLE").unwrap();
+    let warned = notices.lock().unwrap().iter().any(|n| {
+        n.starts_with("WARNING") && n.contains("as reaper") && n.contains("connection failed")
+    });
+    assert!(warned, "no warning: {:?}", notices.lock().unwrap());
+    // pg_cron fires at the next minute; the run fails to connect, and check() says so.
+    let started = std::time::Instant::now();
+    while count(&mut c, "SELECT count(*) FROM cron.job_run_details WHERE status = 'failed'") == 0 {
+        assert!(started.elapsed() < Duration::from_secs(90), "pg_cron did not run the job");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let finding: String = c
+        .query_one("SELECT problem || ': ' || detail FROM lifecycle.check(false) WHERE problem = 'schedule_failing'", &[])
+        .unwrap()
+        .get(0);
+    assert!(finding.contains("pg_lifecycle:postgres") && finding.contains("connection failed"), "{finding}");
+}

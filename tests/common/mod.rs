@@ -130,6 +130,16 @@ impl Cluster {
         assert!(child.wait().unwrap().success());
     }
 
+    /// Puts lines first in pg_hba.conf (the first matching rule wins) and reloads.
+    pub fn prepend_hba(&self, lines: &[&str]) {
+        let hba = self.data_dir().join("pg_hba.conf");
+        let script = format!("{{ printf '%s\\n' \"$@\"; cat {0}; }} > {0}.new && mv {0}.new {0}", hba.display());
+        let mut c = as_pg_user("sh");
+        c.args(["-c", &script, "sh"]).args(lines);
+        run(c, "prepend to pg_hba.conf");
+        self.connect("postgres").batch_execute("SELECT pg_reload_conf()").unwrap();
+    }
+
     fn start_with(options: ClusterOptions, owned: bool) -> Cluster {
         let root = PathBuf::from(
             String::from_utf8(
