@@ -13,16 +13,19 @@ seconds() {
     awk -v a="$start" -v b="$end" 'BEGIN {printf "%.3f", b - a}'
 }
 
+# reap_policy AUDIT [DB] [BATCH]: the mm_pats policy; BATCH a fixed size, or "adaptive" for
+# the default target_batch_time (starting at 1000).
 reap_policy() {
-    local audit=$1 db=${2:-reapbench}
+    local audit=$1 db=${2:-reapbench} batch=${3:-1000} sizing
+    if [ "$batch" = adaptive ]; then sizing="batch_size => 1000"; else sizing="batch_size => $batch, target_batch_time => NULL"; fi
     psql_q -q -d "$db" -c "SELECT lifecycle.drop_policy(name) FROM lifecycle.policies" \
         -c "SELECT lifecycle.add_policy('mm_pats', 'mm.useraccesstokens', 'expiresat', time_kind => 'unix_ms',
-               dependents => 'delete', delete_from => '{mm.sessions(useraccesstokenid)}', batch_size => 1000 $( [ "$audit" = true ] && echo ", audit => '{id,userid,expiresat}'"))" >/dev/null
+               delete_from => '{mm.sessions(useraccesstokenid)}', $sizing $( [ "$audit" = true ] && echo ", audit => '{id,userid,expiresat}'"))" >/dev/null
 }
 
-# run_reap WAY AUDIT -> rows/s (best of 2)
+# run_reap WAY AUDIT [BATCH] -> rows/s (best of 2)
 run_reap() {
-    local way=$1 audit=$2 best=0 due secs rate
+    local way=$1 audit=$2 batch=${3:-1000} best=0 due secs rate
     for _ in 1 2; do
         # Each run starts from the same state: fresh tables, nothing left for the checkpointer.
         psql_q -q -d reapbench -c "CALL mm.reset()" -c "CHECKPOINT" >/dev/null
@@ -30,9 +33,9 @@ run_reap() {
         case $way in
             single) secs=$(seconds reapbench "CALL mm.reap_single($audit)") ;;
             loop) secs=$(seconds reapbench "CALL mm.reap_loop($audit)") ;;
-            floor) secs=$(seconds reapbench "CALL mm.reap_floor()") ;;
+            floor) secs=$(seconds reapbench "CALL mm.reap_floor(true, $batch)") ;;
             floor_unlocked) secs=$(seconds reapbench "CALL mm.reap_floor(lock_rows => false)") ;;
-            lifecycle) reap_policy "$audit"; secs=$(seconds reapbench "SET client_min_messages = warning" "CALL lifecycle.reap(100000, '1 hour', 1000)") ;;
+            lifecycle) reap_policy "$audit" reapbench "$batch"; secs=$(seconds reapbench "SET client_min_messages = warning" "CALL lifecycle.reap(100000, '1 hour')") ;;
         esac
         left=$(psql_q -qtA -d reapbench -c "SELECT count(*) FROM mm.useraccesstokens WHERE expiresat > 0 AND expiresat <= (extract(epoch FROM now()) * 1000)::bigint")
         [ "$left" -eq 0 ] || { echo "bench: $way left $left due rows" >&2; exit 1; }
@@ -59,10 +62,13 @@ per_batch_setup() {
     psql_q -q -d "$db" -c "SELECT lifecycle.reap_expired(1000)" >/dev/null   # warm up
 }
 
-# batch_ms DB: average milliseconds of one batch over 100 batches (100k of the 400k due rows
-# at 1M tokens, so three rounds never run out).
+# batch_ms DB [BATCH [COUNT]]: average milliseconds of one batch of BATCH rows (default 1000)
+# over COUNT batches (default 100: 100k of the 400k due rows at 1M tokens, so three rounds
+# never run out).
 batch_ms() {
-    PGOPTIONS="-c synchronous_commit=off" "$PG_BIN/pgbench" -n -c 1 -t 100 -f bench/sql/reap_batch.sql "$1" 2>&1 \
+    local batch=${2:-1000} count=${3:-100}
+    echo "SELECT lifecycle.reap_expired($batch);" > "$CLUSTER_DIR/reap_batch_$batch.sql"
+    PGOPTIONS="-c synchronous_commit=off" "$PG_BIN/pgbench" -n -c 1 -t "$count" -f "$CLUSTER_DIR/reap_batch_$batch.sql" "$1" 2>&1 \
         | awk '/^latency average/ {print $4}'
 }
 
@@ -73,31 +79,88 @@ reap_bench() {
     psql_q -q -d reapbench -c "CREATE EXTENSION pg_lifecycle"
     psql_q -q -d reapbench -v n="$REAP_ROWS" -f bench/sql/reap_setup.sql >/dev/null
     echo "== reap: $REAP_ROWS tokens (40 % due, 10 % never), $((REAP_ROWS / 4)) sessions minted from them =="
-    local audit a b c floor unlocked
+    local audit a b c floor unlocked mode
     for audit in false true; do
-        a=$(run_reap single "$audit"); b=$(run_reap loop "$audit"); c=$(run_reap lifecycle "$audit")
-        local mode; mode=$([ "$audit" = true ] && echo "with audit" || echo "no audit")
-        echo "  $mode: (a) single transaction $a rows/s, (b) hand-written loop $b rows/s, (c) CALL lifecycle.reap $c rows/s"
-        report "reap (c) vs single transaction (a), $mode" "$c" "$a" 0.7 rows/s
+        mode=$([ "$audit" = true ] && echo "with audit" || echo "no audit")
+        a=$(run_reap single "$audit"); b=$(run_reap loop "$audit"); c=$(run_reap lifecycle "$audit" adaptive)
+        echo "  $mode: (a) single transaction $a rows/s, (b) hand-written loop $b rows/s, (c) CALL lifecycle.reap, adaptive batches $c rows/s"
+        report "reap adaptive (c) vs single transaction (a), $mode" "$c" "$a" 0.7 rows/s
         report "hand-written loop (b) vs (a), $mode [reference]" "$b" "$a" 0 rows/s
         if [ "$audit" = false ]; then
-            floor=$(run_reap floor false)
             unlocked=$(run_reap floor_unlocked false)
-            echo "  no audit: (b') floor of a 1000-row batch loop (no bookkeeping) $floor rows/s, $unlocked rows/s without row locks"
-            report "batch-loop floor (b') vs (a), no audit [reference]" "$floor" "$a" 0 rows/s
-            report "batch-loop floor without row locks vs (a) [reference]" "$unlocked" "$a" 0 rows/s
-            report "reap (c) vs batch-loop floor (b'), no audit [reference]" "$c" "$floor" 0 rows/s
+            report "1000-row loop without row locks vs (a) [reference]" "$unlocked" "$a" 0 rows/s
         fi
     done
+    echo "== reap: the floor curve (no audit): a bare ordered-scan batch loop vs reap at the same fixed size =="
+    local size r1000="" r20000=""
+    for size in 1000 5000 20000 50000; do
+        floor=$(run_reap floor false "$size"); c=$(run_reap lifecycle false "$size")
+        echo "  batch $size: floor $floor rows/s, reap $c rows/s"
+        report "reap vs floor at batch $size" "$c" "$floor" 0.9 rows/s
+        report "floor at batch $size vs (a) [reference]" "$floor" "$a" 0 rows/s
+        [ "$size" = 1000 ] && r1000=$c
+        [ "$size" = 20000 ] && r20000=$c
+    done
+    report "reap rows/s at fixed batch 20000 vs 1000" "$r20000" "$r1000" 1.0 rows/s
+    reap_latency_bench
     echo "== reap: per-batch time, $REAP_ROWS vs $REAP_SCALE_ROWS tokens =="
     per_batch_setup reap1x "$REAP_ROWS"
     per_batch_setup reap10x "$REAP_SCALE_ROWS"
-    local small="" large=""
-    for _ in 1 2 3; do
-        small=$(min_of "$small" "$(batch_ms reap1x)")
-        large=$(min_of "$large" "$(batch_ms reap10x)")
+    for size in 1000 20000; do
+        local small="" large="" count=$((100000 / size))
+        for _ in 1 2 3; do
+            psql_q -q -d reap1x -c "UPDATE lifecycle.policy_state SET cursor = NULL" >/dev/null
+            psql_q -q -d reap10x -c "UPDATE lifecycle.policy_state SET cursor = NULL" >/dev/null
+            small=$(min_of "$small" "$(batch_ms reap1x "$size" "$count")")
+            large=$(min_of "$large" "$(batch_ms reap10x "$size" "$count")")
+        done
+        echo "  one $size-row batch: ${small} ms at $REAP_ROWS tokens, ${large} ms at $REAP_SCALE_ROWS tokens (best of 3 x $count batches)"
+        # Lower is better here: report small/large so the same ">= target" reading applies (1/1.2).
+        report "per-batch time at 1x / at 10x rows, batch $size" "$small" "$large" 0.833 ms
     done
-    echo "  one 1000-row batch: ${small} ms at $REAP_ROWS tokens, ${large} ms at $REAP_SCALE_ROWS tokens (best of 3 x 100 batches)"
-    # Lower is better here: report small/large so the same ">= target" reading applies (1/1.5).
-    report "per-batch time at 1x / at 10x rows" "$small" "$large" 0.667 ms
+    blocked_bench
+}
+
+# Blocked parents in front of the cursor (MAS shape): 10k of the oldest due tokens held by a
+# 'block' child; a batch after the sweep passed them vs a batch in a table with none (reap1x).
+blocked_bench() {
+    echo "== reap: 10k blocked parents in front of the cursor =="
+    per_batch_setup reapblocked "$REAP_ROWS"
+    psql_q -q -d reapblocked -c "INSERT INTO mm.holds SELECT id FROM mm.useraccesstokens WHERE expiresat > 0 ORDER BY expiresat, id LIMIT 10000" \
+        -c "CREATE INDEX ON mm.holds (token_id)" -c "ANALYZE mm.holds" \
+        -c "SELECT lifecycle.drop_policy(name) FROM lifecycle.policies" \
+        -c "SELECT lifecycle.add_policy('mm_pats', 'mm.useraccesstokens', 'expiresat', time_kind => 'unix_ms',
+               delete_from => '{mm.sessions(useraccesstokenid)}', block_on => '{mm.holds(token_id)}',
+               batch_size => 1000, target_batch_time => NULL)" >/dev/null
+    local passing after none
+    passing=$(batch_ms reapblocked 1000 10)
+    after=$(batch_ms reapblocked 1000 100)
+    none=$(batch_ms reap1x 1000 100)
+    local blocked; blocked=$(psql_q -qtA -d reapblocked -c "SELECT total_blocked FROM lifecycle.policy_status")
+    echo "  the sweep passed $blocked blocked rows in 10 batches (${passing} ms each); then ${after} ms per batch, vs ${none} ms with none blocked"
+    report "batch after 10k blocked / batch with none (lower better: none/after)" "$none" "$after" 0.667 ms
+}
+
+# A pgbench writer updating random tokens while the reaper runs: its p99 and max latency with
+# fixed 1000-row batches and with adaptive ones.
+reap_latency_bench() {
+    echo "== reap: latency of an app writer (random token updates) while the reaper runs =="
+    local sizing log p99 max
+    echo "\\set k random(1, $REAP_ROWS)
+UPDATE mm.useraccesstokens SET isactive = NOT isactive WHERE id = 't' || :k;" > "$CLUSTER_DIR/writer.sql"
+    for sizing in 1000 adaptive; do
+        psql_q -q -d reapbench -c "CALL mm.reset()" -c "CHECKPOINT" >/dev/null
+        reap_policy false reapbench "$sizing"
+        rm -f "$CLUSTER_DIR"/pgbench_log.*
+        (cd "$CLUSTER_DIR" && "$PG_BIN/pgbench" -n -c 1 -T 15 -l -f writer.sql reapbench >/dev/null 2>&1) &
+        local writer=$!
+        sleep 1
+        psql_q -q -d reapbench -c "SET client_min_messages = warning" -c "CALL lifecycle.reap(100000, '12 seconds')" >/dev/null
+        wait "$writer"
+        # pgbench -l: the third field is the transaction's latency in microseconds.
+        read -r p99 max < <(cat "$CLUSTER_DIR"/pgbench_log.* | awk '{print $3}' | sort -n \
+            | awk '{v[NR] = $1} END {printf "%.2f %.2f\n", v[int(NR * 0.99)] / 1000, v[NR] / 1000}')
+        echo "  writer with $sizing batches: p99 ${p99} ms, max ${max} ms"
+        [ "$sizing" = adaptive ] && report "writer max latency with adaptive batches: 100 ms / max" 100 "$max" 1.0 ms
+    done
 }

@@ -653,3 +653,24 @@ fn a_batch_reads_only_its_rows_from_a_large_backlog_at_any_size() {
         }
     }
 }
+
+/// lifecycle.reap_max_wal_rate: above it the reaper waits between rounds (saying why), within
+/// its time budget, and records the wait; the settings refuse values out of range.
+#[test]
+fn a_wal_rate_limit_makes_the_reaper_wait_between_rounds() {
+    let db = Cluster::shared().fresh_db();
+    let (mut c, _) = mattermost_with_policy(&db, 20_000);
+    let (code, _, _) = sqlstate(c.batch_execute("SET lifecycle.reap_max_replica_lag = -1"));
+    assert_eq!(code, "22023");
+    let (code, _, _) = sqlstate(c.batch_execute("SET lifecycle.reap_max_wal_rate = '-1kB'"));
+    assert_eq!(code, "22023");
+    let (mut r, notices) = Cluster::shared().connect_collecting(&db.name);
+    r.batch_execute("SET lifecycle.reap_max_wal_rate = '64kB'").unwrap();
+    let started = std::time::Instant::now();
+    r.batch_execute("CALL lifecycle.reap(100000, '3 seconds', 100)").unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(6), "the wait ran past the time budget");
+    assert!(notices.lock().unwrap().iter().any(|n| n.contains("waiting before the next round: WAL is written at")));
+    let row = r.query_one("SELECT waits, extract(epoch FROM waited)::float8 FROM lifecycle.reaper_state", &[]).unwrap();
+    assert!(row.get::<_, i64>(0) >= 1 && row.get::<_, f64>(1) > 1.0, "waits {} for {} s", row.get::<_, i64>(0), row.get::<_, f64>(1));
+    assert!(count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)") > 0, "the limit did not hold the reaper back");
+}

@@ -53,26 +53,28 @@ BEGIN
     END IF;
 END $$;
 
--- (b') The floor of any 1000-row batch loop here (reference): a keyset scan that locks and
--- skips locked rows, sessions then tokens by ctid, COMMIT; no bookkeeping, no audit, no
--- tie-break on equal times (it relies on deleted rows dropping out of the scan). With
+-- (b') The floor of any batch loop here (reference): a keyset scan that locks and skips
+-- locked rows, sessions then tokens by ctid, COMMIT; no bookkeeping, no audit, no tie-break
+-- on equal times (it relies on deleted rows dropping out of the scan). The scan is an ordered
+-- scan of the time index at every batch size, as the reaper's (forced the same way). With
 -- lock_rows = false it does not even lock (it would wait on the app's locks): the ceiling of
--- a 1000-row loop on this machine.
-CREATE PROCEDURE mm.reap_floor(lock_rows boolean DEFAULT true) LANGUAGE plpgsql AS $$
+-- a batch loop on this machine.
+CREATE PROCEDURE mm.reap_floor(lock_rows boolean DEFAULT true, batch integer DEFAULT 1000) LANGUAGE plpgsql AS $$
 DECLARE now_ms bigint := (extract(epoch FROM now()) * 1000)::bigint; ids text[]; tids tid[]; last bigint := 0;
 BEGIN
     LOOP
         SET LOCAL synchronous_commit = off;
+        SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off; SET LOCAL jit = off;
         IF lock_rows THEN
             SELECT array_agg(id), array_agg(ctid), max(expiresat) INTO ids, tids, last
               FROM (SELECT id, ctid, expiresat FROM mm.useraccesstokens
                      WHERE expiresat > 0 AND expiresat <= now_ms AND expiresat >= last
-                     ORDER BY expiresat LIMIT 1000 FOR UPDATE SKIP LOCKED) x;
+                     ORDER BY expiresat LIMIT batch FOR UPDATE SKIP LOCKED) x;
         ELSE
             SELECT array_agg(id), array_agg(ctid), max(expiresat) INTO ids, tids, last
               FROM (SELECT id, ctid, expiresat FROM mm.useraccesstokens
                      WHERE expiresat > 0 AND expiresat <= now_ms AND expiresat >= last
-                     ORDER BY expiresat LIMIT 1000) x;
+                     ORDER BY expiresat LIMIT batch) x;
         END IF;
         EXIT WHEN ids IS NULL;
         DELETE FROM mm.sessions WHERE useraccesstokenid = ANY (ids);
@@ -80,6 +82,10 @@ BEGIN
         COMMIT;
     END LOOP;
 END $$;
+
+-- Blocked parents in front of the cursor (the MAS shape): a hold on the oldest :blocked due
+-- tokens, which a 'block' policy passes once per sweep.
+CREATE TABLE mm.holds (token_id text);
 
 -- (b) Mattermost's hand-written job, server-side: 1000 ids ordered by expiry, delete
 -- sessions then tokens, COMMIT, repeat.

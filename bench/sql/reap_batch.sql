@@ -1,1 +1,0 @@
-SELECT lifecycle.reap_expired(1000);
