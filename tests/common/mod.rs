@@ -141,16 +141,7 @@ impl Cluster {
     }
 
     fn start_with(options: ClusterOptions, owned: bool) -> Cluster {
-        let root = PathBuf::from(
-            String::from_utf8(
-                Command::new("mktemp").args(["-d", "/tmp/pg_lifecycle-it.XXXXXX"]).output().expect("mktemp").stdout,
-            )
-            .expect("utf8")
-            .trim(),
-        );
-        // The cluster's owner must be able to enter the directory.
-        run(cmd("chmod", &["755", root.to_str().unwrap()]), "chmod");
-        let cluster = Cluster { root, port: free_port(), owned };
+        let cluster = Cluster { root: Cluster::new_root(), port: free_port(), owned };
         cluster.spawn_watchdog();
         cluster.initdb(&options);
         cluster.start();
@@ -189,9 +180,6 @@ impl Cluster {
     }
 
     fn initdb(&self, options: &ClusterOptions) {
-        if running_as_root() {
-            run(cmd("chown", &[PG_USER, self.root.to_str().unwrap()]), "chown");
-        }
         let mut init = as_pg_user(&format!("{PG_BIN}/initdb"));
         init.args(["-D", self.data_dir().to_str().unwrap(), "-U", PG_USER, "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"]);
         run(init, "initdb");
