@@ -30,6 +30,18 @@ pub fn current() -> pg_sys::Oid {
     unsafe { pg_sys::GetUserId() }
 }
 
+/// Whether `role` owns table `relid` (or is a member of its owner, or a superuser).
+pub fn owns_table(role: pg_sys::Oid, relid: pg_sys::Oid) -> bool {
+    // PostgreSQL 16 replaced the per-catalog ownership checks with object_ownercheck.
+    #[cfg(feature = "pg15")]
+    // SAFETY: a catalog lookup; a missing relation raises an ERROR.
+    let owns = unsafe { pg_sys::pg_class_ownercheck(relid, role) };
+    #[cfg(not(feature = "pg15"))]
+    // SAFETY: as above.
+    let owns = unsafe { pg_sys::object_ownercheck(pg_sys::RelationRelationId, relid, role) };
+    owns
+}
+
 /// Whether `member` has the privileges of `role` (is it, or inherits from it).
 pub fn has_privs_of(member: pg_sys::Oid, role: pg_sys::Oid) -> bool {
     unsafe { pg_sys::has_privs_of_role(member, role) }

@@ -82,7 +82,7 @@ fn check_relation(relid: pg_sys::Oid) -> String {
             Some("Policies act on ordinary or partitioned tables."),
         );
     }
-    if !unsafe { pg_sys::pg_class_ownercheck(relid, role::current()) } {
+    if !role::owns_table(role::current(), relid) {
         error::raise(
             Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("must be owner of table {qualified} to register a policy on it"),
