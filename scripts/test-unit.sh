@@ -10,7 +10,7 @@ pgdata=$(mktemp -u /tmp/pg_lifecycle-unit.XXXXXX)
 trap 'rm -rf "$pgdata"' EXIT
 runas=()
 [ "$(id -u)" -eq 0 ] && runas=(--runas "$PG_USER")
-cargo pgrx test pg15 "${runas[@]}" --pgdata "$pgdata" 2>&1 | tee target/unit-tests.log
+cargo pgrx test "pg${PG:-15}" "${runas[@]}" --pgdata "$pgdata" 2>&1 | tee target/unit-tests.log
 passed=$(grep -oE 'test result: ok\. [0-9]+ passed' target/unit-tests.log | awk '{s += $4} END {print s + 0}')
 echo "unit layer (#[pg_test]): $passed passed"
 [ "$passed" -gt 0 ] || { echo "unit layer ran no test" >&2; exit 1; }

@@ -341,7 +341,7 @@ fn fast_path_counters_switches_and_swallowed_failures() {
 /// backend's own and say so.
 #[test]
 fn works_without_preload() {
-    let cluster = Cluster::private(ClusterOptions { preload: "pg_cron", ..Default::default() });
+    let cluster = Cluster::private(ClusterOptions { preload: "", ..Default::default() });
     let db = cluster.fresh_db();
     let mut c = db.connect();
     c.batch_execute("SET lifecycle.activity_throttle = '1h'").unwrap();

@@ -82,7 +82,7 @@ fn rejection_is_28e01_and_its_audit_trace_survives_rollback() {
 /// and says so.
 #[test]
 fn works_without_preload_with_backend_local_counters() {
-    let cluster = Cluster::private(ClusterOptions { preload: "pg_cron", ..Default::default() });
+    let cluster = Cluster::private(ClusterOptions { preload: "", ..Default::default() });
     let db = cluster.fresh_db();
     let mut c = db.connect();
     let _ = c.query_one("SELECT lifecycle.reject_if_expired('pat', 'x', 1::bigint)", &[]);

@@ -5,7 +5,7 @@
 //! makes the soak longer.
 mod common;
 use common::data::{mattermost_tokens, unfilled, upstream_history, ADD_LINK};
-use common::{count, Cluster, ClusterOptions, PG_BIN};
+use common::{count, pg_bin, Cluster, ClusterOptions};
 use postgres::Client;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -145,7 +145,7 @@ COMMIT;
 fn pgbench(cluster: &Cluster, db: &str, script: &str, clients: u32, seconds: u64) -> std::process::Child {
     let path = std::env::temp_dir().join(format!("pg_lifecycle-soak-{}-{}.sql", std::process::id(), script.len()));
     std::fs::write(&path, script).unwrap();
-    std::process::Command::new(format!("{PG_BIN}/pgbench"))
+    std::process::Command::new(format!("{}/pgbench", pg_bin()))
         .args(["-n", "-M", "prepared", "-h", "127.0.0.1", "-p", &cluster.port.to_string(), "-U", "postgres", "-c", &clients.to_string()])
         .args(["-j", "2", "-T", &seconds.to_string(), "-f"])
         .arg(&path)

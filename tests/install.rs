@@ -96,6 +96,9 @@ fn example_schemas_load_and_sessions_are_clamped_to_their_token() {
 
 #[test]
 fn harness_cluster_preloads_pg_cron_and_pg_lifecycle() {
+    if common::skip_without_pg_cron("harness_cluster_preloads_pg_cron_and_pg_lifecycle") {
+        return;
+    }
     let cluster = Cluster::shared();
     let mut c = cluster.connect("postgres");
     let preload: String = c.query_one("SHOW shared_preload_libraries", &[]).unwrap().get(0);

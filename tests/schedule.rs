@@ -20,6 +20,9 @@ fn expired_codes(c: &mut Client, n: i32) {
 
 #[test]
 fn pg_cron_runs_the_reaper_in_its_own_and_another_database() {
+    if common::skip_without_pg_cron("pg_cron_runs_the_reaper_in_its_own_and_another_database") {
+        return;
+    }
     let cluster = Cluster::private(ClusterOptions::default());
     let mut cron = cluster.connect("postgres");
     cron.batch_execute("CREATE EXTENSION pg_cron; CREATE EXTENSION pg_lifecycle").unwrap();
@@ -138,6 +141,9 @@ fn without_pg_cron_the_extension_works_and_scheduling_says_what_to_add() {
 /// fix, and once a run has failed, lifecycle.check() reports it with pg_cron's message.
 #[test]
 fn a_schedule_that_cannot_connect_is_warned_about_and_its_failures_reported() {
+    if common::skip_without_pg_cron("a_schedule_that_cannot_connect_is_warned_about_and_its_failures_reported") {
+        return;
+    }
     let cluster = Cluster::private(ClusterOptions {
         extra_conf: vec!["cron.use_background_workers = off".into()],
         ..Default::default()

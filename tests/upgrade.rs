@@ -67,11 +67,17 @@ fn version(c: &mut Client) -> String {
 
 #[test]
 fn upgrade_from_0_1_0_keeps_data_policies_links_and_schedules() {
+    if common::skip_without_pg_cron("upgrade_from_0_1_0_keeps_data_policies_links_and_schedules") {
+        return;
+    }
     upgrade_keeps_data_policies_links_and_schedules("0.1.0");
 }
 
 #[test]
 fn upgrade_from_0_2_0_keeps_data_policies_links_and_schedules() {
+    if common::skip_without_pg_cron("upgrade_from_0_2_0_keeps_data_policies_links_and_schedules") {
+        return;
+    }
     upgrade_keeps_data_policies_links_and_schedules("0.2.0");
 }
 

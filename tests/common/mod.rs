@@ -16,7 +16,31 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The server's binaries: `PG_BIN` from the Makefile (PG=15|18), else Debian's 15.
+pub fn pg_bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()))
+}
+
+/// Whether pg_cron is installed in the server under test (for 18 it is built from
+/// ../shared/vendor when that is there). Tests that need it return early when it is not,
+/// printing a `skipped:` line that the runner reports.
+pub fn pg_cron_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let out = Command::new(format!("{}/pg_config", pg_bin())).arg("--pkglibdir").output().expect("pg_config");
+        Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("pg_cron.so").exists()
+    })
+}
+
+/// Returns true (and says so) when the test needs pg_cron and this server has none.
+pub fn skip_without_pg_cron(test: &str) -> bool {
+    if pg_cron_available() {
+        return false;
+    }
+    println!("skipped: {test}: pg_cron is not installed for this PostgreSQL (build it from ../shared/vendor)");
+    true
+}
 const PG_USER: &str = "postgres";
 
 /// Settings a test can ask for when it needs a cluster of its own.
@@ -28,7 +52,8 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { preload: "pg_cron,pg_lifecycle", extra_conf: Vec::new() }
+        let preload = if pg_cron_available() { "pg_cron,pg_lifecycle" } else { "pg_lifecycle" };
+        Self { preload, extra_conf: Vec::new() }
     }
 }
 
@@ -87,7 +112,7 @@ impl Cluster {
     pub fn standby(&self) -> Cluster {
         let cluster = Cluster { root: Cluster::new_root(), port: free_port(), owned: true };
         cluster.spawn_watchdog();
-        let mut backup = as_pg_user(&format!("{PG_BIN}/pg_basebackup"));
+        let mut backup = as_pg_user(&format!("{}/pg_basebackup", pg_bin()));
         backup.args(["-D", cluster.data_dir().to_str().unwrap(), "-R", "-X", "stream", "-c", "fast", "-h", "127.0.0.1"]);
         backup.args(["-p", &self.port.to_string(), "-U", PG_USER]);
         run(backup, "pg_basebackup");
@@ -166,7 +191,7 @@ impl Cluster {
              {sudo}{bin}/pg_ctl -D {data} stop -m immediate >/dev/null 2>&1; rm -rf {root}",
             pid = std::process::id(),
             sudo = if running_as_root() { format!("sudo -n -u {PG_USER} -- ") } else { String::new() },
-            bin = PG_BIN,
+            bin = pg_bin(),
             data = self.data_dir().display(),
             root = self.root.display(),
         );
@@ -180,7 +205,7 @@ impl Cluster {
     }
 
     fn initdb(&self, options: &ClusterOptions) {
-        let mut init = as_pg_user(&format!("{PG_BIN}/initdb"));
+        let mut init = as_pg_user(&format!("{}/initdb", pg_bin()));
         init.args(["-D", self.data_dir().to_str().unwrap(), "-U", PG_USER, "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"]);
         run(init, "initdb");
         let mut mk = as_pg_user("mkdir");
@@ -209,14 +234,14 @@ impl Cluster {
     }
 
     pub fn start(&self) {
-        let mut c = as_pg_user(&format!("{PG_BIN}/pg_ctl"));
+        let mut c = as_pg_user(&format!("{}/pg_ctl", pg_bin()));
         c.args(["-D", self.data_dir().to_str().unwrap(), "-l", self.log_path().to_str().unwrap(), "-w", "-t", "60", "start"]);
         run(c, "pg_ctl start");
     }
 
     /// Stops the server: "fast" for a clean shutdown, "immediate" to simulate a crash.
     pub fn stop(&self, mode: &str) {
-        let mut c = as_pg_user(&format!("{PG_BIN}/pg_ctl"));
+        let mut c = as_pg_user(&format!("{}/pg_ctl", pg_bin()));
         c.args(["-D", self.data_dir().to_str().unwrap(), "-m", mode, "-w", "stop"]);
         run(c, "pg_ctl stop");
     }
@@ -269,7 +294,7 @@ impl Cluster {
 
     /// Runs an SQL file with psql against one database of this cluster.
     pub fn psql_file(&self, dbname: &str, file: &Path) {
-        let mut c = Command::new(format!("{PG_BIN}/psql"));
+        let mut c = Command::new(format!("{}/psql", pg_bin()));
         c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", PG_USER, "-d", dbname, "-f"]);
         c.arg(file);
         run(c, &format!("psql -f {}", file.display()));
@@ -279,7 +304,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.owned {
-            let mut c = as_pg_user(&format!("{PG_BIN}/pg_ctl"));
+            let mut c = as_pg_user(&format!("{}/pg_ctl", pg_bin()));
             c.args(["-D", self.data_dir().to_str().unwrap(), "-m", "immediate", "stop"]);
             let _ = c.output();
             let _ = std::fs::remove_dir_all(&self.root);
