@@ -19,11 +19,11 @@ $(error PG must be 15 or 18, not $(PG))
 endif
 export PG_BIN := $(patsubst %/,%,$(dir $(PG_CONFIG)))
 PG_FEATURES := --no-default-features --features pg$(PG)
-export PG_FEATURES
+export PG_FEATURES PG_CONFIG
 # initdb refuses root; the throwaway clusters run as this user.
 PG_USER ?= postgres
 
-.PHONY: setup install demo test test-major test-unit test-integration bench clean
+.PHONY: setup install demo test test-major test-unit test-integration test-package package bench clean
 
 setup:
 	@scripts/setup.sh
@@ -50,12 +50,21 @@ test-major:
 	@scripts/timed.sh "PostgreSQL $(PG): unit layer" $(MAKE) --no-print-directory test-unit
 	@scripts/timed.sh "PostgreSQL $(PG): install" $(MAKE) --no-print-directory install
 	@scripts/timed.sh "PostgreSQL $(PG): integration layer" $(MAKE) --no-print-directory test-integration
+	@scripts/timed.sh "PostgreSQL $(PG): package" $(MAKE) --no-print-directory test-package
 
 test-unit: setup
 	@scripts/test-unit.sh
 
 test-integration:
 	@scripts/test-integration.sh
+
+# target/package/: a tarball for the major (and, for 15, a .deb for Debian's server).
+package: setup
+	@scripts/package.sh
+
+# Installs the package into a clean server tree and smoke-tests it (scripts/test-package.sh).
+test-package: setup
+	@scripts/test-package.sh
 
 bench: install
 	@bench/run.sh
