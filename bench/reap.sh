@@ -55,11 +55,17 @@ per_batch_setup() {
     psql_q -q -d postgres -c "CREATE DATABASE $db"
     psql_q -q -d "$db" -c "CREATE EXTENSION pg_lifecycle"
     psql_q -q -d "$db" -v n="$n" -f bench/sql/reap_setup.sql >/dev/null
+}
+
+# fresh_batches DB BATCH: fresh data (timed batches use it up), the policy with that fixed
+# batch size, and one batch to warm up.
+fresh_batches() {
+    local db=$1 batch=$2
     psql_q -q -d "$db" -c "CALL mm.reset()" >/dev/null
     # Steady state, not the bulk load's aftermath (hint bits, visibility map, statistics).
     psql_q -q -d "$db" -c "VACUUM (ANALYZE) mm.useraccesstokens, mm.sessions" -c "CHECKPOINT" >/dev/null
-    reap_policy false "$db"
-    psql_q -q -d "$db" -c "SELECT lifecycle.reap_expired(1000)" >/dev/null   # warm up
+    reap_policy false "$db" "$batch"
+    psql_q -q -d "$db" -c "SELECT lifecycle.reap_expired($batch)" >/dev/null
 }
 
 # batch_ms DB [BATCH [COUNT]]: average milliseconds of one batch of BATCH rows (default 1000)
@@ -104,16 +110,21 @@ reap_bench() {
     done
     report "reap rows/s at fixed batch 20000 vs 1000" "$r20000" "$r1000" 1.0 rows/s
     reap_latency_bench
+    reap_scale_bench
+}
+
+# Per-batch time at 1x and 10x the rows, for batch 1000 and 20000; then blocked parents.
+reap_scale_bench() {
+    local size
     echo "== reap: per-batch time, $REAP_ROWS vs $REAP_SCALE_ROWS tokens =="
     per_batch_setup reap1x "$REAP_ROWS"
     per_batch_setup reap10x "$REAP_SCALE_ROWS"
     for size in 1000 20000; do
+        # 3 rounds of 100k rows each: within the 400k due at 1M tokens.
         local small="" large="" count=$((100000 / size))
-        reap_policy false reap1x "$size"
-        reap_policy false reap10x "$size"
+        fresh_batches reap1x "$size"
+        fresh_batches reap10x "$size"
         for _ in 1 2 3; do
-            psql_q -q -d reap1x -c "UPDATE lifecycle.policy_state SET cursor = NULL" >/dev/null
-            psql_q -q -d reap10x -c "UPDATE lifecycle.policy_state SET cursor = NULL" >/dev/null
             small=$(min_of "$small" "$(batch_ms reap1x "$size" "$count")")
             large=$(min_of "$large" "$(batch_ms reap10x "$size" "$count")")
         done
@@ -129,6 +140,7 @@ reap_bench() {
 blocked_bench() {
     echo "== reap: 10k blocked parents in front of the cursor =="
     per_batch_setup reapblocked "$REAP_ROWS"
+    fresh_batches reapblocked 1000
     psql_q -q -d reapblocked -c "INSERT INTO mm.holds SELECT id FROM mm.useraccesstokens WHERE expiresat > 0 ORDER BY expiresat, id LIMIT 10000" \
         -c "CREATE INDEX ON mm.holds (token_id)" -c "ANALYZE mm.holds" \
         -c "SELECT lifecycle.drop_policy(name) FROM lifecycle.policies" \
@@ -136,9 +148,9 @@ blocked_bench() {
                delete_from => '{mm.sessions(useraccesstokenid)}', block_on => '{mm.holds(token_id)}',
                batch_size => 1000, target_batch_time => NULL)" >/dev/null
     local passing after none
-    reap_policy false reap1x 1000
     passing=$(batch_ms reapblocked 1000 10)
     after=$(batch_ms reapblocked 1000 100)
+    fresh_batches reap1x 1000
     none=$(batch_ms reap1x 1000 100)
     local blocked; blocked=$(psql_q -qtA -d reapblocked -c "SELECT total_blocked FROM lifecycle.policy_status")
     echo "  the sweep passed $blocked blocked rows in 10 batches (${passing} ms each); then ${after} ms per batch, vs ${none} ms with none blocked"
