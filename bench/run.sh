@@ -24,7 +24,7 @@ fi
 
 echo
 case "${BENCH_ONLY:-all}" in all|activity) activity_bench; echo ;; esac
-case "${BENCH_ONLY:-all}" in all|reap) reap_bench ;; reap_scale) reap_scale_bench ;; esac
+case "${BENCH_ONLY:-all}" in all|reap) reap_bench ;; reap_scale) reap_scale_bench ;; reap_blocked) per_batch_setup reap1x "$REAP_ROWS"; blocked_bench ;; esac
 
 echo
 echo "bench summary:"
