@@ -122,9 +122,9 @@ SELECT pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(cc.re
  WHERE k.handling IN ('delete', 'block')";
 
 fn load_children(id: i32) -> Vec<Child> {
-    Spi::connect(|client| {
-        client
-            .select(CHILDREN, None, &[id.into()])?
+    // A kept plan, like LOAD's: every batch asks, so it is planned once per session.
+    Spi::connect_mut(|client| {
+        sql::run_kept(client, false, CHILDREN, &[id.into()], None)?
             .map(|row| {
                 Ok(Child {
                     relation: row.get(1)?.unwrap_or_default(),
