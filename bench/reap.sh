@@ -13,19 +13,20 @@ seconds() {
     awk -v a="$start" -v b="$end" 'BEGIN {printf "%.3f", b - a}'
 }
 
-# reap_policy AUDIT [DB] [BATCH]: the mm_pats policy; BATCH a fixed size, or "adaptive" for
-# the default target_batch_time (starting at 1000).
+# reap_policy AUDIT [DB] [BATCH] [OPTIONS]: the mm_pats policy; BATCH a fixed size, or
+# "adaptive" for the default target_batch_time (starting at 1000); OPTIONS more add_policy
+# arguments (", archive => ...").
 reap_policy() {
-    local audit=$1 db=${2:-reapbench} batch=${3:-1000} sizing
+    local audit=$1 db=${2:-reapbench} batch=${3:-1000} options=${4:-} sizing
     if [ "$batch" = adaptive ]; then sizing="batch_size => 1000"; else sizing="batch_size => $batch, target_batch_time => NULL"; fi
     psql_q -q -d "$db" -c "SELECT lifecycle.drop_policy(name) FROM lifecycle.policies" \
         -c "SELECT lifecycle.add_policy('mm_pats', 'mm.useraccesstokens', 'expiresat', time_kind => 'unix_ms',
-               delete_from => '{mm.sessions(useraccesstokenid)}', $sizing $( [ "$audit" = true ] && echo ", audit => '{id,userid,expiresat}'"))" >/dev/null
+               delete_from => '{mm.sessions(useraccesstokenid)}', $sizing $( [ "$audit" = true ] && echo ", audit => '{id,userid,expiresat}'")$options)" >/dev/null
 }
 
-# run_reap WAY AUDIT [BATCH] -> rows/s (best of 2)
+# run_reap WAY AUDIT [BATCH] [OPTIONS] -> rows/s (best of 2)
 run_reap() {
-    local way=$1 audit=$2 batch=${3:-1000} best=0 due secs rate
+    local way=$1 audit=$2 batch=${3:-1000} options=${4:-} best=0 due secs rate
     for _ in 1 2; do
         # Each run starts from the same state: fresh tables, nothing left for the checkpointer.
         psql_q -q -d reapbench -c "CALL mm.reset()" -c "CHECKPOINT" >/dev/null
@@ -35,7 +36,7 @@ run_reap() {
             loop) secs=$(seconds reapbench "CALL mm.reap_loop($audit)") ;;
             floor) secs=$(seconds reapbench "CALL mm.reap_floor(true, $batch)") ;;
             floor_unlocked) secs=$(seconds reapbench "CALL mm.reap_floor(lock_rows => false)") ;;
-            lifecycle) reap_policy "$audit" reapbench "$batch"; secs=$(seconds reapbench "SET client_min_messages = warning" "CALL lifecycle.reap(100000, '1 hour')") ;;
+            lifecycle) reap_policy "$audit" reapbench "$batch" "$options"; secs=$(seconds reapbench "SET client_min_messages = warning" "CALL lifecycle.reap(100000, '1 hour')") ;;
         esac
         left=$(psql_q -qtA -d reapbench -c "SELECT count(*) FROM mm.useraccesstokens WHERE expiresat > 0 AND expiresat <= (extract(epoch FROM now()) * 1000)::bigint")
         [ "$left" -eq 0 ] || { echo "bench: $way left $left due rows" >&2; exit 1; }

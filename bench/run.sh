@@ -8,6 +8,7 @@ source scripts/cluster.sh
 source bench/lib.sh
 source bench/reap.sh
 source bench/activity.sh
+source bench/compliance.sh
 trap cluster_stop EXIT
 
 cluster_start
@@ -25,6 +26,7 @@ fi
 echo
 case "${BENCH_ONLY:-all}" in all|activity) activity_bench; echo ;; esac
 case "${BENCH_ONLY:-all}" in all|reap) reap_bench ;; reap_scale) reap_scale_bench ;; reap_blocked) per_batch_setup reap1x "$REAP_ROWS"; blocked_bench ;; esac
+case "${BENCH_ONLY:-all}" in all|compliance) echo; compliance_bench ;; esac
 
 echo
 echo "bench summary:"

@@ -12,6 +12,10 @@
 -- Existing policies keep fixed batches (target_batch_time NULL); new ones adapt by default.
 -- CALL lifecycle.reap waits for lagging standbys (lifecycle.reap_max_replica_lag, default 10s)
 -- and refuses to run on a standby.
+--
+-- Compliance (docs/compliance.md): archives, legal holds, expiry events; audit_log becomes
+-- partitioned by month (its rows and ids kept) and history retention drops partitions.
+-- lifecycle.keep_history's policies become retention settings (lifecycle.history).
 
 -- Policies: the key as arrays (any arity), children in their own table.
 ALTER TABLE lifecycle.policies ADD COLUMN key_columns name[], ADD COLUMN key_types text[],
@@ -22,6 +26,13 @@ ALTER TABLE lifecycle.policies
     ADD CHECK (cardinality(key_columns) >= 1),
     ADD CONSTRAINT policies_key_arity_check CHECK (cardinality(key_types) = cardinality(key_columns));
 ALTER TABLE lifecycle.policy_state ADD COLUMN current_batch integer;
+-- Compliance (docs/compliance.md): archive, events, legal holds.
+ALTER TABLE lifecycle.policies
+    ADD COLUMN archive regclass,
+    ADD COLUMN archive_columns name[] CONSTRAINT policies_archive_check CHECK ((archive IS NULL) = (archive_columns IS NULL)),
+    ADD COLUMN events boolean NOT NULL DEFAULT false,
+    ADD COLUMN event_columns name[] CONSTRAINT policies_events_check CHECK (events OR event_columns IS NULL);
+ALTER TABLE lifecycle.policy_state ADD COLUMN total_held bigint NOT NULL DEFAULT 0;
 
 -- The children a policy names: delete_from (deleted with the row, same statement) and
 -- block_on (the row is kept while they reference it). `columns` reference the policy table's
@@ -86,8 +97,12 @@ CREATE FUNCTION lifecycle."_add_policy"(
 	"enabled" bool, /* Option < bool > */
 	"block_on" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
 	"target_batch_time" interval, /* Option < Interval > */
+	"archive" TEXT, /* Option < & str > */
+	"events" bool, /* Option < bool > */
+	"event_columns" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
 	"search_path" TEXT /* Option < & str > */
 ) RETURNS INT /* i32 */
+ 
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'register_policy_wrapper';
@@ -211,6 +226,8 @@ DECLARE
     r record;
 BEGIN
     PERFORM lifecycle._require_primary();
+    -- The partitions this round's audit and event rows go to, and the history retention.
+    PERFORM lifecycle._maintain_history();
     IF batch < 1 OR batch > 100000 THEN
         RAISE EXCEPTION 'batch must be between 1 and 100000, got %', batch
             USING ERRCODE = '22023',
@@ -333,7 +350,10 @@ CREATE FUNCTION lifecycle.add_policy(
     batch_size   integer  DEFAULT 1000,   -- the first (or, without target_batch_time, every) batch's size
     enabled      boolean  DEFAULT true,
     block_on     text[]   DEFAULT NULL,   -- 'table(column, ...)': the row is kept while these reference it
-    target_batch_time interval DEFAULT '50 milliseconds')  -- adaptive batches; NULL: fixed batch_size
+    target_batch_time interval DEFAULT '50 milliseconds',  -- adaptive batches; NULL: fixed batch_size
+    archive      text     DEFAULT NULL,   -- 'schema.table': deleted rows copied there first (docs/compliance.md)
+    events       boolean  DEFAULT false,  -- one lifecycle.events row per acted-on row, NOTIFY lifecycle_<name>
+    event_columns name[]  DEFAULT NULL)   -- columns carried in each event's data (never secrets)
 RETURNS lifecycle.policies
 LANGUAGE plpgsql
 -- No SET search_path: the tables named in delete_from and block_on resolve in the caller's
@@ -344,7 +364,7 @@ DECLARE
     result lifecycle.policies;
 BEGIN
     new_id := lifecycle._add_policy($1, $2::oid, $3::text, $4, $5, $6, $7::text[], $8, $9, $10::text[], $11, $12,
-                                    $13, $14, pg_catalog.current_setting('search_path'));
+                                    $13, $14, $15, $16, $17::text[], pg_catalog.current_setting('search_path'));
     SELECT * INTO result FROM lifecycle.policies p WHERE p.id OPERATOR(pg_catalog.=) new_id;
     RETURN result;
 END
@@ -359,6 +379,7 @@ SELECT p.name,
        s.last_acted,
        s.total_acted,
        s.total_blocked,
+       s.total_held,
        s.batches,
        s.cursor IS NOT NULL AS sweep_in_progress,
        s.last_error,
@@ -369,7 +390,9 @@ SELECT p.name,
                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
                 WHERE i.indrelid = p.relation AND a.attname = p.time_column) AS has_time_index,
        coalesce(s.current_batch, p.batch_size) AS batch_size,
-       p.target_batch_time
+       p.target_batch_time,
+       p.archive,
+       p.events
   FROM lifecycle.policies p
   JOIN lifecycle.policy_state s ON s.policy_id = p.id;
 
@@ -516,11 +539,435 @@ BEGIN
 END
 $$;
 
+-- History that stays small: retention of the tables that grow with every run. See
+-- docs/compliance.md.
+--
+-- lifecycle.audit_log (by month) and lifecycle.events (by day) are range-partitioned on `at`;
+-- their retention drops whole partitions, which costs the same for ten rows or ten million and
+-- leaves no dead rows behind. pg_cron's cron.job_run_details is not ours to partition: its
+-- finished runs are deleted. lifecycle._maintain_history does both; CALL lifecycle.reap and
+-- lifecycle.reap_expired run it first, so scheduling the reaper is all it takes.
+
+-- One row per history table: how it is partitioned, its default retention, when it was last
+-- pruned. Not dumped: CREATE EXTENSION writes it.
+CREATE TABLE lifecycle.history_state (
+    name            text PRIMARY KEY CHECK (name IN ('audit_log', 'events', 'cron.job_run_details')),
+    partition_by    text CHECK (partition_by IN ('month', 'day')),   -- NULL: rows are deleted
+    default_keep    interval NOT NULL,
+    last_pruned_at  timestamptz
+);
+INSERT INTO lifecycle.history_state (name, partition_by, default_keep) VALUES
+    ('audit_log', 'month', '13 months'),
+    ('events', 'day', '30 days'),
+    ('cron.job_run_details', NULL, '14 days');
+
+-- The retentions set with lifecycle.set_retention (`keep` NULL: kept forever); dumped by
+-- pg_dump, so a restored database keeps them.
+CREATE TABLE lifecycle.retention (
+    name  text PRIMARY KEY REFERENCES lifecycle.history_state (name),
+    keep  interval CHECK (keep > interval '0')
+);
+SELECT pg_catalog.pg_extension_config_dump('lifecycle.retention', '');
+
+-- Each history table with the retention in force.
+CREATE VIEW lifecycle.history AS
+SELECT s.name, CASE WHEN r.name IS NULL THEN s.default_keep ELSE r.keep END AS keep,
+       s.partition_by, s.last_pruned_at
+  FROM lifecycle.history_state s LEFT JOIN lifecycle.retention r ON r.name = s.name;
+COMMENT ON VIEW lifecycle.history IS 'Retention of pg_lifecycle''s growing tables and pg_cron''s run history (keep NULL: forever); change it with lifecycle.set_retention.';
+
+-- The partition of history table `name` that holds `at`: its name and bounds (UTC periods,
+-- so a time zone change never makes two partitions overlap).
+CREATE FUNCTION lifecycle._history_partition(name text, partition_by text, at timestamptz,
+                                             OUT partition_name text, OUT lower_bound timestamptz, OUT upper_bound timestamptz)
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT name || '_p' || to_char(p.start, 'YYYYMMDD'),
+           p.start AT TIME ZONE 'UTC',
+           (p.start + ('1 ' || partition_by)::interval) AT TIME ZONE 'UTC'
+      FROM (SELECT date_trunc(partition_by, at AT TIME ZONE 'UTC') AS start) p
+$$;
+
+-- Creates the partition of history table `name` holding `at` unless it exists. Keys and
+-- indexes are the partition's own, not inherited from the parent: the parent belongs to the
+-- extension and the partitions do not, and pg_dump can only restore partitions whose indexes
+-- are all their own.
+CREATE FUNCTION lifecycle._create_history_partition(name text, partition_by text, at timestamptz)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p record;
+BEGIN
+    SELECT * INTO p FROM lifecycle._history_partition(name, partition_by, at);
+    IF to_regclass('lifecycle.' || p.partition_name) IS NOT NULL THEN
+        RETURN;
+    END IF;
+    BEGIN
+        EXECUTE format('CREATE TABLE lifecycle.%I PARTITION OF lifecycle.%I (PRIMARY KEY (id)) FOR VALUES FROM (%L) TO (%L)',
+                       p.partition_name, name, p.lower_bound, p.upper_bound);
+    EXCEPTION WHEN duplicate_table OR unique_violation THEN
+        RETURN;  -- another reaper made it at the same time (this one waited for its commit)
+    END;
+    IF name = 'audit_log' THEN
+        EXECUTE format('CREATE INDEX ON lifecycle.%I (at)', p.partition_name);
+        EXECUTE format('CREATE INDEX ON lifecycle.%I (policy, at)', p.partition_name);
+    END IF;
+END
+$$;
+
+-- Creates the partitions of the period holding `at` and of the next one where missing, drops
+-- partitions whose every row is older than the retention, and deletes pg_cron's finished
+-- runs older than theirs (at most once an hour: it reads the whole table). Runs as the
+-- extension's owner, who owns the tables. `at` is a parameter for tests.
+CREATE FUNCTION lifecycle._maintain_history(at timestamptz DEFAULT now())
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    h record;
+    p record;
+    period integer;
+BEGIN
+    FOR h IN SELECT * FROM lifecycle.history ORDER BY name LOOP
+        IF h.partition_by IS NOT NULL THEN
+            FOR period IN 0..1 LOOP
+                PERFORM lifecycle._create_history_partition(h.name, h.partition_by,
+                                                            at + period * ('1 ' || h.partition_by)::interval);
+            END LOOP;
+        END IF;
+        CONTINUE WHEN h.keep IS NULL;
+        -- At most once an hour, one reaper at a time: a second one waits for this row, then
+        -- finds it pruned.
+        UPDATE lifecycle.history_state SET last_pruned_at = at
+         WHERE name = h.name AND (last_pruned_at IS NULL OR last_pruned_at <= at - interval '1 hour');
+        CONTINUE WHEN NOT FOUND;
+        IF h.partition_by IS NOT NULL THEN
+            FOR p IN SELECT c.relname
+                       FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                      WHERE i.inhparent = ('lifecycle.' || h.name)::regclass
+                        AND (to_date(right(c.relname, 8), 'YYYYMMDD')::timestamp
+                             + ('1 ' || h.partition_by)::interval) AT TIME ZONE 'UTC' <= at - h.keep
+            LOOP
+                EXECUTE format('DROP TABLE IF EXISTS lifecycle.%I', p.relname);
+            END LOOP;
+        ELSIF to_regclass(h.name) IS NOT NULL THEN
+            BEGIN
+                -- end_time is NULL while a job runs: such rows are never deleted.
+                DELETE FROM cron.job_run_details WHERE end_time < at - h.keep;
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE WARNING 'pg_lifecycle: cannot trim cron.job_run_details: %', SQLERRM
+                    USING HINT = 'The extension''s owner needs DELETE on it; or turn this off: SELECT lifecycle.set_retention(''cron.job_run_details'', NULL).';
+            END;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Sets how long history table `history` keeps its rows; NULL keeps them forever.
+CREATE FUNCTION lifecycle.set_retention(history text, keep interval)
+RETURNS lifecycle.history
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result lifecycle.history;
+BEGIN
+    IF keep <= interval '0' THEN
+        RAISE EXCEPTION 'keep must be a positive interval or NULL, got %', keep
+            USING ERRCODE = '22023', HINT = 'E.g. ''1 year''; NULL keeps rows forever.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM lifecycle.history_state s WHERE s.name = set_retention.history) THEN
+        RAISE EXCEPTION 'unknown history table %', coalesce(quote_literal(history), 'NULL')
+            USING ERRCODE = '22023', HINT = 'One of: audit_log, events, cron.job_run_details.';
+    END IF;
+    INSERT INTO lifecycle.retention AS r (name, keep) VALUES (history, keep)
+        ON CONFLICT (name) DO UPDATE SET keep = excluded.keep;
+    -- Prune by the new retention at the next round, not an hour later.
+    UPDATE lifecycle.history_state s SET last_pruned_at = NULL WHERE s.name = history;
+    SELECT * INTO result FROM lifecycle.history h WHERE h.name = history;
+    RETURN result;
+END
+$$;
+COMMENT ON FUNCTION lifecycle.set_retention(text, interval) IS 'How long audit_log, events or cron.job_run_details keep rows (NULL: forever).';
+
+-- An upgrade keeps what it had: the audit log and pg_cron's history as long as before
+-- (forever, or what lifecycle.keep_history set, which was a policy in 0.2.0 and becomes the
+-- retention here). Undelivered events, which are new, get the default.
+INSERT INTO lifecycle.retention (name, keep) VALUES
+    ('audit_log', (SELECT older_than FROM lifecycle.policies WHERE name = 'lifecycle_audit_log')),
+    ('cron.job_run_details', (SELECT older_than FROM lifecycle.policies WHERE name = 'lifecycle_cron_run_details'));
+DELETE FROM lifecycle.policies WHERE name IN ('lifecycle_audit_log', 'lifecycle_cron_run_details');
+
+-- The audit log becomes partitioned by month, every row kept with its id. The partitions
+-- for its past months are made here; like every partition lifecycle._maintain_history makes
+-- later, they are not members of the extension (pg_dump dumps them with their rows).
+ALTER TABLE lifecycle.audit_log RENAME TO audit_log_0_2;
+ALTER INDEX lifecycle.audit_log_pkey RENAME TO audit_log_0_2_pkey;
+ALTER INDEX lifecycle.audit_log_at_idx RENAME TO audit_log_0_2_at_idx;
+ALTER INDEX lifecycle.audit_log_policy_at_idx RENAME TO audit_log_0_2_policy_at_idx;
+ALTER SEQUENCE lifecycle.audit_log_id_seq OWNED BY NONE;
+CREATE TABLE lifecycle.audit_log (
+    id        bigint NOT NULL DEFAULT nextval('lifecycle.audit_log_id_seq'::regclass),
+    at        timestamptz NOT NULL DEFAULT now(),
+    policy    text,
+    relation  text NOT NULL,
+    row_key   text NOT NULL,
+    action    text NOT NULL,
+    data      jsonb
+) PARTITION BY RANGE (at);
+ALTER SEQUENCE lifecycle.audit_log_id_seq OWNED BY lifecycle.audit_log.id;
+DO $$
+DECLARE
+    p record;
+BEGIN
+    FOR p IN SELECT DISTINCT b.* FROM lifecycle.audit_log_0_2 a,
+                    lifecycle._history_partition('audit_log', 'month', a.at) b
+    LOOP
+        PERFORM lifecycle._create_history_partition('audit_log', 'month', p.lower_bound);
+        EXECUTE format('ALTER EXTENSION pg_lifecycle DROP TABLE lifecycle.%I', p.partition_name);
+    END LOOP;
+END
+$$;
+INSERT INTO lifecycle.audit_log (id, at, policy, relation, row_key, action, data)
+SELECT id, at, policy, relation, row_key, action, data FROM lifecycle.audit_log_0_2;
+-- Out of the extension first: that also takes it off the list of tables pg_dump dumps.
+ALTER EXTENSION pg_lifecycle DROP TABLE lifecycle.audit_log_0_2;
+DROP TABLE lifecycle.audit_log_0_2;
+
+-- Compliance: legal holds, expiry events and archives. See docs/compliance.md.
+-- Holds are placed and released by lifecycle.add_hold / release_hold (src/reap/holds.rs);
+-- a batch passes over held rows and writes archive and event rows with its deletes
+-- (src/reap/batch.rs).
+
+-- Legal holds: rows of `relation` matching a live hold (by key, or by a filter over the row)
+-- are never deleted or nullified by any policy. `key_columns` is the table's primary key when
+-- the hold was placed; `key` is in the form audit_log.row_key uses.
+CREATE TABLE lifecycle.holds (
+    id             bigserial PRIMARY KEY,
+    relation       regclass NOT NULL,
+    key_columns    name[] NOT NULL,
+    key            text,
+    filter         text,
+    reason         text NOT NULL CHECK (reason <> ''),
+    until          timestamptz,                          -- NULL: until released
+    placed_by      regrole NOT NULL,
+    placed_at      timestamptz NOT NULL DEFAULT now(),
+    released_by    regrole,
+    released_at    timestamptz,
+    release_reason text,
+    CHECK ((key IS NULL) <> (filter IS NULL))
+);
+CREATE INDEX holds_unreleased_idx ON lifecycle.holds (relation) WHERE released_at IS NULL;
+COMMENT ON TABLE lifecycle.holds IS 'Legal holds; place and release them with lifecycle.add_hold and lifecycle.release_hold.';
+SELECT pg_catalog.pg_extension_config_dump('lifecycle.holds', '');
+SELECT pg_catalog.pg_extension_config_dump('lifecycle.holds_id_seq', '');
+
+CREATE FUNCTION lifecycle."_add_hold"(
+	"relation" oid, /* Option < pg_sys :: Oid > */
+	"key" TEXT, /* Option < & str > */
+	"filter" TEXT, /* Option < & str > */
+	"reason" TEXT, /* Option < & str > */
+	"until" timestamp with time zone /* Option < TimestampWithTimeZone > */
+) RETURNS bigint /* i64 */
+ 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'add_hold_wrapper';
+CREATE FUNCTION lifecycle."release_hold"(
+	"hold_id" bigint, /* Option < i64 > */
+	"reason" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS bool /* bool */
+
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'release_hold_wrapper';
+CREATE FUNCTION lifecycle.add_hold(relation regclass, key text DEFAULT NULL, filter text DEFAULT NULL,
+                                   reason text DEFAULT NULL, until timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT lifecycle._add_hold(relation::oid, key, filter, reason, until) $$;
+COMMENT ON FUNCTION lifecycle.add_hold(regclass, text, text, text, timestamptz) IS 'Places a legal hold on one row (key) or the rows a filter matches: no policy deletes or nullifies them until it is released or expires.';
+COMMENT ON FUNCTION lifecycle.release_hold(bigint, text) IS 'Releases a legal hold; the rows it kept are reaped by the next sweep.';
+
+-- The holds in force now, as a batch reads them: one row per table and key shape.
+CREATE VIEW lifecycle.live_holds AS
+SELECT h.relation, h.key_columns,
+       array_agg(h.key ORDER BY h.id) FILTER (WHERE h.key IS NOT NULL) AS keys,
+       array_agg(h.filter ORDER BY h.id) FILTER (WHERE h.filter IS NOT NULL) AS filters
+  FROM lifecycle.holds h
+ WHERE h.released_at IS NULL AND (h.until IS NULL OR h.until > now())
+ GROUP BY h.relation, h.key_columns;
+COMMENT ON VIEW lifecycle.live_holds IS 'The holds in force now, grouped by table.';
+
+-- Expiry events: one row per row a policy with events => true acted on, written in the
+-- batch's transaction; consumers take them with lifecycle.take_events. Partitioned by day
+-- (lifecycle.history): events nobody takes are dropped with their partition after the
+-- retention (30 days by default). A role sees and takes only the events of policies it may
+-- act for (row-level security on `owner`, the policy's owner).
+CREATE TABLE lifecycle.events (
+    id        bigserial,
+    at        timestamptz NOT NULL DEFAULT now(),
+    policy    text NOT NULL,
+    owner     regrole NOT NULL,
+    relation  text NOT NULL,
+    row_key   text NOT NULL,
+    action    text NOT NULL,
+    data      jsonb
+) PARTITION BY RANGE (at);
+-- Each partition has its own primary key (id): lifecycle._create_history_partition says why.
+COMMENT ON TABLE lifecycle.events IS 'Outbox of expiry events; consume it with lifecycle.take_events.';
+ALTER TABLE lifecycle.events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY events_of_own_policies ON lifecycle.events
+    USING (pg_catalog.pg_has_role(current_user, owner, 'USAGE'));
+SELECT pg_catalog.pg_extension_config_dump('lifecycle.events_id_seq', '');
+
+-- Who takes events, and how many: for the operator watching consumers.
+CREATE TABLE lifecycle.event_consumers (
+    name           text PRIMARY KEY,
+    taken          bigint NOT NULL DEFAULT 0,
+    last_taken_at  timestamptz
+);
+COMMENT ON TABLE lifecycle.event_consumers IS 'Consumers of lifecycle.events and how many events each took.';
+
+-- Hands out up to max_rows events, oldest first, and removes them: the consumer's commit
+-- acknowledges them, its rollback gives them back. Consumers running at once never get the
+-- same event (locked events are skipped, not waited for). `policy_name` limits it to one
+-- policy's events.
+CREATE FUNCTION lifecycle.take_events(consumer text, max_rows integer DEFAULT 100, policy_name text DEFAULT NULL)
+RETURNS TABLE (id bigint, at timestamptz, policy text, relation text, row_key text, action text, data jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    n bigint;
+BEGIN
+    IF consumer IS NULL OR consumer !~ '^[a-z][a-z0-9_]{0,62}$' THEN
+        RAISE EXCEPTION 'invalid consumer name %', coalesce(quote_literal(consumer), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'A consumer name is 1 to 63 characters: a lowercase letter, then lowercase letters, digits or _.';
+    END IF;
+    IF max_rows IS NULL OR max_rows < 1 OR max_rows > 100000 THEN
+        RAISE EXCEPTION 'max_rows must be between 1 and 100000, got %', coalesce(max_rows::text, 'NULL')
+            USING ERRCODE = '22023', HINT = 'E.g. take_events(''logout'', 100).';
+    END IF;
+    RETURN QUERY
+    WITH picked AS (
+        SELECT e.id, e.at FROM lifecycle.events e
+         WHERE take_events.policy_name IS NULL OR e.policy = take_events.policy_name
+         ORDER BY e.id LIMIT max_rows
+           FOR UPDATE SKIP LOCKED),
+    taken AS (
+        DELETE FROM lifecycle.events e USING picked p WHERE e.id = p.id AND e.at = p.at
+        RETURNING e.id, e.at, e.policy, e.relation, e.row_key, e.action, e.data)
+    SELECT * FROM taken ORDER BY id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    INSERT INTO lifecycle.event_consumers AS c (name, taken, last_taken_at) VALUES (consumer, n, now())
+        ON CONFLICT (name) DO UPDATE SET taken = c.taken + excluded.taken, last_taken_at = excluded.last_taken_at;
+END
+$$;
+COMMENT ON FUNCTION lifecycle.take_events(text, integer, text) IS 'Takes up to max_rows expiry events; committing acknowledges them, rolling back returns them.';
+
+-- Creates an archive table for a policy on `relation`: the table's columns (types and NOT
+-- NULL only) except `exclude` (the secrets), plus the policy that archived each row and when.
+-- `archive` is 'table' (in the relation's schema) or 'schema.table'. The primary key is the
+-- source's plus lifecycle_archived_at, and an index on lifecycle_archived_at lets a policy
+-- on the archive keep it for a set time.
+CREATE FUNCTION lifecycle.create_archive(relation regclass, archive text, exclude name[] DEFAULT NULL)
+RETURNS regclass
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    parts text[];
+    target text;
+    missing name;
+    key text;
+BEGIN
+    IF relation IS NULL OR archive IS NULL THEN
+        RAISE EXCEPTION 'relation and archive must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    parts := parse_ident(archive);
+    IF cardinality(parts) = 1 THEN
+        parts := ARRAY[(SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE c.oid = relation)] || parts;
+    ELSIF cardinality(parts) <> 2 THEN
+        RAISE EXCEPTION 'invalid archive table name %', quote_literal(archive)
+            USING ERRCODE = '22023', HINT = 'Write ''table'' or ''schema.table''.';
+    END IF;
+    target := format('%I.%I', parts[1], parts[2]);
+    SELECT e INTO missing FROM unnest(exclude) e
+     WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = relation AND a.attname = e
+                          AND a.attnum > 0 AND NOT a.attisdropped);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'column % of % does not exist', quote_literal(missing), relation
+            USING ERRCODE = '42703', HINT = 'exclude names columns of the table that must not be archived.';
+    END IF;
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord) INTO key
+      FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = relation AND i.indisprimary;
+    IF key IS NULL THEN
+        RAISE EXCEPTION '% has no primary key', relation
+            USING ERRCODE = '0A000', HINT = 'Policies identify rows by the primary key; add one.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(exclude) e
+                WHERE e = ANY (SELECT a.attname FROM pg_index i JOIN pg_attribute a
+                                  ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                                WHERE i.indrelid = relation AND i.indisprimary)) THEN
+        RAISE EXCEPTION 'the primary key of % cannot be excluded from its archive', relation
+            USING ERRCODE = '22023', HINT = 'The archive identifies each row by its key.';
+    END IF;
+    EXECUTE format('CREATE TABLE %s (LIKE %s)', target, relation);
+    IF cardinality(exclude) > 0 THEN
+        EXECUTE (SELECT string_agg(format('ALTER TABLE %s DROP COLUMN %I', target, e), '; ') FROM unnest(exclude) e);
+    END IF;
+    EXECUTE format('ALTER TABLE %s ADD COLUMN lifecycle_policy text NOT NULL,
+                                  ADD COLUMN lifecycle_archived_at timestamptz NOT NULL DEFAULT now(),
+                                  ADD PRIMARY KEY (%s, lifecycle_archived_at)', target, key);
+    EXECUTE format('CREATE INDEX ON %s (lifecycle_archived_at)', target);
+    RETURN target::regclass;
+END
+$$;
+COMMENT ON FUNCTION lifecycle.create_archive(regclass, text, name[]) IS 'Creates an archive table for a policy''s deleted rows: the table''s columns minus exclude, plus lifecycle_policy and lifecycle_archived_at.';
+
+-- The 0.2.0 form of lifecycle.set_retention (sql/history.sql) for pg_cron's run history and
+-- the audit log: sets both, NULL keeping rows forever. Returns the tables that now have a
+-- retention.
+CREATE OR REPLACE FUNCTION lifecycle.keep_history(cron_run_details interval DEFAULT NULL, audit_log interval DEFAULT NULL)
+RETURNS SETOF text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM lifecycle.set_retention('cron.job_run_details', cron_run_details);
+    PERFORM lifecycle.set_retention('audit_log', audit_log);
+    RETURN QUERY SELECT h.name FROM lifecycle.history h
+                  WHERE h.name IN ('cron.job_run_details', 'audit_log') AND h.keep IS NOT NULL ORDER BY 1;
+END
+$$;
+
 -- Rights, as sql/privileges.sql gives them to the objects this step created.
 REVOKE ALL ON lifecycle.policy_children, lifecycle.policy_status, lifecycle.reaper_state FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean, text[], interval, text),
-    lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval),
+REVOKE ALL ON lifecycle.audit_log, lifecycle.history, lifecycle.history_state, lifecycle.retention, lifecycle.holds, lifecycle.live_holds, lifecycle.events,
+    lifecycle.event_consumers FROM PUBLIC;
+REVOKE ALL ON SEQUENCE lifecycle.events_id_seq, lifecycle.holds_id_seq FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean, text[], interval, text, boolean, text[], text),
+    lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[]),
     lifecycle.check_policy(text), lifecycle._policy_children(integer), lifecycle._require_primary(),
-    lifecycle._reap_backpressure(double precision), lifecycle._pg_cron_needs_password(text, text) FROM PUBLIC;
+    lifecycle._reap_backpressure(double precision), lifecycle._pg_cron_needs_password(text, text),
+    lifecycle._history_partition(text, text, timestamptz), lifecycle._maintain_history(timestamptz),
+    lifecycle._create_history_partition(text, text, timestamptz),
+    lifecycle.set_retention(text, interval), lifecycle._add_hold(oid, text, text, text, timestamptz),
+    lifecycle.add_hold(regclass, text, text, text, timestamptz), lifecycle.release_hold(bigint, text),
+    lifecycle.take_events(text, integer, text), lifecycle.create_archive(regclass, text, name[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lifecycle.take_events(text, integer, text) TO lifecycle_app;
+GRANT SELECT, UPDATE, DELETE ON lifecycle.events TO lifecycle_app;   -- UPDATE: take_events locks FOR UPDATE
+GRANT SELECT, INSERT, UPDATE ON lifecycle.event_consumers TO lifecycle_app;
 GRANT EXECUTE ON ALL ROUTINES IN SCHEMA lifecycle TO lifecycle_operator;
 GRANT SELECT ON ALL TABLES IN SCHEMA lifecycle TO lifecycle_operator;

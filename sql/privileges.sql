@@ -56,6 +56,10 @@ GRANT EXECUTE ON FUNCTION
     lifecycle._activity_counters()
 TO lifecycle_app;
 GRANT SELECT ON lifecycle.expiry_stats, lifecycle.activity_stats TO lifecycle_app;
+-- Consume the expiry events of the app's own policies (row-level security on lifecycle.events).
+GRANT EXECUTE ON FUNCTION lifecycle.take_events(text, integer, text) TO lifecycle_app;
+GRANT SELECT, UPDATE, DELETE ON lifecycle.events TO lifecycle_app;   -- UPDATE: take_events locks FOR UPDATE
+GRANT SELECT, INSERT, UPDATE ON lifecycle.event_consumers TO lifecycle_app;
 
 -- The operator: everything the extension offers. Policies still act only with the rights of
 -- the role that registered them, so this grants no access to anybody's tables.

@@ -21,7 +21,11 @@ CREATE TABLE lifecycle.policies (
     enabled         boolean NOT NULL DEFAULT true,
     owner           regrole NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    target_batch_time interval CHECK (target_batch_time > interval '0')  -- NULL: every batch has batch_size rows
+    target_batch_time interval CHECK (target_batch_time > interval '0'),  -- NULL: every batch has batch_size rows
+    archive         regclass,              -- deleted rows are copied here first (docs/compliance.md)
+    archive_columns name[] CONSTRAINT policies_archive_check CHECK ((archive IS NULL) = (archive_columns IS NULL)),
+    events          boolean NOT NULL DEFAULT false,  -- one lifecycle.events row per acted-on row
+    event_columns   name[] CONSTRAINT policies_events_check CHECK (events OR event_columns IS NULL)
 );
 COMMENT ON TABLE lifecycle.policies IS 'Retention policies; write them with lifecycle.add_policy.';
 
@@ -53,23 +57,26 @@ CREATE TABLE lifecycle.policy_state (
     last_error        text,
     last_error_at     timestamptz,
     errors            bigint NOT NULL DEFAULT 0,
-    current_batch     integer                     -- the adaptive size reached (target_batch_time)
+    current_batch     integer,                    -- the adaptive size reached (target_batch_time)
+    total_held        bigint NOT NULL DEFAULT 0   -- rows passed over under a legal hold
 );
 
 -- One row per acted-on row, written in the transaction that acted, so the two commit or
 -- roll back together. `data` holds only the columns a policy chose (never secrets); for
--- nullify it holds the values after the action.
+-- nullify it holds the values after the action. Holds placed and released are audited too
+-- (`policy` NULL). Range-partitioned by month on `at`: retention drops whole partitions
+-- (lifecycle._maintain_history, sql/history.sql), so it neither reads rows nor leaves bloat.
 CREATE TABLE lifecycle.audit_log (
-    id        bigserial PRIMARY KEY,
+    id        bigserial,
     at        timestamptz NOT NULL DEFAULT now(),
-    policy    text NOT NULL,
+    policy    text,
     relation  text NOT NULL,
     row_key   text NOT NULL,
     action    text NOT NULL,
     data      jsonb
-);
-CREATE INDEX audit_log_at_idx ON lifecycle.audit_log (at);
-CREATE INDEX audit_log_policy_at_idx ON lifecycle.audit_log (policy, at);
+) PARTITION BY RANGE (at);
+-- Each partition has its own primary key (id) and indexes (at), (policy, at):
+-- lifecycle._create_history_partition says why.
 
 -- What CALL lifecycle.reap waited for standbys and WAL (src/reap/backpressure.rs): one row.
 CREATE TABLE lifecycle.reaper_state (
@@ -85,7 +92,6 @@ COMMENT ON TABLE lifecycle.reaper_state IS 'Time CALL lifecycle.reap waited for 
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.policies', '');
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.policy_state', '');
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.policy_children', '');
-SELECT pg_catalog.pg_extension_config_dump('lifecycle.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.policies_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.audit_log_id_seq', '');
 
@@ -193,6 +199,8 @@ DECLARE
     r record;
 BEGIN
     PERFORM lifecycle._require_primary();
+    -- The partitions this round's audit and event rows go to, and the history retention.
+    PERFORM lifecycle._maintain_history();
     IF batch < 1 OR batch > 100000 THEN
         RAISE EXCEPTION 'batch must be between 1 and 100000, got %', batch
             USING ERRCODE = '22023',
@@ -332,7 +340,10 @@ CREATE FUNCTION lifecycle.add_policy(
     batch_size   integer  DEFAULT 1000,   -- the first (or, without target_batch_time, every) batch's size
     enabled      boolean  DEFAULT true,
     block_on     text[]   DEFAULT NULL,   -- 'table(column, ...)': the row is kept while these reference it
-    target_batch_time interval DEFAULT '50 milliseconds')  -- adaptive batches; NULL: fixed batch_size
+    target_batch_time interval DEFAULT '50 milliseconds',  -- adaptive batches; NULL: fixed batch_size
+    archive      text     DEFAULT NULL,   -- 'schema.table': deleted rows copied there first (docs/compliance.md)
+    events       boolean  DEFAULT false,  -- one lifecycle.events row per acted-on row, NOTIFY lifecycle_<name>
+    event_columns name[]  DEFAULT NULL)   -- columns carried in each event's data (never secrets)
 RETURNS lifecycle.policies
 LANGUAGE plpgsql
 -- No SET search_path: the tables named in delete_from and block_on resolve in the caller's
@@ -343,7 +354,7 @@ DECLARE
     result lifecycle.policies;
 BEGIN
     new_id := lifecycle._add_policy($1, $2::oid, $3::text, $4, $5, $6, $7::text[], $8, $9, $10::text[], $11, $12,
-                                    $13, $14, pg_catalog.current_setting('search_path'));
+                                    $13, $14, $15, $16, $17::text[], pg_catalog.current_setting('search_path'));
     SELECT * INTO result FROM lifecycle.policies p WHERE p.id OPERATOR(pg_catalog.=) new_id;
     RETURN result;
 END
@@ -370,6 +381,7 @@ SELECT p.name,
        s.last_acted,
        s.total_acted,
        s.total_blocked,
+       s.total_held,
        s.batches,
        s.cursor IS NOT NULL AS sweep_in_progress,
        s.last_error,
@@ -380,7 +392,9 @@ SELECT p.name,
                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
                 WHERE i.indrelid = p.relation AND a.attname = p.time_column) AS has_time_index,
        coalesce(s.current_batch, p.batch_size) AS batch_size,
-       p.target_batch_time
+       p.target_batch_time,
+       p.archive,
+       p.events
   FROM lifecycle.policies p
   JOIN lifecycle.policy_state s ON s.policy_id = p.id;
 

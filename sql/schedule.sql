@@ -194,36 +194,18 @@ $$;
 CREATE VIEW lifecycle.schedule_status AS SELECT * FROM lifecycle._schedule_status();
 -- Readable by lifecycle_operator; reading it also needs pg_cron rights (checked, with a hint, by the function).
 
--- Built-in retention for the history tables that otherwise grow forever: pg_cron's
--- cron.job_run_details (in pg_cron's database) and lifecycle.audit_log. Off until called;
--- NULL removes a retention. Returns the policies now in place. Needs the tables' owner
--- (a superuser, normally).
+-- The 0.2.0 form of lifecycle.set_retention (sql/history.sql) for pg_cron's run history and
+-- the audit log: sets both, NULL keeping rows forever. Returns the tables that now have a
+-- retention.
 CREATE FUNCTION lifecycle.keep_history(cron_run_details interval DEFAULT NULL, audit_log interval DEFAULT NULL)
 RETURNS SETOF text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM lifecycle.policies WHERE name = 'lifecycle_cron_run_details') THEN
-        PERFORM lifecycle.drop_policy('lifecycle_cron_run_details');
-    END IF;
-    IF cron_run_details IS NOT NULL THEN
-        IF to_regclass('cron.job_run_details') IS NULL THEN
-            RAISE EXCEPTION 'cron.job_run_details does not exist in database %', current_database()
-                USING ERRCODE = '42P01', HINT = 'Call keep_history(cron_run_details => ...) in pg_cron''s database (cron.database_name).';
-        END IF;
-        -- end_time is NULL while a job runs: such rows are never due.
-        PERFORM lifecycle.add_policy('lifecycle_cron_run_details', 'cron.job_run_details', 'end_time',
-                                     older_than => cron_run_details, batch_size => 5000);
-        RETURN NEXT 'lifecycle_cron_run_details';
-    END IF;
-    IF EXISTS (SELECT 1 FROM lifecycle.policies WHERE name = 'lifecycle_audit_log') THEN
-        PERFORM lifecycle.drop_policy('lifecycle_audit_log');
-    END IF;
-    IF audit_log IS NOT NULL THEN
-        PERFORM lifecycle.add_policy('lifecycle_audit_log', 'lifecycle.audit_log', 'at',
-                                     older_than => audit_log, batch_size => 5000);
-        RETURN NEXT 'lifecycle_audit_log';
-    END IF;
+    PERFORM lifecycle.set_retention('cron.job_run_details', cron_run_details);
+    PERFORM lifecycle.set_retention('audit_log', audit_log);
+    RETURN QUERY SELECT h.name FROM lifecycle.history h
+                  WHERE h.name IN ('cron.job_run_details', 'audit_log') AND h.keep IS NOT NULL ORDER BY 1;
 END
 $$;

@@ -110,7 +110,7 @@ fn pg_cron_needs_password(database: &str, role: &str) -> Option<bool> {
     asks.ok()
 }
 
-pgrx::extension_sql_file!("../sql/schedule.sql", name = "schedule", requires = [cron_next_run, pg_cron_setup, pg_cron_needs_password, "reap"]);
+pgrx::extension_sql_file!("../sql/schedule.sql", name = "schedule", requires = [cron_next_run, pg_cron_setup, pg_cron_needs_password, "reap", "history"]);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]

@@ -11,7 +11,8 @@ fn every_public_object_is_documented() {
         .connect()
         .query(
             "SELECT DISTINCT proname::text FROM pg_proc WHERE pronamespace = 'lifecycle'::regnamespace
-             UNION SELECT relname::text FROM pg_class WHERE relnamespace = 'lifecycle'::regnamespace AND relkind IN ('r', 'v')",
+             UNION SELECT relname::text FROM pg_class WHERE relnamespace = 'lifecycle'::regnamespace AND relkind IN ('r', 'p', 'v')
+                                                        AND NOT relispartition",
             &[],
         )
         .unwrap()

@@ -10,6 +10,8 @@ use postgres::Client;
 
 /// Everything the extension defines, as comparable text: routines with their bodies, settings,
 /// rights and volatility; columns, constraints, indexes, views, triggers, ACLs, members.
+/// Partitions are left out: they are data (the history's periods), made at run time by
+/// lifecycle._maintain_history or, for an upgraded audit log's past months, by the upgrade.
 const CATALOG: &str = "
 SELECT x FROM (
   SELECT format('routine %s -> %s %s %s%s%s%s %s %s', p.oid::regprocedure, pg_get_function_result(p.oid),
@@ -25,17 +27,20 @@ SELECT x FROM (
                 pg_get_expr(d.adbin, d.adrelid))
     FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
     LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
-   WHERE c.relnamespace = 'lifecycle'::regnamespace
+   WHERE c.relnamespace = 'lifecycle'::regnamespace AND NOT c.relispartition
+     AND NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid WHERE i.indexrelid = c.oid AND t.relispartition)
   UNION ALL
   SELECT format('relacl %s %s %s', c.relname, c.relkind, a.grantee::regrole::text || ':' || a.privilege_type)
     FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
-   WHERE c.relnamespace = 'lifecycle'::regnamespace
+   WHERE c.relnamespace = 'lifecycle'::regnamespace AND NOT c.relispartition
+     AND NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid WHERE i.indexrelid = c.oid AND t.relispartition)
   UNION ALL
   SELECT format('constraint %s %s', co.conname, pg_get_constraintdef(co.oid))
     FROM pg_constraint co WHERE co.connamespace = 'lifecycle'::regnamespace
+     AND NOT EXISTS (SELECT 1 FROM pg_class pc WHERE pc.oid = co.conrelid AND pc.relispartition)
   UNION ALL
   SELECT 'index ' || pg_get_indexdef(i.indexrelid)
-    FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid WHERE c.relnamespace = 'lifecycle'::regnamespace
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid WHERE c.relnamespace = 'lifecycle'::regnamespace AND NOT c.relispartition
   UNION ALL
   SELECT format('view %s %s', c.relname, pg_get_viewdef(c.oid))
     FROM pg_class c WHERE c.relnamespace = 'lifecycle'::regnamespace AND c.relkind = 'v'
@@ -45,6 +50,8 @@ SELECT x FROM (
    WHERE c.relnamespace = 'lifecycle'::regnamespace AND NOT t.tgisinternal
   UNION ALL
   SELECT format('type %s', t.typname) FROM pg_type t WHERE t.typnamespace = 'lifecycle'::regnamespace
+     AND NOT EXISTS (SELECT 1 FROM pg_class pc, pg_type e
+                      WHERE pc.relispartition AND (pc.oid = t.typrelid OR (e.oid = t.typelem AND pc.oid = e.typrelid)))
   UNION ALL
   SELECT format('schema acl %s', a.grantee::regrole::text || ':' || a.privilege_type)
     FROM pg_namespace n, aclexplode(n.nspacl) a WHERE n.nspname = 'lifecycle'
@@ -118,7 +125,17 @@ fn upgrade_keeps_data_policies_links_and_schedules(from: &str) {
                 SELECT jsonb_build_array(expiresat, id) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)
                  ORDER BY expiresat, id OFFSET 99 LIMIT 1)
           WHERE policy_id = (SELECT id FROM lifecycle.policies WHERE name = 'mm_pats');
-         INSERT INTO lifecycle.audit_log (policy, relation, row_key, action) VALUES ('mm_pats', 'mattermost.useraccesstokens', 'tx', 'delete');",
+         INSERT INTO lifecycle.audit_log (policy, relation, row_key, action) VALUES ('mm_pats', 'mattermost.useraccesstokens', 'tx', 'delete');
+         -- Audit rows of earlier months, which the upgrade moves into monthly partitions.
+         INSERT INTO lifecycle.audit_log (at, policy, relation, row_key, action, data)
+         SELECT now() - g * interval '9 days', 'old', 'mattermost.useraccesstokens', 'k' || g, 'delete', jsonb_build_object('g', g)
+           FROM generate_series(1, 60) g;
+         -- What lifecycle.keep_history(audit_log => '2 years') registered in 0.2.0.
+         INSERT INTO lifecycle.policies (name, relation, key_column, key_type, time_column, time_type, time_kind, older_than,
+                                         action, dependents, child_relations, child_columns, batch_size, owner)
+         VALUES ('lifecycle_audit_log', 'lifecycle.audit_log', 'id', 'bigint', 'at', 'timestamp with time zone', 'timestamptz',
+                 '2 years', 'delete', 'none', '{}', '{}', 5000, current_user::regrole);
+         INSERT INTO lifecycle.policy_state (policy_id) SELECT id FROM lifecycle.policies WHERE name = 'lifecycle_audit_log';",
     )
     .unwrap();
     c.batch_execute(ADD_LINK).unwrap();
@@ -129,6 +146,8 @@ fn upgrade_keeps_data_policies_links_and_schedules(from: &str) {
     .unwrap();
     let audit_before = count(&mut c, "SELECT count(*) FROM lifecycle.audit_log");
     assert!(audit_before > 0);
+    const AUDIT_DIGEST: &str = "SELECT md5(string_agg(format('%s|%s|%s|%s|%s|%s|%s', id, at, policy, relation, row_key, action, data), ',' ORDER BY id)) FROM lifecycle.audit_log";
+    let audit_digest: String = c.query_one(AUDIT_DIGEST, &[]).unwrap().get(0);
     let jobs_before = count(&mut c, "SELECT count(*) FROM cron.job");
     assert_eq!(jobs_before, 2);
 
@@ -137,6 +156,20 @@ fn upgrade_keeps_data_policies_links_and_schedules(from: &str) {
 
     // Data, policies, links and schedules survived ...
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log"), audit_before);
+    assert_eq!(c.query_one(AUDIT_DIGEST, &[]).unwrap().get::<_, String>(0), audit_digest, "audit rows changed in the move to partitions");
+    assert!(count(&mut c, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'lifecycle.audit_log'::regclass") >= 7, "one partition per month");
+    // keep_history's audit policy became the audit log's retention; the rest keep what they had.
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.policies WHERE name = 'lifecycle_audit_log'"), 0);
+    let kept: Vec<(String, Option<String>)> = c
+        .query("SELECT name, keep::text FROM lifecycle.history ORDER BY name", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        kept,
+        [("audit_log".into(), Some("2 years".into())), ("cron.job_run_details".into(), None), ("events".into(), Some("30 days".into()))]
+    );
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.policies WHERE name = 'mm_pats' AND enabled"), 1);
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.links WHERE name = 'upstream_user_session'"), 1);
     assert_eq!(count(&mut c, "SELECT count(*) FROM cron.job"), jobs_before);

@@ -7,6 +7,8 @@
 //! processed twice. A sweep ends when a batch comes back short; the next one starts from the
 //! oldest due row again, which is how skipped rows are retried.
 
+use super::holds::{self, HoldSet};
+use super::{archive, policy};
 use crate::error::{self, Code};
 use crate::role;
 use crate::sql::{self, col, ident};
@@ -61,11 +63,14 @@ pub enum Handling {
     Delete,
     /// Keeps the row while it references it.
     Block,
+    /// Deleted by its foreign key's ON DELETE CASCADE: only a hold on it matters to a batch.
+    Cascade,
 }
 
 /// A table whose rows reference the policy's rows: `columns` (of the child) equal
 /// `parent_columns` (of the policy's table).
 pub struct Child {
+    relid: pg_sys::Oid,
     relation: String,
     columns: Vec<String>,
     parent_columns: Vec<String>,
@@ -91,6 +96,13 @@ pub struct Policy {
     current_batch: Option<i32>,
     pub cursor: Option<String>,
     partitioned: bool,
+    relid: pg_sys::Oid,
+    /// The archive table and the columns copied into it.
+    archive: Option<(String, Vec<String>)>,
+    /// With events on: the columns each event carries.
+    events: Option<Vec<String>>,
+    /// The holds in force on this table and on the children a delete reaches.
+    holds: Vec<HoldSet>,
     /// The extension's owner, who writes the bookkeeping.
     bookkeeper: pg_sys::Oid,
 }
@@ -103,23 +115,30 @@ SELECT p.id, p.name, p.owner::oid,
        p.filter, p.nullify_columns::text[], p.audit_columns::text[], p.batch_size,
        (extract(epoch FROM p.target_batch_time) * 1000000)::bigint, s.current_batch, s.cursor::text,
        c.oid IS NOT NULL, c.relkind = 'p',
-       p.dependents <> 'none' OR EXISTS (SELECT 1 FROM lifecycle.policy_children pc WHERE pc.policy_id = p.id)
+       p.dependents <> 'none' OR EXISTS (SELECT 1 FROM lifecycle.policy_children pc WHERE pc.policy_id = p.id),
+       p.relation::oid, p.archive IS NOT NULL,
+       pg_catalog.quote_ident(an.nspname) || '.' || pg_catalog.quote_ident(ac.relname), p.archive_columns::text[],
+       p.events, p.event_columns::text[]
   FROM lifecycle.policies p
   JOIN lifecycle.policy_state s ON s.policy_id = p.id
   LEFT JOIN pg_catalog.pg_class c ON c.oid = p.relation
   LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_catalog.pg_class ac ON ac.oid = p.archive
+  LEFT JOIN pg_catalog.pg_namespace an ON an.oid = ac.relnamespace
  WHERE p.id = $1";
 
 /// The children a batch acts on or is held back by (lifecycle._policy_children decides which:
-/// sql/reap.sql). pg_constraint has no index on confrelid, so this is only asked for policies
-/// that have children to consider.
+/// sql/reap.sql), and those a foreign key deletes with the row (a hold on them keeps it).
+/// pg_constraint has no index on confrelid, so this is only asked for policies that have
+/// children to consider.
 const CHILDREN: &str = "
 SELECT pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(cc.relname),
-       k.columns::text[], k.parent_columns::text[], k.handling
+       k.columns::text[], k.parent_columns::text[],
+       CASE WHEN k.handling = 'fk_action' THEN 'cascade' ELSE k.handling END, k.relation::oid
   FROM lifecycle._policy_children($1) k
   JOIN pg_catalog.pg_class cc ON cc.oid = k.relation
   JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace
- WHERE k.handling IN ('delete', 'block')";
+ WHERE k.handling IN ('delete', 'block') OR (k.handling = 'fk_action' AND k.on_delete = 'CASCADE')";
 
 fn load_children(id: i32) -> Vec<Child> {
     // A kept plan, like LOAD's: every batch asks, so it is planned once per session.
@@ -130,7 +149,12 @@ fn load_children(id: i32) -> Vec<Child> {
                     relation: row.get(1)?.unwrap_or_default(),
                     columns: row.get(2)?.unwrap_or_default(),
                     parent_columns: row.get(3)?.unwrap_or_default(),
-                    handling: if row.get::<String>(4)?.as_deref() == Some("block") { Handling::Block } else { Handling::Delete },
+                    handling: match row.get::<String>(4)?.as_deref() {
+                        Some("block") => Handling::Block,
+                        Some("cascade") => Handling::Cascade,
+                        _ => Handling::Delete,
+                    },
+                    relid: row.get(5)?.unwrap_or_default(),
                 })
             })
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
@@ -151,6 +175,15 @@ impl Policy {
                     format!("the table of policy {name} no longer exists"),
                     None,
                     Some("Drop the policy with lifecycle.drop_policy, or register it again on the new table."),
+                );
+            }
+            if row.get::<bool>(22)?.unwrap_or(false) && row.get::<String>(23)?.is_none() {
+                let name = row.get::<String>(2)?.unwrap_or_default();
+                error::raise(
+                    Code::ERRCODE_UNDEFINED_TABLE,
+                    format!("the archive table of policy {name} no longer exists"),
+                    None,
+                    Some("Create it again (lifecycle.create_archive), or register the policy again without it: nothing is deleted unarchived."),
                 );
             }
             let key_names: Vec<String> = row.get(5)?.unwrap_or_default();
@@ -175,6 +208,13 @@ impl Policy {
                     partitioned: row.get(19)?.unwrap_or(false),
                     children: Vec::new(),
                     bookkeeper,
+                    relid: row.get(21)?.unwrap_or_default(),
+                    archive: match row.get::<String>(23)? {
+                        Some(table) => Some((table, row.get(24)?.unwrap_or_default())),
+                        None => None,
+                    },
+                    events: if row.get::<bool>(25)?.unwrap_or(false) { Some(row.get(26)?.unwrap_or_default()) } else { None },
+                    holds: Vec::new(),
                 },
                 row.get::<bool>(20)?.unwrap_or(false),
             ))
@@ -183,9 +223,15 @@ impl Policy {
             error::raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("policy with id {id} does not exist"), None, None)
         });
         check_may_act(policy.owner, &policy.name);
-        if has_children {
+        let holds = holds::live();
+        if has_children || holds.iter().any(|h| h.relid != policy.relid) {
             policy.children = load_children(id);
         }
+        // Only the holds on this table and on children the delete reaches.
+        policy.holds = holds
+            .into_iter()
+            .filter(|h| h.relid == policy.relid || policy.children.iter().any(|c| c.relid == h.relid && c.handling != Handling::Block))
+            .collect();
         policy
     }
 
@@ -251,15 +297,10 @@ impl Policy {
         columns.join(", ")
     }
 
-    /// The row's key as audit and preview show it: a single key's text, or a composite key as
-    /// a JSON array of its values in key order (docs/reaping.md).
+    /// The row's key as audit, events, holds and preview show it (holds::row_key).
     fn row_key(&self, alias: &str) -> String {
-        if self.keys.len() == 1 {
-            format!("{}::text", col(alias, &self.keys[0].name))
-        } else {
-            let parts: Vec<String> = self.keys.iter().map(|k| col(alias, &k.name)).collect();
-            format!("jsonb_build_array({})::text", parts.join(", "))
-        }
+        let names: Vec<String> = self.keys.iter().map(|k| k.name.clone()).collect();
+        holds::row_key(alias, &names)
     }
 
     /// Columns of the policy's table that a batch carries from its candidates to its actions:
@@ -284,6 +325,28 @@ impl Policy {
     /// Whether rows can be blocked: some child keeps its parent.
     fn may_block(&self) -> bool {
         self.children.iter().any(|c| c.handling == Handling::Block)
+    }
+
+    /// Whether row `t` is under a legal hold, or a child its delete would remove is.
+    fn held(&self) -> String {
+        let mut tests = Vec::new();
+        for set in &self.holds {
+            if set.relid == self.relid {
+                tests.push(set.matches("t"));
+            }
+            // Children a delete removes with the row (a nullify removes none).
+            let removed = |c: &&Child| self.nullify.is_none() && c.relid == set.relid && c.handling != Handling::Block;
+            for child in self.children.iter().filter(removed) {
+                let pairs: Vec<String> =
+                    child.columns.iter().zip(&child.parent_columns).map(|(c, p)| format!("{} = {}", col("h", c), col("t", p))).collect();
+                tests.push(format!("EXISTS (SELECT 1 FROM {} h WHERE {} AND {})", child.relation, pairs.join(" AND "), set.matches("h")));
+            }
+        }
+        if tests.is_empty() {
+            "false".into()
+        } else {
+            tests.join(" OR ")
+        }
     }
 
     /// Whether a blocking child still references row `t`.
@@ -318,11 +381,12 @@ impl Policy {
         let (row_key, audit) =
             if preview { (self.row_key("t"), self.audit_data()) } else { ("NULL::text".into(), "NULL::jsonb".into()) };
         let mut sql = format!(
-            "SELECT {carried}, t.{time} AS tm, t.ctid AS tid, {blocked} AS blocked, {row_key} AS rk, {audit} AS data
+            "SELECT {carried}, t.{time} AS tm, t.ctid AS tid, {blocked} AS blocked, {held} AS held, {row_key} AS rk, {audit} AS data
                FROM {rel} t WHERE {due}",
             carried = carried.join(", "),
             time = ident(&self.time.name),
             blocked = self.blocked(),
+            held = self.held(),
             rel = self.relation,
             due = self.due(),
         );
@@ -360,8 +424,8 @@ impl Policy {
         let mut sql = format!("WITH batch AS ({})", self.candidates(false));
         // The rows to act on: all candidates, or those no child blocks (a second CTE, only
         // when there is something to filter).
-        let acted = if self.may_block() {
-            sql.push_str(", acted AS (SELECT * FROM batch WHERE NOT blocked)");
+        let acted = if self.may_block() || !self.holds.is_empty() {
+            sql.push_str(", acted AS (SELECT * FROM batch WHERE NOT blocked AND NOT held)");
             "acted"
         } else {
             "batch"
@@ -380,7 +444,15 @@ impl Policy {
         } else {
             (String::new(), format!("t.ctid = ANY (ARRAY(SELECT tid FROM {acted}))"))
         };
-        let returning = format!("{} AS k, {} AS data", self.row_key("t"), self.audit_data());
+        let mut returning = format!("{} AS k, {} AS data", self.row_key("t"), self.audit_data());
+        if let Some(columns) = &self.events {
+            returning.push_str(&format!(", {} AS ev", sql::jsonb_of_columns("t", columns)));
+        }
+        if let Some((_, columns)) = &self.archive {
+            for (i, c) in columns.iter().enumerate() {
+                returning.push_str(&format!(", {} AS a{i}", col("t", c)));
+            }
+        }
         match &self.nullify {
             None => {
                 let using = if from.is_empty() { String::new() } else { format!(" USING {from}") };
@@ -395,8 +467,25 @@ impl Policy {
                 ));
             }
         }
-        let (keys, data) = if self.audit.is_some() { ("array_agg(d.k)", "array_agg(d.data)") } else { ("NULL::text[]", "NULL::jsonb[]") };
-        let blocked = if self.may_block() { "(SELECT count(*) FROM batch WHERE blocked)" } else { "0::bigint" };
+        // The archive rows are written by the batch's own statement, as the policy's owner
+        // (the archive is the owner's table), in the same transaction as the deletes.
+        if let Some((archive, columns)) = &self.archive {
+            let names: Vec<String> = columns.iter().map(|c| ident(c)).collect();
+            let values: Vec<String> = (0..columns.len()).map(|i| format!("d.a{i}")).collect();
+            sql.push_str(&format!(
+                ", archived AS (INSERT INTO {archive} ({}, {}, {}) SELECT {}, {}, now() FROM done d)",
+                names.join(", "),
+                archive::POLICY_COLUMN,
+                archive::TIME_COLUMN,
+                values.join(", "),
+                sql::literal(&self.name),
+            ));
+        }
+        let keys = if self.audit.is_some() || self.events.is_some() { "array_agg(d.k)" } else { "NULL::text[]" };
+        let data = if self.audit.is_some() { "array_agg(d.data)" } else { "NULL::jsonb[]" };
+        let events = if self.events.is_some() { "array_agg(d.ev)" } else { "NULL::jsonb[]" };
+        let blocked = if self.may_block() { "(SELECT count(*) FROM batch WHERE blocked AND NOT held)" } else { "0::bigint" };
+        let held = if self.holds.is_empty() { "0::bigint" } else { "(SELECT count(*) FROM batch WHERE held)" };
         // The last row in keyset order is found first and only then turned into jsonb, so
         // the cursor costs one jsonb value per batch, not one per row. The audit rows leave
         // as two arrays in the same order (one aggregate pass), to be written by `run`.
@@ -405,8 +494,8 @@ impl Policy {
         sql.push_str(&format!(
             " SELECT a.acted, (SELECT count(*) FROM batch), {blocked},
                      (SELECT jsonb_build_array(b.tm, {position})::text FROM (SELECT * FROM batch b ORDER BY {order} LIMIT 1) b),
-                     a.keys, a.data
-                FROM (SELECT count(*) AS acted, {keys} AS keys, {data} AS data FROM done d) a",
+                     a.keys, a.data, a.events, {held}
+                FROM (SELECT count(*) AS acted, {keys} AS keys, {data} AS data, {events} AS events FROM done d) a",
             order = self.order("b", batch_name, true)
         ));
         sql
@@ -501,6 +590,8 @@ pub fn run(id: i32, cap: Option<i32>) -> Outcome {
         let cursor = row.get::<String>(4)?;
         let audit_keys = raw_arg(row.get_datum_by_ordinal(5)?, pg_sys::TEXTARRAYOID);
         let audit_data = raw_arg(row.get_datum_by_ordinal(6)?, pg_sys::JSONBARRAYOID);
+        let event_data = raw_arg(row.get_datum_by_ordinal(7)?, pg_sys::JSONBARRAYOID);
+        let held = row.get::<i64>(8)?.unwrap_or(0);
         let sweep_done = examined < i64::from(limit);
         let next_size = policy.target_batch_time.map(|target| adapt_batch_size(limit, elapsed, target, !sweep_done));
         let args = [
@@ -515,24 +606,39 @@ pub fn run(id: i32, cap: Option<i32>) -> Outcome {
             acted.into(),
             blocked.into(),
             next_size.into(),
+            event_data,
+            policy.owner.into(),
+            held.into(),
         ];
-        role::run_as(bookkeeper, false, || sql::run_kept(client, true, BOOKKEEPING, &args, None))?;
+        role::run_as(bookkeeper, false, || {
+            sql::run_kept(client, true, BOOKKEEPING, &args, None)?;
+            if policy.events.is_some() && acted > 0 {
+                // Delivered when this transaction commits, never before the rows are gone.
+                let channel = format!("{}{}", policy::EVENT_CHANNEL_PREFIX, policy.name);
+                sql::run_kept(client, true, "SELECT pg_catalog.pg_notify($1, $2)", &[channel.into(), acted.to_string().into()], None)?;
+            }
+            Ok::<_, pgrx::spi::Error>(())
+        })?;
         Ok::<_, pgrx::spi::Error>(Outcome { acted, examined, sweep_done })
     })
     .unwrap_or_else(|e| error::internal(e))
 }
 
 /// What a batch records as the extension owner: one audit row per acted-on row (`$5` keys and
-/// `$6` data, parallel arrays) and the policy's new state.
+/// `$6` data, parallel arrays; NULL data: no audit), one event per acted-on row (`$12` data;
+/// NULL: no events) and the policy's new state.
 const BOOKKEEPING: &str = "
 WITH audit AS (
     INSERT INTO lifecycle.audit_log (policy, relation, row_key, action, data)
-    SELECT $2, $3, u.k, $4, u.d FROM unnest($5::text[], $6::jsonb[]) AS u(k, d))
+    SELECT $2, $3, u.k, $4, u.d FROM unnest($5::text[], $6::jsonb[]) AS u(k, d) WHERE $6 IS NOT NULL),
+events AS (
+    INSERT INTO lifecycle.events (policy, owner, relation, row_key, action, data)
+    SELECT $2, $13::oid::regrole, $3, u.k, $4, u.d FROM unnest($5::text[], $12::jsonb[]) AS u(k, d) WHERE $12 IS NOT NULL)
 UPDATE lifecycle.policy_state
    SET cursor = CASE WHEN $7 THEN NULL ELSE $8::jsonb END,
        sweep_started_at = CASE WHEN cursor IS NULL THEN now() ELSE sweep_started_at END,
        last_run_at = now(), last_acted = $9, total_acted = total_acted + $9,
-       total_blocked = total_blocked + $10, batches = batches + 1, last_error = NULL,
+       total_blocked = total_blocked + $10, total_held = total_held + $14, batches = batches + 1, last_error = NULL,
        current_batch = $11
  WHERE policy_id = $1";
 

@@ -2,8 +2,10 @@
 //! `CALL reap`). The loops and views are SQL (sql/reap.sql); this module holds what needs
 //! Rust: validation (policy.rs), the batch itself (batch.rs) and the role switches around it.
 
+mod archive;
 mod backpressure;
 mod batch;
+mod holds;
 mod policy;
 
 use crate::error::{self, Code};
@@ -87,7 +89,8 @@ fn preview(
     }
     let (id, _) = policy_for_change(policy_name);
     let policy = Policy::load(id);
-    let query = format!("SELECT rk, tm::text, blocked, data FROM ({}) c", policy.candidates(true));
+    // `blocked`: the row would be kept, by a child that references it or by a legal hold.
+    let query = format!("SELECT rk, tm::text, blocked OR held, data FROM ({}) c", policy.candidates(true));
     let rows = batch::with_batch_plan_shape(|| role::run_as(policy.owner, true, || {
         Spi::connect(|client| {
             client
@@ -168,5 +171,7 @@ fn ulid_floor_text(at: TimestampWithTimeZone) -> String {
 pgrx::extension_sql_file!(
     "../../sql/reap.sql",
     name = "reap",
-    requires = [reap_batch, note_policy_error, estimate_backlog, policy::register_policy, backpressure::reap_backpressure, ulid_floor, ulid_floor_text, "expiry"]
+    requires = [reap_batch, note_policy_error, estimate_backlog, policy::register_policy, backpressure::reap_backpressure, ulid_floor, ulid_floor_text, "expiry", "history"]
 );
+pgrx::extension_sql_file!("../../sql/history.sql", name = "history", requires = ["expiry"]);
+pgrx::extension_sql_file!("../../sql/compliance.sql", name = "compliance", requires = ["reap", holds::add_hold, holds::release_hold]);

@@ -7,12 +7,16 @@
 use crate::error::{self, Code};
 use crate::role;
 use crate::sql;
+use super::archive;
 use super::batch;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::datum::Interval;
 use pgrx::{is_a, PgList};
 use std::ffi::CString;
+
+/// A policy's events are announced on NOTIFY channel `lifecycle_<policy name>`.
+pub const EVENT_CHANNEL_PREFIX: &str = "lifecycle_";
 
 pub const TIME_KINDS: &[&str] = &["timestamptz", "timestamp", "unix_ms", "unix_s", "ulid"];
 
@@ -62,8 +66,9 @@ fn check_policy_name(name: &str) {
     }
 }
 
-/// The table's quoted, schema-qualified name after checking it is a table the caller owns.
-fn check_relation(relid: pg_sys::Oid) -> String {
+/// The table's quoted, schema-qualified name after checking it is a table the caller owns;
+/// `purpose` ends the refusal's message ("must be owner of table t to ...").
+pub(super) fn check_relation(relid: pg_sys::Oid, purpose: &str) -> String {
     let found = sql::optional_row(
         "SELECT c.relkind::text, pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -85,23 +90,23 @@ fn check_relation(relid: pg_sys::Oid) -> String {
     if !role::owns_table(role::current(), relid) {
         error::raise(
             Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("must be owner of table {qualified} to register a policy on it"),
+            format!("must be owner of table {qualified} to {purpose}"),
             None,
-            Some("A policy acts with the rights of the role that registers it; register it as the table's owner."),
+            Some("Policies act, and holds are placed, with the rights of the table's owner: do it as that role."),
         );
     }
     qualified
 }
 
 /// A column of the primary key: name, type as SQL text, type OID.
-struct KeyColumn {
-    name: String,
-    type_name: String,
+pub(super) struct KeyColumn {
+    pub name: String,
+    pub type_name: String,
     type_oid: pg_sys::Oid,
 }
 
 /// The primary key's columns in index order: the batch's keyset tiebreak and row identity.
-fn primary_key(relid: pg_sys::Oid, relation: &str) -> Vec<KeyColumn> {
+pub(super) fn primary_key(relid: pg_sys::Oid, relation: &str) -> Vec<KeyColumn> {
     let key = Spi::connect(|client| {
         client
             .select(
@@ -354,7 +359,7 @@ fn check_deletes_can_succeed(policy_id: i32, relation: &str) {
 /// The filter must be one boolean expression over the policy's row and nothing else: it is
 /// parsed on its own (so it cannot close a parenthesis and continue the statement) and
 /// planned against the table (so it cannot reach another table through a subquery).
-fn check_filter(relid: pg_sys::Oid, relation: &str, filter: &str) {
+pub(super) fn check_filter(relid: pg_sys::Oid, relation: &str, filter: &str) {
     let hint = "A filter is one boolean expression over the policy table's columns, e.g. 'finished_at IS NOT NULL'.";
     let text = CString::new(format!("SELECT ({filter})"))
         .unwrap_or_else(|_| error::invalid_argument("filter contains a NUL character".into(), hint));
@@ -451,6 +456,9 @@ fn register_policy(
     enabled: Option<bool>,
     block_on: Option<Vec<Option<String>>>,
     target_batch_time: Option<Interval>,
+    archive: Option<&str>,
+    events: Option<bool>,
+    event_columns: Option<Vec<Option<String>>>,
     search_path: Option<&str>,
 ) -> i32 {
     role::extension_owner(); // the tables have this library's shape
@@ -461,9 +469,10 @@ fn register_policy(
     let dependents = required(dependents, "dependents");
     let batch_size = required(batch_size, "batch_size");
     let enabled = required(enabled, "enabled");
+    let events = required(events, "events");
     let search_path = search_path.unwrap_or("");
 
-    let relation = check_relation(relid);
+    let relation = check_relation(relid, "register a policy on it");
     let key = primary_key(relid, &relation);
     let time_col = column(relid, time_column, &relation);
     let kind = time_kind(time_kind_given, &time_col, time_column);
@@ -515,6 +524,26 @@ fn register_policy(
         );
     }
     let children = named_children(delete_from, block_on, search_path, relid, &key);
+    if archive.is_some() && nullify.is_some() {
+        error::invalid_argument(
+            "archive keeps deleted rows, and a nullify policy deletes none".into(),
+            "Leave out archive, or leave out nullify.",
+        );
+    }
+    let archive = archive.map(|spec| archive::check(spec, search_path, relid, &relation, &key));
+    let event_columns = names(event_columns, "event_columns");
+    for c in event_columns.iter().flatten() {
+        column(relid, c, &relation);
+    }
+    if event_columns.is_some() && !events {
+        error::invalid_argument("event_columns needs events => true".into(), "Add events => true, or leave out event_columns.");
+    }
+    if events && name.len() > 63 - EVENT_CHANNEL_PREFIX.len() {
+        error::invalid_argument(
+            format!("policy name {name} is too long for events"),
+            "Its NOTIFY channel is lifecycle_<name>, at most 63 characters: shorten the name to 53.",
+        );
+    }
     if let Some(f) = filter {
         check_filter(relid, &relation, f);
     }
@@ -551,15 +580,19 @@ fn register_policy(
         enabled.into(),
         owner.into(),
         target_batch_time.into(),
+        archive.as_ref().map(|a| a.0).into(),
+        archive.map(|a| a.1).into(),
+        events.into(),
+        event_columns.into(),
     ];
     let id = role::as_extension_owner(|| {
         let id = Spi::get_one_with_args::<i32>(
             "WITH p AS (
                 INSERT INTO lifecycle.policies (name, relation, key_columns, key_types, time_column, time_type, time_kind,
                     older_than, filter, action, nullify_columns, dependents, audit_columns, batch_size, enabled, owner,
-                    target_batch_time)
+                    target_batch_time, archive, archive_columns, events, event_columns)
                 VALUES ($1, $2::oid::regclass, $3::name[], $4, $5, $6, $7, $8, $9, $10, $11::name[], $12,
-                        $13::name[], $14, $15, $16::oid::regrole, $17)
+                        $13::name[], $14, $15, $16::oid::regrole, $17, $18::oid::regclass, $19::name[], $20, $21::name[])
                 RETURNING id)
              INSERT INTO lifecycle.policy_state (policy_id) SELECT id FROM p RETURNING policy_id",
             &args,
