@@ -705,11 +705,13 @@ DELETE FROM lifecycle.policies WHERE name IN ('lifecycle_audit_log', 'lifecycle_
 -- The audit log becomes partitioned by month, every row kept with its id. The partitions
 -- for its past months are made here; like every partition lifecycle._maintain_history makes
 -- later, they are not members of the extension (pg_dump dumps them with their rows).
-ALTER TABLE lifecycle.audit_log RENAME TO audit_log_0_2;
-ALTER INDEX lifecycle.audit_log_pkey RENAME TO audit_log_0_2_pkey;
-ALTER INDEX lifecycle.audit_log_at_idx RENAME TO audit_log_0_2_at_idx;
-ALTER INDEX lifecycle.audit_log_policy_at_idx RENAME TO audit_log_0_2_policy_at_idx;
+-- The rows wait in a temporary table (not a member of the extension) while the old table is
+-- dropped first, so that the new one gets the same constraint names as a fresh install's.
+CREATE TEMPORARY TABLE audit_log_0_2 AS SELECT * FROM lifecycle.audit_log;
 ALTER SEQUENCE lifecycle.audit_log_id_seq OWNED BY NONE;
+-- Out of the extension first: that also takes it off the list of tables pg_dump dumps.
+ALTER EXTENSION pg_lifecycle DROP TABLE lifecycle.audit_log;
+DROP TABLE lifecycle.audit_log;
 CREATE TABLE lifecycle.audit_log (
     id        bigint NOT NULL DEFAULT nextval('lifecycle.audit_log_id_seq'::regclass),
     at        timestamptz NOT NULL DEFAULT now(),
@@ -724,7 +726,7 @@ DO $$
 DECLARE
     p record;
 BEGIN
-    FOR p IN SELECT DISTINCT b.* FROM lifecycle.audit_log_0_2 a,
+    FOR p IN SELECT DISTINCT b.* FROM pg_temp.audit_log_0_2 a,
                     lifecycle._history_partition('audit_log', 'month', a.at) b
     LOOP
         PERFORM lifecycle._create_history_partition('audit_log', 'month', p.lower_bound);
@@ -733,10 +735,8 @@ BEGIN
 END
 $$;
 INSERT INTO lifecycle.audit_log (id, at, policy, relation, row_key, action, data)
-SELECT id, at, policy, relation, row_key, action, data FROM lifecycle.audit_log_0_2;
--- Out of the extension first: that also takes it off the list of tables pg_dump dumps.
-ALTER EXTENSION pg_lifecycle DROP TABLE lifecycle.audit_log_0_2;
-DROP TABLE lifecycle.audit_log_0_2;
+SELECT id, at, policy, relation, row_key, action, data FROM pg_temp.audit_log_0_2;
+DROP TABLE pg_temp.audit_log_0_2;
 
 -- Compliance: legal holds, expiry events and archives. See docs/compliance.md.
 -- Holds are placed and released by lifecycle.add_hold / release_hold (src/reap/holds.rs);
