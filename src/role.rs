@@ -20,9 +20,7 @@ pub fn run_as<R>(role: pg_sys::Oid, restricted: bool, work: impl FnOnce() -> R) 
         context |= pg_sys::SECURITY_RESTRICTED_OPERATION as i32;
     }
     unsafe { pg_sys::SetUserIdAndSecContext(role, context) };
-    PgTryBuilder::new(AssertUnwindSafe(work))
-        .finally(|| unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) })
-        .execute()
+    PgTryBuilder::new(AssertUnwindSafe(work)).finally(|| unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) }).execute()
 }
 
 /// The role running the current statement (the caller, for SECURITY INVOKER functions).
@@ -53,11 +51,10 @@ pub fn has_privs_of(member: pg_sys::Oid, role: pg_sys::Oid) -> bool {
 /// library (a new package installed, `ALTER EXTENSION ... UPDATE` not run yet): the tables
 /// then have another shape than the code expects, and the error says what to do.
 pub fn extension_owner() -> pg_sys::Oid {
-    let found = crate::sql::optional_row(
-        "SELECT extowner, extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_lifecycle'",
-        &[],
-        |row| Ok((row.get::<pg_sys::Oid>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())),
-    );
+    let found =
+        crate::sql::optional_row("SELECT extowner, extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_lifecycle'", &[], |row| {
+            Ok((row.get::<pg_sys::Oid>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default()))
+        });
     let Some((owner, version)) = found else {
         crate::error::raise(
             crate::error::Code::ERRCODE_UNDEFINED_OBJECT,

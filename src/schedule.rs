@@ -55,8 +55,7 @@ fn setting(name: &std::ffi::CStr) -> Option<String> {
 #[pg_extern(schema = "lifecycle", name = "_pg_cron_setup", stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn pg_cron_setup() -> TableIterator<'static, (name!(loaded, bool), name!(cron_database, Option<String>))> {
-    let loaded = setting(c"shared_preload_libraries")
-        .is_some_and(|libs| libs.split(',').any(|l| l.trim().trim_matches('"') == "pg_cron"));
+    let loaded = setting(c"shared_preload_libraries").is_some_and(|libs| libs.split(',').any(|l| l.trim().trim_matches('"') == "pg_cron"));
     let database = loaded.then(|| setting(c"cron.database_name").unwrap_or_else(|| "postgres".into()));
     TableIterator::once((loaded, database))
 }
@@ -99,18 +98,20 @@ fn pg_cron_needs_password(database: &str, role: &str) -> Option<bool> {
     let asks = crate::sql::in_subtransaction(|| {
         crate::role::as_extension_owner(|| {
             addresses.iter().any(|address| {
-                crate::sql::optional_row(HBA_ASKS_PASSWORD, &[database.into(), role.into(), (*address).into()], |row| {
-                    row.get::<bool>(1)
-                })
-                .flatten()
-                .unwrap_or(false)
+                crate::sql::optional_row(HBA_ASKS_PASSWORD, &[database.into(), role.into(), (*address).into()], |row| row.get::<bool>(1))
+                    .flatten()
+                    .unwrap_or(false)
             })
         })
     });
     asks.ok()
 }
 
-pgrx::extension_sql_file!("../sql/schedule.sql", name = "schedule", requires = [cron_next_run, pg_cron_setup, pg_cron_needs_password, "reap", "history"]);
+pgrx::extension_sql_file!(
+    "../sql/schedule.sql",
+    name = "schedule",
+    requires = [cron_next_run, pg_cron_setup, pg_cron_needs_password, "reap", "history"]
+);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]

@@ -1,12 +1,12 @@
 //! The only place that builds SQL text: identifiers are quoted here, values always travel
 //! as `$n` parameters.
 
-pub use pgrx::spi::quote_identifier as ident;
 use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::pg_sys::PgOid;
+pub use pgrx::spi::quote_identifier as ident;
 use pgrx::spi::{self, OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use pgrx::Spi;
-use pgrx::pg_sys::panic::CaughtError;
 use pgrx::{pg_sys, PgSqlErrorCode, PgTryBuilder};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -141,11 +141,7 @@ fn sqlstate(code: PgSqlErrorCode) -> String {
 
 /// Runs a read-only query that returns at most one row and maps that row; `None` when there
 /// is no row. (SPI's `get_*` helpers treat "no row" as an error.)
-pub fn optional_row<R>(
-    query: &str,
-    args: &[DatumWithOid],
-    map: impl FnOnce(&SpiTupleTable) -> Result<R, spi::Error>,
-) -> Option<R> {
+pub fn optional_row<R>(query: &str, args: &[DatumWithOid], map: impl FnOnce(&SpiTupleTable) -> Result<R, spi::Error>) -> Option<R> {
     Spi::connect_mut(|client| {
         let row = run_kept(client, false, query, args, Some(1))?.first();
         if row.is_empty() {
@@ -287,7 +283,6 @@ mod tests {
             assert!(!parens_stay_balanced(bad), "{bad}");
         }
     }
-
 
     #[pg_test]
     fn column_names_cannot_break_out_of_generated_sql() {

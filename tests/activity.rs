@@ -10,12 +10,9 @@ const T0: &str = "2026-01-01 10:00:00+00";
 
 /// `at` is an SQL expression (see [`at`]).
 fn rec(c: &mut Client, user: &str, client: &str, scopes: &str, at: &str) -> bool {
-    c.query_one(
-        &format!("SELECT lifecycle.record_activity($1, $2, ($3::text)::text[], {at})"),
-        &[&user, &client, &scopes],
-    )
-    .unwrap_or_else(|e| panic!("record_activity({user}, {client}, {scopes}, {at}): {e}"))
-    .get(0)
+    c.query_one(&format!("SELECT lifecycle.record_activity($1, $2, ($3::text)::text[], {at})"), &[&user, &client, &scopes])
+        .unwrap_or_else(|e| panic!("record_activity({user}, {client}, {scopes}, {at}): {e}"))
+        .get(0)
 }
 
 /// T0 plus an offset, as an SQL expression.
@@ -26,10 +23,7 @@ fn at(offset: &str) -> String {
 fn last_seen(c: &mut Client, user: &str, scope: Option<&str>) -> String {
     let row = match scope {
         None => c.query_one("SELECT last_seen_at::text FROM lifecycle.activity WHERE user_id = $1", &[&user]),
-        Some(s) => c.query_one(
-            "SELECT last_seen_at::text FROM lifecycle.activity_scopes WHERE user_id = $1 AND scope = $2",
-            &[&user, &s],
-        ),
+        Some(s) => c.query_one("SELECT last_seen_at::text FROM lifecycle.activity_scopes WHERE user_id = $1 AND scope = $2", &[&user, &s]),
     };
     row.unwrap_or_else(|e| panic!("last_seen {user} {scope:?}: {e}")).get(0)
 }
@@ -109,9 +103,11 @@ fn deleting_or_moving_rows_back_invalidates_the_cache() {
     other.batch_execute("DELETE FROM lifecycle.activity WHERE user_id = 'u1'").unwrap();
     assert!(rec(&mut c, "u1", "c1", "{s}", &at(" + interval '3 minutes'")));
     // Moving last_seen_at back by hand: the cache must not answer from the old value.
-    other.batch_execute(&format!(
-        "UPDATE lifecycle.activity_scopes SET last_seen_at = '{T0}'::timestamptz - interval '2 hours' WHERE user_id = 'u1'"
-    )).unwrap();
+    other
+        .batch_execute(&format!(
+            "UPDATE lifecycle.activity_scopes SET last_seen_at = '{T0}'::timestamptz - interval '2 hours' WHERE user_id = 'u1'"
+        ))
+        .unwrap();
     assert!(rec(&mut c, "u1", "c1", "{s}", &at(" + interval '4 minutes'")), "the scope row is due again");
     // TRUNCATE forgets everything.
     assert!(!rec(&mut c, "u1", "c1", "{s}", &at(" + interval '5 minutes'")));
@@ -184,7 +180,8 @@ fn bad_input_is_a_caller_error() {
         assert!(hint.is_some(), "{sql}: no hint");
     }
     // 64 scopes and ids of 512 bytes are fine; unicode and quotes are just text.
-    c.query_one("SELECT lifecycle.record_activity(repeat('u', 512), 'c', (SELECT array_agg('s' || i) FROM generate_series(1, 64) i))", &[]).unwrap();
+    c.query_one("SELECT lifecycle.record_activity(repeat('u', 512), 'c', (SELECT array_agg('s' || i) FROM generate_series(1, 64) i))", &[])
+        .unwrap();
     assert!(rec(&mut c, "usér'\"; DROP TABLE x; --", "clïent", "{\"scope with space\",ünïcode}", &at("")));
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.activity"), 2, "nothing written by the failed calls");
 }
@@ -219,10 +216,8 @@ fn concurrent_out_of_order_calls_never_move_rows_back_or_fail() {
     // Every row ends within the throttle of the latest time any call carried for it, and never
     // beyond it.
     for user in 0..5u32 {
-        let latest = (0..4u32)
-            .flat_map(|t| (0..150u32).filter(move |i| i % 5 == user).map(move |i| (i * 37 + t * 101) % 1440))
-            .max()
-            .unwrap();
+        let latest =
+            (0..4u32).flat_map(|t| (0..150u32).filter(move |i| i % 5 == user).map(move |i| (i * 37 + t * 101) % 1440)).max().unwrap();
         let bad = count(
             &mut c,
             &format!(
@@ -241,7 +236,8 @@ fn concurrent_out_of_order_calls_never_move_rows_back_or_fail() {
 /// its own, so the cluster-wide counters are this test's alone.
 #[test]
 fn fast_path_counters_switches_and_swallowed_failures() {
-    let cluster = Cluster::private(ClusterOptions { extra_conf: vec!["lifecycle.activity_cache_entries = 4096".into()], ..Default::default() });
+    let cluster =
+        Cluster::private(ClusterOptions { extra_conf: vec!["lifecycle.activity_cache_entries = 4096".into()], ..Default::default() });
     let db = cluster.fresh_db();
     let mut c = db.connect();
     c.batch_execute(&format!("ALTER DATABASE {} SET lifecycle.activity_throttle = '1h'", db.name)).unwrap();
@@ -280,9 +276,7 @@ fn fast_path_counters_switches_and_swallowed_failures() {
     assert!(!rec(&mut c, "u9", "c1", "{a}", &at("")));
     assert_eq!(stat(&mut c, "sampled_out"), 1);
     c.batch_execute("SET lifecycle.activity_sample_rate = 0.5").unwrap();
-    c.batch_execute(&format!(
-        "SELECT lifecycle.record_activity('s' || i, 'c1', '{{}}', '{T0}') FROM generate_series(1, 400) i"
-    )).unwrap();
+    c.batch_execute(&format!("SELECT lifecycle.record_activity('s' || i, 'c1', '{{}}', '{T0}') FROM generate_series(1, 400) i")).unwrap();
     let sampled = count(&mut c, "SELECT count(*) FROM lifecycle.activity WHERE user_id LIKE 's%'");
     assert!((120..=280).contains(&sampled), "sample rate 0.5 wrote {sampled} of 400");
     c.batch_execute("RESET lifecycle.activity_sample_rate").unwrap();
@@ -292,9 +286,7 @@ fn fast_path_counters_switches_and_swallowed_failures() {
     // The budget counts every new row of the current second, cluster-wide: start a fresh one.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let started = std::time::Instant::now();
-    c.batch_execute(&format!(
-        "SELECT lifecycle.record_activity('n' || i, 'c1', '{{a}}', '{T0}') FROM generate_series(1, 300) i"
-    )).unwrap();
+    c.batch_execute(&format!("SELECT lifecycle.record_activity('n' || i, 'c1', '{{a}}', '{T0}') FROM generate_series(1, 300) i")).unwrap();
     let seconds = started.elapsed().as_secs() as i64 + 1;
     let created = count(&mut c, "SELECT count(*) FROM lifecycle.activity WHERE user_id LIKE 'n%'");
     assert!(created >= 1 && created <= 20 * (seconds + 1), "{created} new rows in {seconds}s with a limit of 20/s");
@@ -324,7 +316,8 @@ fn fast_path_counters_switches_and_swallowed_failures() {
     rec(&mut app, "w2", "rp1", "{x}", &at(""));
     rec(&mut app, "w3", "rp2", "{x}", &at(""));
     assert_eq!(stat(&mut app, "unclassified") - unclassified_before, 4);
-    let warnings: Vec<_> = notices.lock().unwrap().iter().filter(|n| n.contains("map to no service") && n.contains(" rp")).cloned().collect();
+    let warnings: Vec<_> =
+        notices.lock().unwrap().iter().filter(|n| n.contains("map to no service") && n.contains(" rp")).cloned().collect();
     assert_eq!(warnings.len(), 2, "once per client: {warnings:?}");
     assert_eq!(count(&mut app, "SELECT count(*) FROM lifecycle.service_activity WHERE service IS NULL AND user_id LIKE 'w%'"), 3);
 
@@ -347,7 +340,8 @@ fn works_without_preload() {
     c.batch_execute("SET lifecycle.activity_throttle = '1h'").unwrap();
     assert!(rec(&mut c, "u1", "c1", "{a}", &at("")));
     assert!(!rec(&mut c, "u1", "c1", "{a}", &at(" + interval '1 minute'")));
-    let row = c.query_one("SELECT recorded, throttled, cache_hits, cache_capacity, cluster_wide FROM lifecycle.activity_stats", &[]).unwrap();
+    let row =
+        c.query_one("SELECT recorded, throttled, cache_hits, cache_capacity, cluster_wide FROM lifecycle.activity_stats", &[]).unwrap();
     assert_eq!(
         (row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2), row.get::<_, i64>(3), row.get::<_, bool>(4)),
         (1, 1, 0, 0, false)
@@ -378,7 +372,8 @@ fn cohort_queries_are_correct_and_index_backed() {
          ANALYZE lifecycle.activity; ANALYZE lifecycle.activity_scopes;",
     )
     .unwrap();
-    let expected_active = count(&mut c, "SELECT count(DISTINCT user_id) FROM lifecycle.activity WHERE last_seen_at >= now() - interval '30 days'");
+    let expected_active =
+        count(&mut c, "SELECT count(DISTINCT user_id) FROM lifecycle.activity WHERE last_seen_at >= now() - interval '30 days'");
     assert_eq!(count(&mut c, "SELECT lifecycle.active_users_count('30 days')"), expected_active);
     assert!(expected_active > 1000);
     // Paging visits every inactive user exactly once, oldest first.
@@ -399,8 +394,11 @@ fn cohort_queries_are_correct_and_index_backed() {
             assert!(seen.insert(r.get::<_, String>(0)), "user returned twice");
         }
     }
-    let expected = count(&mut c, "SELECT count(*) FROM (SELECT user_id FROM lifecycle.activity GROUP BY user_id
-                                    HAVING max(last_seen_at) < now() - interval '200 days') x");
+    let expected = count(
+        &mut c,
+        "SELECT count(*) FROM (SELECT user_id FROM lifecycle.activity GROUP BY user_id
+                                    HAVING max(last_seen_at) < now() - interval '200 days') x",
+    );
     assert_eq!(seen.len() as i64, expected);
     assert!(seen.contains("u2") && !seen.contains("u1"), "u1 is active with another client");
     // Per service: u1 is active with sync, lapsed with relay.

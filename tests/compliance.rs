@@ -84,7 +84,11 @@ fn a_hold_on_a_composite_key_names_the_row_as_audit_does() {
     c.batch_execute("CALL lifecycle.reap()").unwrap();
     let left: Vec<(String, i32)> = c.query("SELECT tenant, id FROM grants", &[]).unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(left, [("b".to_string(), 7)]);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.holds WHERE key = '[\"b\", 7]'"), 1, "the key is stored as audit_log.row_key writes it");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM lifecycle.holds WHERE key = '[\"b\", 7]'"),
+        1,
+        "the key is stored as audit_log.row_key writes it"
+    );
     let (code, message, _) = sqlstate(c.batch_execute("SELECT lifecycle.add_hold('grants', key => '7', reason => 'x')"));
     assert_eq!(code, "22023", "{message}");
 }
@@ -117,8 +121,14 @@ fn an_archive_holds_every_deleted_row_once_and_never_a_secret() {
         0,
         "the archive is not the deleted rows, one to one"
     );
-    assert_eq!(count(&mut c, "SELECT count(*) FROM mattermost.pats_archive WHERE lifecycle_policy = 'mm_pats' AND lifecycle_archived_at <= now()"), 401);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'mattermost.pats_archive'::regclass AND attname = 'token'"), 0);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM mattermost.pats_archive WHERE lifecycle_policy = 'mm_pats' AND lifecycle_archived_at <= now()"),
+        401
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'mattermost.pats_archive'::regclass AND attname = 'token'"),
+        0
+    );
     // The archive keeps a year, by a policy of its own.
     c.batch_execute(
         "UPDATE mattermost.pats_archive SET lifecycle_archived_at = now() - interval '2 years' WHERE id < 't5';
@@ -160,7 +170,8 @@ fn archives_that_do_not_fit_are_refused_at_registration() {
         assert_eq!(code, want, "{archive}{extra}: {message}");
         assert!(hint.is_some() || want == "42P01", "{archive}: no hint");
     }
-    let (code, _, _) = sqlstate(c.batch_execute("SELECT lifecycle.create_archive('mattermost.useraccesstokens', 'a2', exclude => '{nosuch}')"));
+    let (code, _, _) =
+        sqlstate(c.batch_execute("SELECT lifecycle.create_archive('mattermost.useraccesstokens', 'a2', exclude => '{nosuch}')"));
     assert_eq!(code, "42703");
     let (code, _, _) = sqlstate(c.batch_execute("SELECT lifecycle.create_archive('mattermost.useraccesstokens', 'a2', exclude => '{id}')"));
     assert_eq!(code, "22023");
@@ -251,7 +262,9 @@ fn a_reaped_user_session_event_leads_the_consumer_to_its_compat_sessions() {
     c.batch_execute("CALL lifecycle.reap(policy_name => 'mas_user_sessions')").unwrap();
     let mut consumer = db.connect();
     let mut tx = consumer.transaction().unwrap();
-    let events = tx.query("SELECT row_key, data->>'user_id' FROM lifecycle.take_events('backchannel_logout', 100, 'mas_user_sessions')", &[]).unwrap();
+    let events = tx
+        .query("SELECT row_key, data->>'user_id' FROM lifecycle.take_events('backchannel_logout', 100, 'mas_user_sessions')", &[])
+        .unwrap();
     let mut logged_out = 0;
     for e in &events {
         let user: String = e.get(1);
@@ -269,8 +282,11 @@ fn a_reaped_user_session_event_leads_the_consumer_to_its_compat_sessions() {
     assert!(!keys.contains(&"00000000-0000-0000-0000-0000000000f2".to_string()), "an event for a session that was kept");
     assert!(logged_out >= 2, "the example's own sessions count too");
     let devices: Vec<(String, bool)> = c
-        .query("SELECT device_id, finished_at IS NOT NULL FROM mas.compat_sessions
-                 WHERE user_id::text LIKE '01890000-0000-0000-0000-0000000000e_' ORDER BY user_id, device_id", &[])
+        .query(
+            "SELECT device_id, finished_at IS NOT NULL FROM mas.compat_sessions
+                 WHERE user_id::text LIKE '01890000-0000-0000-0000-0000000000e_' ORDER BY user_id, device_id",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -295,14 +311,18 @@ fn holds_events_and_archives_follow_the_rights() {
         .unwrap();
     // An operator who does not own the table can neither place nor lift a hold.
     admin.batch_execute(&format!("SET ROLE op_{suffix}")).unwrap();
-    let (code, message, _) = sqlstate(admin.batch_execute("SELECT lifecycle.add_hold('mattermost.useraccesstokens', key => 't1', reason => 'x')"));
+    let (code, message, _) =
+        sqlstate(admin.batch_execute("SELECT lifecycle.add_hold('mattermost.useraccesstokens', key => 't1', reason => 'x')"));
     assert_eq!(code, "42501", "{message}");
     admin.batch_execute("RESET ROLE; SELECT lifecycle.add_hold('mattermost.useraccesstokens', key => 't1', reason => 'x')").unwrap();
     admin.batch_execute(&format!("SET ROLE op_{suffix}")).unwrap();
     assert_eq!(sqlstate(admin.batch_execute("SELECT lifecycle.release_hold(1)")).0, "42501");
     // The app role cannot call them at all, and sees no events of policies it does not own.
     admin.batch_execute(&format!("RESET ROLE; SET ROLE app_{suffix}")).unwrap();
-    assert_eq!(sqlstate(admin.batch_execute("SELECT lifecycle.add_hold('mattermost.useraccesstokens', key => 't2', reason => 'x')")).0, "42501");
+    assert_eq!(
+        sqlstate(admin.batch_execute("SELECT lifecycle.add_hold('mattermost.useraccesstokens', key => 't2', reason => 'x')")).0,
+        "42501"
+    );
     assert_eq!(sqlstate(admin.batch_execute("SELECT lifecycle.release_hold(1)")).0, "42501");
     assert_eq!(count(&mut admin, "SELECT count(*) FROM lifecycle.take_events('app', 1000)"), 0);
     admin.batch_execute("RESET ROLE").unwrap();
@@ -355,7 +375,8 @@ fn history_retention_drops_whole_partitions() {
     };
     let audit_partitions = partitions(&mut c, "audit_log");
     // The defaults: 13 months of audit log, 30 days of undelivered events.
-    c.batch_execute("SELECT lifecycle.set_retention('audit_log', '13 months'); SELECT lifecycle.set_retention('events', '30 days');").unwrap();
+    c.batch_execute("SELECT lifecycle.set_retention('audit_log', '13 months'); SELECT lifecycle.set_retention('events', '30 days');")
+        .unwrap();
     c.batch_execute("SELECT lifecycle._maintain_history()").unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log"), 1, "the old month's rows are not gone, or today's are");
     assert_eq!(partitions(&mut c, "audit_log"), audit_partitions - 2, "two old monthly partitions dropped whole");

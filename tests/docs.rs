@@ -28,9 +28,7 @@ fn every_public_object_is_documented() {
     // A whole name: `lifecycle.reap` must not count as documented through `lifecycle.reap_expired`.
     let documented = |name: &str| {
         let needle = format!("lifecycle.{name}");
-        docs.match_indices(&needle).any(|(at, _)| {
-            !docs[at + needle.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-        })
+        docs.match_indices(&needle).any(|(at, _)| !docs[at + needle.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
     };
     let missing: Vec<&String> = names.iter().filter(|n| !documented(n)).collect();
     assert!(missing.is_empty(), "not documented in docs/: {missing:?}");

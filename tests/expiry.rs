@@ -67,13 +67,15 @@ fn rejection_is_28e01_and_its_audit_trace_survives_rollback() {
     app.query("SELECT lifecycle.reject_if_expired('pat', id, expiresat) FROM mattermost.useraccesstokens WHERE id <> 'pat-expired'", &[])
         .unwrap();
 
-    let row = auditor.query_one("SELECT rejected_total, last_rejected_at IS NOT NULL, cluster_wide FROM lifecycle.expiry_stats", &[]).unwrap();
+    let row =
+        auditor.query_one("SELECT rejected_total, last_rejected_at IS NOT NULL, cluster_wide FROM lifecycle.expiry_stats", &[]).unwrap();
     assert_eq!(row.get::<_, i64>(0), before + 1, "counter must count across sessions and survive the rollback");
     assert!(row.get::<_, bool>(1));
     assert!(row.get::<_, bool>(2));
 
     let log = cluster.server_log();
-    let line = log.lines().find(|l| l.contains("token_rejected_expired") && l.contains("pat-expired")).expect("no audit line in server log");
+    let line =
+        log.lines().find(|l| l.contains("token_rejected_expired") && l.contains("pat-expired")).expect("no audit line in server log");
     assert!(line.contains(&format!("\"database\" : \"{}\"", db.name)), "{line}");
     assert!(!log.contains("secret-expired"), "the token secret reached the server log");
 }

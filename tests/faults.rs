@@ -22,7 +22,8 @@ fn wait_until(c: &mut Client, sql: &str, what: &str) {
 /// Deleted tokens and audit rows agree: a batch is all or nothing, also across a crash.
 fn audit_matches_deletes(c: &mut Client, issued: i64) {
     let deleted = issued - count(c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE userid = 'bulk'");
-    let audited = count(c, "SELECT count(DISTINCT row_key) FROM lifecycle.audit_log WHERE policy = 'mm_pats' AND data ->> 'userid' = 'bulk'");
+    let audited =
+        count(c, "SELECT count(DISTINCT row_key) FROM lifecycle.audit_log WHERE policy = 'mm_pats' AND data ->> 'userid' = 'bulk'");
     let audit_rows = count(c, "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'mm_pats' AND data ->> 'userid' = 'bulk'");
     assert_eq!((audited, audit_rows), (deleted, deleted), "audit rows must match deleted tokens 1:1");
 }
@@ -43,7 +44,11 @@ fn crash_during_a_reap_batch_loses_nothing_and_the_next_run_finishes() {
     let due = count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)");
     let mut reaper = db.connect();
     let handle = std::thread::spawn(move || reaper.query_one("SELECT lifecycle.reap_expired(100000)", &[]));
-    wait_until(&mut c, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT lifecycle.reap_expired%' AND state = 'active'", "the reaper");
+    wait_until(
+        &mut c,
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT lifecycle.reap_expired%' AND state = 'active'",
+        "the reaper",
+    );
     std::thread::sleep(Duration::from_millis(150));
     drop(c);
     cluster.stop("immediate");
@@ -94,9 +99,12 @@ fn crash_with_activity_cached_in_shared_memory() {
     c.batch_execute(&format!("ALTER DATABASE {} SET lifecycle.activity_throttle = '1h'", db.name)).unwrap();
     let mut c = db.connect();
     let rec = |c: &mut Client, user: &str, offset: &str| -> bool {
-        c.query_one(&format!("SELECT lifecycle.record_activity('{user}', 'c1', '{{a}}', now() - interval '2 hours' + interval '{offset}')"), &[])
-            .unwrap()
-            .get(0)
+        c.query_one(
+            &format!("SELECT lifecycle.record_activity('{user}', 'c1', '{{a}}', now() - interval '2 hours' + interval '{offset}')"),
+            &[],
+        )
+        .unwrap()
+        .get(0)
     };
     assert!(rec(&mut c, "committed", "0"));
     assert!(!rec(&mut c, "committed", "1 minute"), "cached");
@@ -221,8 +229,11 @@ fn soak_reapers_backfill_and_activity_under_load_keep_every_invariant() {
             let mut samples = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 for row in m
-                    .query("SELECT user_id, client_id, scope, to_char(last_seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')
-                              FROM lifecycle.activity_scopes", &[])
+                    .query(
+                        "SELECT user_id, client_id, scope, to_char(last_seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')
+                              FROM lifecycle.activity_scopes",
+                        &[],
+                    )
                     .unwrap()
                 {
                     let key = (row.get(0), row.get(1), row.get(2));
@@ -249,16 +260,31 @@ fn soak_reapers_backfill_and_activity_under_load_keep_every_invariant() {
     c.batch_execute("CALL lifecycle.reap(max_batches => 100000, time_budget => '5 minutes')").unwrap();
     let issued = count(&mut c, "SELECT count(*) FROM soak.issued");
     let due_issued = count(&mut c, "SELECT count(*) FROM soak.issued WHERE due");
-    assert_eq!(count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)"), 0, "a due row was left");
     assert_eq!(
-        count(&mut c, "SELECT count(*) FROM soak.issued i WHERE NOT i.due
+        count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)"),
+        0,
+        "a due row was left"
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM soak.issued i WHERE NOT i.due
                          AND NOT EXISTS (SELECT 1 FROM mattermost.useraccesstokens t WHERE t.id = i.id)
-                         AND NOT EXISTS (SELECT 1 FROM soak.app_deleted d WHERE d.id = i.id)"),
+                         AND NOT EXISTS (SELECT 1 FROM soak.app_deleted d WHERE d.id = i.id)"
+        ),
         0,
         "a row that was not due is gone"
     );
-    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'mm_pats' AND data ->> 'userid' = 'bulk'"), due_issued, "audit rows vs deletes");
-    assert_eq!(count(&mut c, "SELECT count(DISTINCT row_key) FROM lifecycle.audit_log WHERE policy = 'mm_pats' AND data ->> 'userid' = 'bulk'"), due_issued, "a token reaped twice");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'mm_pats' AND data ->> 'userid' = 'bulk'"),
+        due_issued,
+        "audit rows vs deletes"
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(DISTINCT row_key) FROM lifecycle.audit_log WHERE policy = 'mm_pats' AND data ->> 'userid' = 'bulk'"),
+        due_issued,
+        "a token reaped twice"
+    );
     assert_eq!(
         count(&mut c, "SELECT count(*) FROM mattermost.sessions s WHERE NOT EXISTS (SELECT 1 FROM mattermost.useraccesstokens t WHERE t.id = s.useraccesstokenid)"),
         0

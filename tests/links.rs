@@ -139,9 +139,7 @@ fn fk_action_changes_in_two_steps_under_a_concurrent_writer() {
             Ok::<_, postgres::Error>(i)
         });
         std::thread::sleep(Duration::from_millis(200));
-        let changed = db
-            .connect()
-            .batch_execute("CALL lifecycle.change_fk_action('compat_sessions_user_session_id_fkey', 'no action')");
+        let changed = db.connect().batch_execute("CALL lifecycle.change_fk_action('compat_sessions_user_session_id_fkey', 'no action')");
         std::thread::sleep(Duration::from_millis(200));
         // Stop the writer before asserting anything, so a failure cannot leave it running.
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -166,7 +164,10 @@ fn fk_action_changes_in_two_steps_under_a_concurrent_writer() {
     assert_eq!(code, "55P03");
     assert!(hint.is_some());
     holder.batch_execute("ROLLBACK").unwrap();
-    assert_eq!(count(&mut c, "SELECT count(*) FROM pg_constraint WHERE conname = 'compat_sessions_user_session_id_fkey' AND confdeltype = 'a'"), 1);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM pg_constraint WHERE conname = 'compat_sessions_user_session_id_fkey' AND confdeltype = 'a'"),
+        1
+    );
     for (sql, want) in [
         ("CALL lifecycle.change_fk_action('nope', 'CASCADE')", "42704"),
         ("CALL lifecycle.change_fk_action('compat_sessions_user_session_id_fkey', 'DROP TABLE')", "22023"),
@@ -183,7 +184,7 @@ fn check_is_strict_or_lenient_on_a_broken_setup() {
     let mut c = db.connect();
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.check()"), 0, "a clean setup has no findings");
     upstream_history(&mut c, 10);
-    c.batch_execute(ADD_LINK).unwrap();                     // 10 unfilled links
+    c.batch_execute(ADD_LINK).unwrap(); // 10 unfilled links
     c.batch_execute(
         "SELECT lifecycle.add_policy('jobs', 'mas.queue_jobs', 'created_at', older_than => '30 days', audit => '{payload}');
          ALTER TABLE mas.queue_jobs DROP COLUMN payload;     -- a column a policy uses vanishes

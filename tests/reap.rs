@@ -26,7 +26,8 @@ fn mattermost_expired_tokens_go_with_their_sessions_and_one_audit_row_each() {
     assert_eq!(count(&mut c, "SELECT count(DISTINCT row_key) FROM lifecycle.audit_log"), due, "a row audited twice");
     // The secret column is never read into the audit trail.
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE data ? 'token' OR data::text LIKE '%secret%'"), 0);
-    let row = c.query_one("SELECT total_acted, last_error, sweep_in_progress FROM lifecycle.policy_status WHERE name = 'mm_pats'", &[]).unwrap();
+    let row =
+        c.query_one("SELECT total_acted, last_error, sweep_in_progress FROM lifecycle.policy_status WHERE name = 'mm_pats'", &[]).unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, Option<String>>(1), row.get::<_, bool>(2)), (due, None, false));
 }
 
@@ -104,14 +105,21 @@ fn mas_jobs_clear_ips_and_delete_in_fk_order() {
     c.batch_execute("CALL lifecycle.reap(100, '1 minute')").unwrap();
 
     assert_eq!(count(&mut c, "SELECT count(*) FROM mas.user_sessions WHERE last_active_ip IS NOT NULL"), 0);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.compat_sessions WHERE last_active_ip IS NOT NULL"), 10, "recent compat IPs are kept");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM mas.compat_sessions WHERE last_active_ip IS NOT NULL"),
+        10,
+        "recent compat IPs are kept"
+    );
     assert_eq!(count(&mut c, "SELECT count(*) FROM mas.oauth2_sessions WHERE last_active_ip IS NOT NULL"), 1);
     // 21 finished sessions were due: the 11 with a compat child stay, the 10 without go.
     assert_eq!(count(&mut c, "SELECT count(*) FROM mas.user_sessions"), 11);
     assert_eq!(count(&mut c, "SELECT count(*) FROM mas.user_sessions u WHERE NOT EXISTS (SELECT 1 FROM mas.compat_sessions c WHERE c.user_session_id = u.user_session_id)"), 0);
     // Each blocked row was looked at once in the sweep, not once per batch.
     assert_eq!(count(&mut c, "SELECT total_blocked FROM lifecycle.policy_status WHERE name = 'mas_user_sessions'"), 11);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.queue_jobs WHERE created_at < now() - interval '30 days' AND status = 'completed'"), 0);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM mas.queue_jobs WHERE created_at < now() - interval '30 days' AND status = 'completed'"),
+        0
+    );
     assert_eq!(count(&mut c, "SELECT count(*) FROM mas.queue_jobs WHERE status = 'running'"), 1, "the filter keeps running jobs");
     assert_eq!(count(&mut c, "SELECT count(*) FROM mas.queue_jobs"), 30);
     assert_eq!(count(&mut c, "SELECT count(*) FROM mas.upstream_oauth_authorization_sessions"), 1);
@@ -270,16 +278,16 @@ fn two_reapers_and_app_writes_reap_everything_exactly_once() {
     let db = cluster.fresh_db();
     let (mut c, due) = mattermost_with_policy(&db, 20_000);
     std::thread::scope(|s| {
-        let reapers: Vec<_> = (0..2)
-            .map(|_| s.spawn(|| db.connect().batch_execute("CALL lifecycle.reap(1000, '2 minutes', 100)")))
-            .collect();
+        let reapers: Vec<_> =
+            (0..2).map(|_| s.spawn(|| db.connect().batch_execute("CALL lifecycle.reap(1000, '2 minutes', 100)"))).collect();
         s.spawn(|| {
             // The app keeps minting live tokens and touching sessions meanwhile.
             let mut app = db.connect();
             for i in 0..200 {
                 app.batch_execute(&format!(
                     "INSERT INTO mattermost.useraccesstokens (id, token, userid, expiresat) VALUES ('live{i}', 'sl{i}', 'bulk', 0);
-                     UPDATE mattermost.sessions SET lastactivityat = {i} WHERE id = 's{}'", i * 7 + 1
+                     UPDATE mattermost.sessions SET lastactivityat = {i} WHERE id = 's{}'",
+                    i * 7 + 1
                 ))
                 .unwrap();
             }
@@ -425,7 +433,8 @@ fn bad_input_is_a_clear_error_and_registers_nothing() {
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.policies"), 0, "a failed add_policy registered something");
     assert_eq!(count(&mut c, "SELECT count(*) FROM mas.users"), 1, "SQL smuggled through an argument ran");
     c.batch_execute("SELECT lifecycle.add_policy('dup', 'mas.queue_jobs', 'created_at', older_than => '30 days')").unwrap();
-    let (code, _, hint) = sqlstate(c.batch_execute("SELECT lifecycle.add_policy('dup', 'mas.queue_jobs', 'created_at', older_than => '30 days')"));
+    let (code, _, hint) =
+        sqlstate(c.batch_execute("SELECT lifecycle.add_policy('dup', 'mas.queue_jobs', 'created_at', older_than => '30 days')"));
     assert_eq!(code, "42710");
     assert!(hint.is_some());
 }
@@ -568,22 +577,20 @@ fn composite_keys_reap_with_their_children_and_audit_a_json_key() {
         c.query_one("SELECT key_columns::text FROM lifecycle.policies WHERE name = 'kc'", &[]).unwrap().get::<_, String>(0),
         "{realm,id}"
     );
-    let first: Vec<String> =
-        c.query("SELECT row_key FROM lifecycle.preview('kc', 3)", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let first: Vec<String> = c.query("SELECT row_key FROM lifecycle.preview('kc', 3)", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(first, [r#"["r0", 3]"#, r#"["r0", 6]"#, r#"["r0", 9]"#], "keyset order is (time, realm, id)");
     c.batch_execute("CALL lifecycle.reap(1000, '1 minute')").unwrap();
-    let left: Vec<String> = c
-        .query("SELECT realm || '/' || id FROM kc.sessions ORDER BY id", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let left: Vec<String> =
+        c.query("SELECT realm || '/' || id FROM kc.sessions ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(left, ["r1/1", "r2/5", "r0/1000"], "blocked by a lock, and not due");
     assert_eq!(count(&mut c, "SELECT count(*) FROM kc.client_sessions"), 1, "children deleted with their session");
     assert_eq!(count(&mut c, "SELECT count(*) FROM kc.notes"), 3, "cascades left to their foreign key");
     assert_eq!(count(&mut c, "SELECT count(DISTINCT row_key) FROM lifecycle.audit_log WHERE policy = 'kc'"), 98);
     assert_eq!(
-        count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE row_key::jsonb = jsonb_build_array(data->>'realm', (data->>'id')::bigint)"),
+        count(
+            &mut c,
+            "SELECT count(*) FROM lifecycle.audit_log WHERE row_key::jsonb = jsonb_build_array(data->>'realm', (data->>'id')::bigint)"
+        ),
         98,
         "row_key is the key as a JSON array"
     );
@@ -673,5 +680,8 @@ fn a_wal_rate_limit_makes_the_reaper_wait_between_rounds() {
     assert!(notices.lock().unwrap().iter().any(|n| n.contains("waiting before the next round: WAL is written at")));
     let row = r.query_one("SELECT waits, extract(epoch FROM waited)::float8 FROM lifecycle.reaper_state", &[]).unwrap();
     assert!(row.get::<_, i64>(0) >= 1 && row.get::<_, f64>(1) > 1.0, "waits {} for {} s", row.get::<_, i64>(0), row.get::<_, f64>(1));
-    assert!(count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)") > 0, "the limit did not hold the reaper back");
+    assert!(
+        count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)") > 0,
+        "the limit did not hold the reaper back"
+    );
 }

@@ -38,10 +38,7 @@ fn pg_cron_runs_the_reaper_in_its_own_and_another_database() {
     assert_eq!(job, again);
     cron.query_one("SELECT lifecycle.schedule('* * * * *', database => 'app2')", &[]).unwrap();
     assert_eq!(count(&mut cron, "SELECT count(*) FROM cron.job WHERE jobname LIKE 'pg_lifecycle:%'"), 2);
-    assert_eq!(
-        cron.query_one("SELECT schedule FROM cron.job WHERE jobid = $1", &[&job]).unwrap().get::<_, String>(0),
-        "* * * * *"
-    );
+    assert_eq!(cron.query_one("SELECT schedule FROM cron.job WHERE jobid = $1", &[&job]).unwrap().get::<_, String>(0), "* * * * *");
     // A job for one policy, then gone again.
     cron.query_one("SELECT lifecycle.schedule_policy('codes', '*/5 * * * *')", &[]).unwrap();
     assert_eq!(count(&mut cron, "SELECT count(*) FROM lifecycle.schedule_status WHERE policy_name = 'codes'"), 1);
@@ -50,8 +47,11 @@ fn pg_cron_runs_the_reaper_in_its_own_and_another_database() {
     // Wait (bounded) for pg_cron to run both jobs once.
     let started = Instant::now();
     loop {
-        let done = count(&mut cron, "SELECT count(DISTINCT d.jobid) FROM cron.job_run_details d JOIN cron.job j USING (jobid)
-                                     WHERE j.jobname LIKE 'pg_lifecycle:%' AND d.status = 'succeeded'");
+        let done = count(
+            &mut cron,
+            "SELECT count(DISTINCT d.jobid) FROM cron.job_run_details d JOIN cron.job j USING (jobid)
+                                     WHERE j.jobname LIKE 'pg_lifecycle:%' AND d.status = 'succeeded'",
+        );
         if done == 2 {
             break;
         }
@@ -149,10 +149,7 @@ fn a_schedule_that_cannot_connect_is_warned_about_and_its_failures_reported() {
     if common::skip_without_pg_cron("a_schedule_that_cannot_connect_is_warned_about_and_its_failures_reported") {
         return;
     }
-    let cluster = Cluster::private(ClusterOptions {
-        extra_conf: vec!["cron.use_background_workers = off".into()],
-        ..Default::default()
-    });
+    let cluster = Cluster::private(ClusterOptions { extra_conf: vec!["cron.use_background_workers = off".into()], ..Default::default() });
     let (mut c, notices) = cluster.connect_collecting("postgres");
     c.batch_execute(
         "CREATE EXTENSION pg_cron; CREATE EXTENSION pg_lifecycle;
@@ -175,9 +172,8 @@ fn a_schedule_that_cannot_connect_is_warned_about_and_its_failures_reported() {
     c.batch_execute("SELECT lifecycle.unschedule()").unwrap();
     // The reaper role's job would need a password.
     c.batch_execute("SET ROLE reaper; SELECT lifecycle.schedule('* * * * *'); RESET ROLE").unwrap();
-    let warned = notices.lock().unwrap().iter().any(|n| {
-        n.starts_with("WARNING") && n.contains("as reaper") && n.contains("connection failed")
-    });
+    let warned =
+        notices.lock().unwrap().iter().any(|n| n.starts_with("WARNING") && n.contains("as reaper") && n.contains("connection failed"));
     assert!(warned, "no warning: {:?}", notices.lock().unwrap());
     // pg_cron fires at the next minute; the run fails to connect, and check() says so.
     let started = std::time::Instant::now();
@@ -185,9 +181,7 @@ fn a_schedule_that_cannot_connect_is_warned_about_and_its_failures_reported() {
         assert!(started.elapsed() < Duration::from_secs(90), "pg_cron did not run the job");
         std::thread::sleep(Duration::from_millis(500));
     }
-    let finding: String = c
-        .query_one("SELECT problem || ': ' || detail FROM lifecycle.check(false) WHERE problem = 'schedule_failing'", &[])
-        .unwrap()
-        .get(0);
+    let finding: String =
+        c.query_one("SELECT problem || ': ' || detail FROM lifecycle.check(false) WHERE problem = 'schedule_failing'", &[]).unwrap().get(0);
     assert!(finding.contains("pg_lifecycle:postgres") && finding.contains("connection failed"), "{finding}");
 }

@@ -92,9 +92,12 @@ fn elevated_and_sql_running_functions_pin_search_path() {
     );
     assert!(procedures.is_empty(), "procedures that do not pin search_path: {procedures:?}");
     assert_eq!(
-        count(&mut c, "SELECT count(*) FROM pg_proc WHERE pronamespace = 'lifecycle'::regnamespace AND prosecdef
+        count(
+            &mut c,
+            "SELECT count(*) FROM pg_proc WHERE pronamespace = 'lifecycle'::regnamespace AND prosecdef
                          AND NOT 'search_path=pg_catalog, lifecycle, pg_temp' = ANY (proconfig)
-                         AND NOT 'search_path=pg_catalog, pg_temp' = ANY (proconfig)"),
+                         AND NOT 'search_path=pg_catalog, pg_temp' = ANY (proconfig)"
+        ),
         0
     );
 }
@@ -242,7 +245,9 @@ fn roles_reach_only_what_they_are_given() {
     assert!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log") > 0);
     c.batch_execute("SELECT * FROM lifecycle.policy_status; INSERT INTO lifecycle.scope_services VALUES ('s', 'svc')").unwrap();
     // ... but cannot act on a table they do not own, even one they can read ...
-    let (code, _, _) = sqlstate(c.batch_execute("SELECT lifecycle.add_policy('mine', 'mattermost.useraccesstokens', 'expiresat', time_kind => 'unix_ms')"));
+    let (code, _, _) = sqlstate(
+        c.batch_execute("SELECT lifecycle.add_policy('mine', 'mattermost.useraccesstokens', 'expiresat', time_kind => 'unix_ms')"),
+    );
     assert_eq!(code, "42501");
     // ... and reaping as them acts only on their own policies (none).
     assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired(10)"), 0);

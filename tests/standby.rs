@@ -74,7 +74,8 @@ fn the_reaper_waits_for_a_paused_standby_and_the_standby_only_reads() {
     let mut reaper = reaping.join().expect("the reaper failed");
     assert_eq!(count(&mut c, due_sql), 0, "the reaper did not finish after the standby resumed");
     assert!(started.elapsed() < Duration::from_secs(110), "the reaper only stopped at its time budget");
-    let row = reaper.query_one("SELECT extract(epoch FROM waited)::float8, waits, last_wait_reason FROM lifecycle.reaper_state", &[]).unwrap();
+    let row =
+        reaper.query_one("SELECT extract(epoch FROM waited)::float8, waits, last_wait_reason FROM lifecycle.reaper_state", &[]).unwrap();
     assert!(row.get::<_, f64>(0) >= 2.0, "waited {} s", row.get::<_, f64>(0));
     assert!(row.get::<_, i64>(1) >= 1);
     assert!(row.get::<_, String>(2).contains("lifecycle.reap_max_replica_lag"));

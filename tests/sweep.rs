@@ -36,15 +36,9 @@ fn values(sql_type: &str) -> Vec<String> {
         "bigint" => &["10", "NULL", "0", "-1", "-9223372036854775808", "9223372036854775807"],
         "boolean" => &["true", "NULL", "false"],
         "interval" => &["'1 day'", "NULL", "'0'", "'-1 day'", "'178000000 years'", "'1 microsecond'"],
-        "timestamp with time zone" => &[
-            "now()",
-            "NULL",
-            "'infinity'",
-            "'-infinity'",
-            "'4713-01-01 00:00:00+00 BC'",
-            "'294276-12-31 23:59:59+00'",
-            "'epoch'",
-        ],
+        "timestamp with time zone" => {
+            &["now()", "NULL", "'infinity'", "'-infinity'", "'4713-01-01 00:00:00+00 BC'", "'294276-12-31 23:59:59+00'", "'epoch'"]
+        }
         "regclass" => &["'sweep.t'", "NULL", "'pg_class'", "0", "'lifecycle.policies'", "'sweep.c'"],
         other => panic!("no sweep values for argument type {other}: add them"),
     };
@@ -136,10 +130,7 @@ fn every_public_routine_survives_bad_input() {
     }
     let now_started: String = db.connect().query_one("SELECT pg_postmaster_start_time()::text", &[]).unwrap().get(0);
     assert_eq!(now_started, started_at, "the server restarted: a backend crashed");
-    println!(
-        "bad-input sweep: {calls} calls, {results} results, {errors} errors with a SQLSTATE ({codes:?}), {} failures",
-        failures.len()
-    );
+    println!("bad-input sweep: {calls} calls, {results} results, {errors} errors with a SQLSTATE ({codes:?}), {} failures", failures.len());
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     assert!(calls > 400, "the sweep shrank: {calls} calls");
 }

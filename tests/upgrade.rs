@@ -157,7 +157,10 @@ fn upgrade_keeps_data_policies_links_and_schedules(from: &str) {
     // Data, policies, links and schedules survived ...
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log"), audit_before);
     assert_eq!(c.query_one(AUDIT_DIGEST, &[]).unwrap().get::<_, String>(0), audit_digest, "audit rows changed in the move to partitions");
-    assert!(count(&mut c, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'lifecycle.audit_log'::regclass") >= 7, "one partition per month");
+    assert!(
+        count(&mut c, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'lifecycle.audit_log'::regclass") >= 7,
+        "one partition per month"
+    );
     // keep_history's audit policy became the audit log's retention; the rest keep what they had.
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.policies WHERE name = 'lifecycle_audit_log'"), 0);
     let kept: Vec<(String, Option<String>)> = c

@@ -7,24 +7,27 @@
 //! invalidates the user's entries when the deleting transaction commits (see `generation`).
 //! A miss, a torn read, an evicted slot or a restart only sends the call to the table.
 
+use crate::shmem;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::hash::{DefaultHasher, Hasher};
-use crate::shmem;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
-/// Counters shown in `lifecycle.activity_stats`, in this order.
-pub const COUNTERS: [&str; 8] =
-    ["recorded", "throttled", "cache_hits", "sampled_out", "storm_limited", "write_failed", "unclassified", "disabled"];
-pub const RECORDED: usize = 0;
-pub const THROTTLED: usize = 1;
-pub const CACHE_HITS: usize = 2;
-pub const SAMPLED_OUT: usize = 3;
-pub const STORM_LIMITED: usize = 4;
-pub const WRITE_FAILED: usize = 5;
-pub const UNCLASSIFIED: usize = 6;
-pub const DISABLED: usize = 7;
+/// The activity counters; `lifecycle._activity_counters` names them for SQL. The
+/// discriminant is the counter's slot in shared memory.
+#[derive(Clone, Copy)]
+pub enum Counter {
+    Recorded,
+    Throttled,
+    CacheHits,
+    SampledOut,
+    StormLimited,
+    WriteFailed,
+    Unclassified,
+    Disabled,
+}
+const COUNTER_SLOTS: usize = Counter::Disabled as usize + 1;
 
 /// Users are invalidated by bucket: forgetting one user forgets 1/USER_BUCKETS of the cache.
 const USER_BUCKETS: usize = 16384;
@@ -39,7 +42,7 @@ const BUCKET_GEN_BITS: u32 = 40;
 /// invalidation generations and the storm budget. The cache's slots are the region's tail.
 #[repr(C)]
 pub struct Shared {
-    counters: [AtomicU64; COUNTERS.len()],
+    counters: [AtomicU64; COUNTER_SLOTS],
     reset_at: AtomicI64,
     /// Bumped by "forget everything" (TRUNCATE, CREATE EXTENSION).
     epoch: AtomicU64,
@@ -51,7 +54,7 @@ pub struct Shared {
 impl Shared {
     pub const fn new() -> Self {
         Shared {
-            counters: [const { AtomicU64::new(0) }; COUNTERS.len()],
+            counters: [const { AtomicU64::new(0) }; COUNTER_SLOTS],
             reset_at: AtomicI64::new(0),
             epoch: AtomicU64::new(0),
             user_gens: [const { AtomicU64::new(0) }; USER_BUCKETS],
@@ -97,12 +100,12 @@ fn slots() -> &'static [Slot] {
     unsafe { shmem::tail::<Slot>() }
 }
 
-pub fn count(counter: usize, n: u64) {
-    header().counters[counter].fetch_add(n, Ordering::Relaxed);
+pub fn count(counter: Counter, n: u64) {
+    header().counters[counter as usize].fetch_add(n, Ordering::Relaxed);
 }
 
-pub fn counter_values() -> [u64; COUNTERS.len()] {
-    std::array::from_fn(|i| header().counters[i].load(Ordering::Relaxed))
+pub fn counter_value(counter: Counter) -> u64 {
+    header().counters[counter as usize].load(Ordering::Relaxed)
 }
 
 pub fn reset_at() -> i64 {
@@ -123,7 +126,6 @@ pub fn capacity() -> usize {
 
 // ---------------------------------------------------------------------------------------
 // Keys
-
 
 /// 128-bit fingerprint of a row key, so that two different rows colliding (and one being
 /// throttled by the other's entry) is out of practical reach.

@@ -9,6 +9,8 @@
 pub mod cache;
 mod write;
 
+use cache::Counter;
+
 use crate::error;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
@@ -97,16 +99,18 @@ fn define_gucs() {
 /// Slots of the shared cache, a whole number of sets (read at shared-memory request time).
 fn cache_slots() -> usize {
     let n = CACHE_ENTRIES.get().max(0) as usize;
-    if n == 0 { 0 } else { n.max(4) / 4 * 4 }
+    if n == 0 {
+        0
+    } else {
+        n.max(4) / 4 * 4
+    }
 }
 
 // ---------------------------------------------------------------------------------------
 // Input validation: bad input is a caller bug and errors; it is never swallowed.
 
 fn required<'a>(value: Option<&'a str>, name: &str) -> &'a str {
-    let Some(value) = value else {
-        error::null_argument(name, "Pass the id as text; an anonymous grant has nothing to record.")
-    };
+    let Some(value) = value else { error::null_argument(name, "Pass the id as text; an anonymous grant has nothing to record.") };
     check_key(value, name);
     value
 }
@@ -126,10 +130,7 @@ fn check_key(value: &str, name: &str) {
 /// Too many scopes is a caller bug, not a grant.
 fn check_scope_count(n: usize) {
     if n > MAX_SCOPES {
-        error::invalid_argument(
-            format!("{n} scopes in one call, more than {MAX_SCOPES}"),
-            "Record the scopes the grant actually carries.",
-        );
+        error::invalid_argument(format!("{n} scopes in one call, more than {MAX_SCOPES}"), "Record the scopes the grant actually carries.");
     }
 }
 
@@ -166,14 +167,12 @@ fn record_activity(
 ) -> bool {
     let user_id = required(user_id, "user_id");
     let client_id = required(client_id, "client_id");
-    let Some(scopes) = scopes.as_ref() else {
-        error::null_argument("scopes", "Pass '{}' for a grant without scopes.")
-    };
+    let Some(scopes) = scopes.as_ref() else { error::null_argument("scopes", "Pass '{}' for a grant without scopes.") };
     check_scope_count(scopes.len());
     let scopes: Vec<&str> = scopes.iter().map(checked_scope).collect();
     let at = checked_at(at);
     if !ENABLED.get() {
-        cache::count(cache::DISABLED, 1);
+        cache::count(Counter::Disabled, 1);
         return false;
     }
     let throttle_micros = i64::from(THROTTLE_SECONDS.get()) * 1_000_000;
@@ -183,16 +182,15 @@ fn record_activity(
     let generation = user.generation();
     let rows = || std::iter::once(None).chain(scopes.iter().map(|s| Some(*s)));
     let within_throttle = |scope: Option<&str>| {
-        cache::lookup(user.row(client_id, scope), generation)
-            .is_some_and(|seen| at.into_inner() <= seen.saturating_add(throttle_micros))
+        cache::lookup(user.row(client_id, scope), generation).is_some_and(|seen| at.into_inner() <= seen.saturating_add(throttle_micros))
     };
     if cache::capacity() > 0 && rows().all(within_throttle) {
-        cache::count(cache::CACHE_HITS, 1);
-        cache::count(cache::THROTTLED, 1);
+        cache::count(Counter::CacheHits, 1);
+        cache::count(Counter::Throttled, 1);
         return false;
     }
     if sampled_out() {
-        cache::count(cache::SAMPLED_OUT, 1);
+        cache::count(Counter::SampledOut, 1);
         return false;
     }
     write(user_id, &user, generation, client_id, scopes, at, throttle_micros)
@@ -225,16 +223,16 @@ fn write(
     let allow_new = cache::storm_allows_new(MAX_NEW_PER_SECOND.get());
     let outcome = write::write(user_id, client_id, &scopes, at, throttle_micros, allow_new);
     if let Some((state, message)) = &outcome.failed {
-        cache::count(cache::WRITE_FAILED, 1);
+        cache::count(Counter::WriteFailed, 1);
         warn_failure_once(state, message);
         return false;
     }
     cache::storm_spend(outcome.inserted.max(0) as u64);
     if outcome.storm_limited {
-        cache::count(cache::STORM_LIMITED, 1);
+        cache::count(Counter::StormLimited, 1);
     }
     if !outcome.unclassified.is_empty() {
-        cache::count(cache::UNCLASSIFIED, outcome.unclassified.len() as u64);
+        cache::count(Counter::Unclassified, outcome.unclassified.len() as u64);
         warn_unclassified_once(client_id, &outcome.unclassified);
     }
     let keys = std::iter::once(None).chain(scopes.iter().map(|s| Some(*s)));
@@ -244,11 +242,11 @@ fn write(
         }
     }
     if outcome.written > 0 {
-        cache::count(cache::RECORDED, 1);
+        cache::count(Counter::Recorded, 1);
         true
     } else {
         if !outcome.storm_limited {
-            cache::count(cache::THROTTLED, 1);
+            cache::count(Counter::Throttled, 1);
         }
         false
     }
@@ -278,10 +276,7 @@ fn warn_failure_once(state: &str, message: &str) {
 fn warn_unclassified_once(client_id: &str, scopes: &[String]) {
     if first_time(&WARNED_UNCLASSIFIED, client_id) {
         error::warn(
-            format!(
-                "client {client_id} was granted scopes that map to no service: {}; recorded as unclassified",
-                scopes.join(", ")
-            ),
+            format!("client {client_id} was granted scopes that map to no service: {}; recorded as unclassified", scopes.join(", ")),
             "Map them with INSERT INTO lifecycle.scope_services (scope, service). \
              This warning is given once per session and client; lifecycle.activity_stats counts every one.",
         );
@@ -291,6 +286,9 @@ fn warn_unclassified_once(client_id: &str, scopes: &[String]) {
 // ---------------------------------------------------------------------------------------
 // Statistics and invalidation entry points
 
+/// One row of `lifecycle.activity_stats`. pgrx reads the column names from this signature,
+/// so the row type cannot be an alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(schema = "lifecycle", volatile, name = "_activity_counters")]
 fn activity_counters() -> TableIterator<
     'static,
@@ -308,18 +306,18 @@ fn activity_counters() -> TableIterator<
         name!(cluster_wide, bool),
     ),
 > {
-    let v = cache::counter_values().map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+    let v = |c: Counter| i64::try_from(cache::counter_value(c)).unwrap_or(i64::MAX);
     let reset_at = cache::reset_at();
     let since = (reset_at != 0).then(|| TimestampWithTimeZone::try_from(reset_at).ok()).flatten();
     TableIterator::once((
-        v[cache::RECORDED],
-        v[cache::THROTTLED],
-        v[cache::CACHE_HITS],
-        v[cache::SAMPLED_OUT],
-        v[cache::STORM_LIMITED],
-        v[cache::WRITE_FAILED],
-        v[cache::UNCLASSIFIED],
-        v[cache::DISABLED],
+        v(Counter::Recorded),
+        v(Counter::Throttled),
+        v(Counter::CacheHits),
+        v(Counter::SampledOut),
+        v(Counter::StormLimited),
+        v(Counter::WriteFailed),
+        v(Counter::Unclassified),
+        v(Counter::Disabled),
         since,
         i64::try_from(cache::capacity()).unwrap_or(i64::MAX),
         crate::shmem::preloaded(),
@@ -348,11 +346,5 @@ fn activity_forget_all_cached() {
 pgrx::extension_sql_file!(
     "../../sql/activity.sql",
     name = "activity",
-    requires = [
-        record_activity,
-        activity_counters,
-        reset_activity_stats,
-        activity_forget_cached,
-        activity_forget_all_cached
-    ]
+    requires = [record_activity, activity_counters, reset_activity_stats, activity_forget_cached, activity_forget_all_cached]
 );

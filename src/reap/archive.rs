@@ -51,11 +51,7 @@ pub fn check(spec: &str, search_path: &str, relid: pg_sys::Oid, relation: &str, 
                 &[archive.into(), relid.into()],
             )?
             .map(|row| {
-                Ok(Pair {
-                    name: row.get(1)?.unwrap_or_default(),
-                    archive_type: row.get(2)?.unwrap_or_default(),
-                    source_type: row.get(3)?,
-                })
+                Ok(Pair { name: row.get(1)?.unwrap_or_default(), archive_type: row.get(2)?.unwrap_or_default(), source_type: row.get(3)? })
             })
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })

@@ -75,10 +75,9 @@ fn reason_to_wait() -> (Option<String>, (f64, Instant)) {
         Some(format!("a standby replays {lag:.1} s behind (lifecycle.reap_max_replica_lag = {max_lag} ms)"))
     } else {
         match rate {
-            Some(rate) if max_rate > 0 && rate / 1024.0 > f64::from(max_rate) => Some(format!(
-                "WAL is written at {:.0} kB/s (lifecycle.reap_max_wal_rate = {max_rate} kB/s)",
-                rate / 1024.0
-            )),
+            Some(rate) if max_rate > 0 && rate / 1024.0 > f64::from(max_rate) => {
+                Some(format!("WAL is written at {:.0} kB/s (lifecycle.reap_max_wal_rate = {max_rate} kB/s)", rate / 1024.0))
+            }
             _ => None,
         }
     };

@@ -219,9 +219,8 @@ impl Policy {
                 row.get::<bool>(20)?.unwrap_or(false),
             ))
         });
-        let (mut policy, has_children) = found.unwrap_or_else(|| {
-            error::raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("policy with id {id} does not exist"), None, None)
-        });
+        let (mut policy, has_children) = found
+            .unwrap_or_else(|| error::raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("policy with id {id} does not exist"), None, None));
         check_may_act(policy.owner, &policy.name);
         let holds = holds::live();
         if has_children || holds.iter().any(|h| h.relid != policy.relid) {
@@ -292,8 +291,7 @@ impl Policy {
     /// the table, or their aliases in the batch).
     fn order(&self, alias: &str, name: impl Fn(usize, &Column) -> String, desc: bool) -> String {
         let dir = if desc { " DESC" } else { "" };
-        let columns: Vec<String> =
-            self.cursor_columns().iter().enumerate().map(|(i, c)| format!("{alias}.{}{dir}", name(i, c))).collect();
+        let columns: Vec<String> = self.cursor_columns().iter().enumerate().map(|(i, c)| format!("{alias}.{}{dir}", name(i, c))).collect();
         columns.join(", ")
     }
 
@@ -356,12 +354,8 @@ impl Policy {
             .iter()
             .filter(|c| c.handling == Handling::Block)
             .map(|child| {
-                let pairs: Vec<String> = child
-                    .columns
-                    .iter()
-                    .zip(&child.parent_columns)
-                    .map(|(c, p)| format!("{} = {}", col("c", c), col("t", p)))
-                    .collect();
+                let pairs: Vec<String> =
+                    child.columns.iter().zip(&child.parent_columns).map(|(c, p)| format!("{} = {}", col("c", c), col("t", p))).collect();
                 format!("EXISTS (SELECT 1 FROM {} c WHERE {})", child.relation, pairs.join(" AND "))
             })
             .collect();
@@ -376,10 +370,8 @@ impl Policy {
     /// carry their row key and audit data and are not locked; for a batch they are locked,
     /// and the audit data is taken later from the acted-on rows.
     pub fn candidates(&self, preview: bool) -> String {
-        let carried: Vec<String> =
-            self.carried().iter().enumerate().map(|(i, c)| format!("{} AS v{i}", col("t", c))).collect();
-        let (row_key, audit) =
-            if preview { (self.row_key("t"), self.audit_data()) } else { ("NULL::text".into(), "NULL::jsonb".into()) };
+        let carried: Vec<String> = self.carried().iter().enumerate().map(|(i, c)| format!("{} AS v{i}", col("t", c))).collect();
+        let (row_key, audit) = if preview { (self.row_key("t"), self.audit_data()) } else { ("NULL::text".into(), "NULL::jsonb".into()) };
         let mut sql = format!(
             "SELECT {carried}, t.{time} AS tm, t.ctid AS tid, {blocked} AS blocked, {held} AS held, {row_key} AS rk, {audit} AS data
                FROM {rel} t WHERE {due}",
@@ -410,11 +402,8 @@ impl Policy {
             let v = self.carried_alias(&parent_columns[0]);
             (String::new(), format!("{} = ANY (ARRAY(SELECT {v} FROM {acted}))", col(alias, &columns[0])))
         } else {
-            let pairs: Vec<String> = columns
-                .iter()
-                .zip(parent_columns)
-                .map(|(c, p)| format!("{} = a.{}", col(alias, c), self.carried_alias(p)))
-                .collect();
+            let pairs: Vec<String> =
+                columns.iter().zip(parent_columns).map(|(c, p)| format!("{} = a.{}", col(alias, c), self.carried_alias(p))).collect();
             (format!("{acted} a"), pairs.join(" AND "))
         }
     }
@@ -470,7 +459,7 @@ impl Policy {
         // The archive rows are written by the batch's own statement, as the policy's owner
         // (the archive is the owner's table), in the same transaction as the deletes.
         if let Some((archive, columns)) = &self.archive {
-            let names: Vec<String> = columns.iter().map(|c| ident(c)).collect();
+            let names: Vec<String> = columns.iter().map(String::as_str).map(ident).collect();
             let values: Vec<String> = (0..columns.len()).map(|i| format!("d.a{i}")).collect();
             sql.push_str(&format!(
                 ", archived AS (INSERT INTO {archive} ({}, {}, {}) SELECT {}, {}, now() FROM done d)",
@@ -490,7 +479,15 @@ impl Policy {
         // the cursor costs one jsonb value per batch, not one per row. The audit rows leave
         // as two arrays in the same order (one aggregate pass), to be written by `run`.
         let position = self.keys.iter().enumerate().map(|(i, _)| format!("b.v{i}")).collect::<Vec<_>>().join(", ");
-        let batch_name = |i: usize, _: &Column| if self.same_time_and_key() { "v0".to_string() } else if i == 0 { "tm".into() } else { format!("v{}", i - 1) };
+        let batch_name = |i: usize, _: &Column| {
+            if self.same_time_and_key() {
+                "v0".to_string()
+            } else if i == 0 {
+                "tm".into()
+            } else {
+                format!("v{}", i - 1)
+            }
+        };
         sql.push_str(&format!(
             " SELECT a.acted, (SELECT count(*) FROM batch), {blocked},
                      (SELECT jsonb_build_array(b.tm, {position})::text FROM (SELECT * FROM batch b ORDER BY {order} LIMIT 1) b),
@@ -561,13 +558,12 @@ pub struct Outcome {
 pub fn run(id: i32, cap: Option<i32>) -> Outcome {
     let policy = Policy::load(id);
     let limit = policy.next_size().min(cap.unwrap_or(BATCH_MAX));
-    let locked = sql::optional_row(
-        "SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)",
-        &[ADVISORY_LOCK_CLASS.into(), id.into()],
-        |row| row.get::<bool>(1),
-    )
-    .flatten()
-    .unwrap_or(false);
+    let locked =
+        sql::optional_row("SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)", &[ADVISORY_LOCK_CLASS.into(), id.into()], |row| {
+            row.get::<bool>(1)
+        })
+        .flatten()
+        .unwrap_or(false);
     if !locked {
         return Outcome { acted: 0, examined: 0, sweep_done: true };
     }
@@ -651,7 +647,6 @@ fn raw_arg<'a>(value: Option<pg_sys::Datum>, type_oid: pg_sys::Oid) -> DatumWith
         None => DatumWithOid::null_oid(type_oid),
     }
 }
-
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]

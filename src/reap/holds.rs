@@ -50,22 +50,16 @@ impl HoldSet {
 pub fn live() -> Vec<HoldSet> {
     role::as_extension_owner(|| {
         Spi::connect_mut(|client| {
-            sql::run_kept(
-                client,
-                false,
-                "SELECT relation::oid, key_columns::text[], keys, filters FROM lifecycle.live_holds",
-                &[],
-                None,
-            )?
-            .map(|row| {
-                Ok(HoldSet {
-                    relid: row.get(1)?.unwrap_or_default(),
-                    key_columns: row.get(2)?.unwrap_or_default(),
-                    keys: row.get(3)?.unwrap_or_default(),
-                    filters: row.get(4)?.unwrap_or_default(),
+            sql::run_kept(client, false, "SELECT relation::oid, key_columns::text[], keys, filters FROM lifecycle.live_holds", &[], None)?
+                .map(|row| {
+                    Ok(HoldSet {
+                        relid: row.get(1)?.unwrap_or_default(),
+                        key_columns: row.get(2)?.unwrap_or_default(),
+                        keys: row.get(3)?.unwrap_or_default(),
+                        filters: row.get(4)?.unwrap_or_default(),
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
         })
     })
     .unwrap_or_else(|e| error::internal(e))
@@ -165,14 +159,17 @@ fn release_hold(hold_id: Option<i64>, reason: default!(Option<&str>, "NULL")) ->
     role::extension_owner();
     let hold_id = hold_id.unwrap_or_else(|| error::null_argument("hold_id", "SELECT id FROM lifecycle.holds lists them."));
     let found = role::as_extension_owner(|| {
-        sql::optional_row(
-            "SELECT relation::oid, released_at IS NOT NULL FROM lifecycle.holds WHERE id = $1",
-            &[hold_id.into()],
-            |row| Ok((row.get::<pg_sys::Oid>(1)?.unwrap_or_default(), row.get::<bool>(2)?.unwrap_or(false))),
-        )
+        sql::optional_row("SELECT relation::oid, released_at IS NOT NULL FROM lifecycle.holds WHERE id = $1", &[hold_id.into()], |row| {
+            Ok((row.get::<pg_sys::Oid>(1)?.unwrap_or_default(), row.get::<bool>(2)?.unwrap_or(false)))
+        })
     });
     let Some((relid, released)) = found else {
-        error::raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("hold {hold_id} does not exist"), None, Some("SELECT id FROM lifecycle.holds lists them."))
+        error::raise(
+            Code::ERRCODE_UNDEFINED_OBJECT,
+            format!("hold {hold_id} does not exist"),
+            None,
+            Some("SELECT id FROM lifecycle.holds lists them."),
+        )
     };
     let relation = check_relation(relid, "release a hold on it");
     if released {

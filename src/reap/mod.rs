@@ -34,12 +34,11 @@ fn reap_batch(
 #[pg_extern(schema = "lifecycle", name = "_note_policy_error")]
 #[search_path(pg_catalog, pg_temp)]
 fn note_policy_error(policy_id: i32, sqlstate: &str, message: &str) {
-    let (name, owner) = crate::sql::optional_row(
-        "SELECT name, owner::oid FROM lifecycle.policies WHERE id = $1",
-        &[policy_id.into()],
-        |row| Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<pg_sys::Oid>(2)?.unwrap_or_default())),
-    )
-    .unwrap_or_else(|| error::raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("policy with id {policy_id} does not exist"), None, None));
+    let (name, owner) =
+        crate::sql::optional_row("SELECT name, owner::oid FROM lifecycle.policies WHERE id = $1", &[policy_id.into()], |row| {
+            Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<pg_sys::Oid>(2)?.unwrap_or_default()))
+        })
+        .unwrap_or_else(|| error::raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("policy with id {policy_id} does not exist"), None, None));
     batch::check_may_act(owner, &name);
     role::as_extension_owner(|| {
         Spi::run_with_args(
@@ -80,7 +79,8 @@ fn estimate_backlog(policy_id: i32) -> Option<i64> {
 fn preview(
     policy_name: &str,
     max_rows: default!(i32, 10),
-) -> TableIterator<'static, (name!(row_key, String), name!(time_value, String), name!(blocked, bool), name!(audit_data, Option<pgrx::JsonB>))> {
+) -> TableIterator<'static, (name!(row_key, String), name!(time_value, String), name!(blocked, bool), name!(audit_data, Option<pgrx::JsonB>))>
+{
     if !(batch::BATCH_MIN..=batch::BATCH_MAX).contains(&max_rows) {
         error::invalid_argument(
             format!("max_rows must be between {} and {}, got {max_rows}", batch::BATCH_MIN, batch::BATCH_MAX),
@@ -91,26 +91,33 @@ fn preview(
     let policy = Policy::load(id);
     // `blocked`: the row would be kept, by a child that references it or by a legal hold.
     let query = format!("SELECT rk, tm::text, blocked OR held, data FROM ({}) c", policy.candidates(true));
-    let rows = batch::with_batch_plan_shape(|| role::run_as(policy.owner, true, || {
-        Spi::connect(|client| {
-            client
-                .select(query.as_str(), None, &policy.args(max_rows))?
-                .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default(), r.get::<bool>(3)?.unwrap_or(false), r.get::<pgrx::JsonB>(4)?)))
-                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    let rows = batch::with_batch_plan_shape(|| {
+        role::run_as(policy.owner, true, || {
+            Spi::connect(|client| {
+                client
+                    .select(query.as_str(), None, &policy.args(max_rows))?
+                    .map(|r| {
+                        Ok((
+                            r.get::<String>(1)?.unwrap_or_default(),
+                            r.get::<String>(2)?.unwrap_or_default(),
+                            r.get::<bool>(3)?.unwrap_or(false),
+                            r.get::<pgrx::JsonB>(4)?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+            })
+            .unwrap_or_else(|e| error::internal(e))
         })
-        .unwrap_or_else(|e| error::internal(e))
-    }));
+    });
     TableIterator::new(rows)
 }
 
 /// A policy's id and owner by name, after checking the caller may act for the owner. Works
 /// when the policy's table is gone (unlike `Policy::load`), so broken policies can be dropped.
 fn policy_for_change(name: &str) -> (i32, pg_sys::Oid) {
-    let found = crate::sql::optional_row(
-        "SELECT id, owner::oid FROM lifecycle.policies WHERE name = $1",
-        &[name.into()],
-        |row| Ok((row.get::<i32>(1)?.unwrap_or_default(), row.get::<pg_sys::Oid>(2)?.unwrap_or_default())),
-    );
+    let found = crate::sql::optional_row("SELECT id, owner::oid FROM lifecycle.policies WHERE name = $1", &[name.into()], |row| {
+        Ok((row.get::<i32>(1)?.unwrap_or_default(), row.get::<pg_sys::Oid>(2)?.unwrap_or_default()))
+    });
     let Some((id, owner)) = found else {
         error::raise(
             Code::ERRCODE_UNDEFINED_OBJECT,
@@ -171,7 +178,17 @@ fn ulid_floor_text(at: TimestampWithTimeZone) -> String {
 pgrx::extension_sql_file!(
     "../../sql/reap.sql",
     name = "reap",
-    requires = [reap_batch, note_policy_error, estimate_backlog, policy::register_policy, backpressure::reap_backpressure, ulid_floor, ulid_floor_text, "expiry", "history"]
+    requires = [
+        reap_batch,
+        note_policy_error,
+        estimate_backlog,
+        policy::register_policy,
+        backpressure::reap_backpressure,
+        ulid_floor,
+        ulid_floor_text,
+        "expiry",
+        "history"
+    ]
 );
 pgrx::extension_sql_file!("../../sql/history.sql", name = "history", requires = ["expiry"]);
 pgrx::extension_sql_file!("../../sql/compliance.sql", name = "compliance", requires = ["reap", holds::add_hold, holds::release_hold]);

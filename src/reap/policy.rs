@@ -4,14 +4,14 @@
 //! table, column, type, option or filter is a clear error at registration instead of a
 //! failing job at 3 a.m.
 
+use super::archive;
+use super::batch;
 use crate::error::{self, Code};
 use crate::role;
 use crate::sql;
-use super::archive;
-use super::batch;
 use pgrx::datum::DatumWithOid;
-use pgrx::prelude::*;
 use pgrx::datum::Interval;
+use pgrx::prelude::*;
 use pgrx::{is_a, PgList};
 use std::ffi::CString;
 
@@ -242,7 +242,10 @@ fn child(relid: pg_sys::Oid, columns: Vec<String>, option: &str, policy_relid: p
     )
     .unwrap_or_default();
     if !matches!(kind.as_str(), "r" | "p") {
-        error::invalid_argument(format!("{option} names {name}, which is not a table"), "Name the tables whose rows reference the policy's rows.");
+        error::invalid_argument(
+            format!("{option} names {name}, which is not a table"),
+            "Name the tables whose rows reference the policy's rows.",
+        );
     }
     if relid == policy_relid && columns.iter().eq(key.iter().map(|k| &k.name)) {
         error::invalid_argument(
@@ -375,22 +378,29 @@ pub(super) fn check_filter(relid: pg_sys::Oid, relation: &str, filter: &str) {
                 let s = &*(node as *const pg_sys::SelectStmt);
                 s.op == pg_sys::SetOperation::SETOP_NONE
                     && PgList::<pg_sys::Node>::from_pg(s.targetList).len() == 1
-                    && s.fromClause.is_null() && s.whereClause.is_null() && s.withClause.is_null()
-                    && s.groupClause.is_null() && s.havingClause.is_null() && s.sortClause.is_null()
-                    && s.limitCount.is_null() && s.limitOffset.is_null() && s.lockingClause.is_null()
-                    && s.distinctClause.is_null() && s.intoClause.is_null() && s.windowClause.is_null()
+                    && s.fromClause.is_null()
+                    && s.whereClause.is_null()
+                    && s.withClause.is_null()
+                    && s.groupClause.is_null()
+                    && s.havingClause.is_null()
+                    && s.sortClause.is_null()
+                    && s.limitCount.is_null()
+                    && s.limitOffset.is_null()
+                    && s.lockingClause.is_null()
+                    && s.distinctClause.is_null()
+                    && s.intoClause.is_null()
+                    && s.windowClause.is_null()
             })
     };
     if !single_expression || !sql::parens_stay_balanced(filter) {
         error::invalid_argument(format!("filter {} is not a single expression", sql::literal(filter)), hint);
     }
     // Planning checks columns and the boolean type (42703 / 42804 from Postgres itself).
-    let plan = Spi::get_one::<pgrx::Json>(&format!(
-        "EXPLAIN (VERBOSE, COSTS OFF, FORMAT JSON) SELECT 1 FROM {relation} t WHERE ({filter})"
-    ))
-    .unwrap_or_else(|e| error::internal(e))
-    .map(|j| j.0)
-    .unwrap_or_default();
+    let plan =
+        Spi::get_one::<pgrx::Json>(&format!("EXPLAIN (VERBOSE, COSTS OFF, FORMAT JSON) SELECT 1 FROM {relation} t WHERE ({filter})"))
+            .unwrap_or_else(|e| error::internal(e))
+            .map(|j| j.0)
+            .unwrap_or_default();
     let allowed: Vec<(String, String)> = Spi::connect(|client| {
         client
             .select(
@@ -409,7 +419,9 @@ pub(super) fn check_filter(relid: pg_sys::Oid, relation: &str, filter: &str) {
         if node.get("Subplan Name").is_some() {
             foreign = true;
         }
-        if let (Some(schema), Some(name)) = (node.get("Schema").and_then(|v| v.as_str()), node.get("Relation Name").and_then(|v| v.as_str())) {
+        if let (Some(schema), Some(name)) =
+            (node.get("Schema").and_then(|v| v.as_str()), node.get("Relation Name").and_then(|v| v.as_str()))
+        {
             if !allowed.iter().any(|(s, n)| s == schema && n == name) {
                 foreign = true;
             }
@@ -477,10 +489,7 @@ fn register_policy(
     let time_col = column(relid, time_column, &relation);
     let kind = time_kind(time_kind_given, &time_col, time_column);
     if kind == "ulid" && older_than.is_none() {
-        error::invalid_argument(
-            "a ULID time column records creation time, so it needs older_than".into(),
-            "E.g. older_than => '7 days'.",
-        );
+        error::invalid_argument("a ULID time column records creation time, so it needs older_than".into(), "E.g. older_than => '7 days'.");
     }
     if older_than.as_ref().is_some_and(|i| i.as_micros() <= 0) {
         error::invalid_argument("older_than must be a positive interval".into(), "E.g. older_than => '30 days'.");

@@ -53,7 +53,10 @@ pub fn upstream_history(c: &mut Client, n: i32) {
 }
 
 pub fn unfilled(c: &mut Client) -> i64 {
-    count(c, "SELECT count(*) FROM mas.upstream_oauth_authorization_sessions s
+    count(
+        c,
+        "SELECT count(*) FROM mas.upstream_oauth_authorization_sessions s
                WHERE s.user_session_id IS NULL AND EXISTS (SELECT 1 FROM mas.user_session_authentications a
-                     WHERE a.upstream_oauth_authorization_session_id = s.upstream_oauth_authorization_session_id)")
+                     WHERE a.upstream_oauth_authorization_session_id = s.upstream_oauth_authorization_session_id)",
+    )
 }

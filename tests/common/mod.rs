@@ -84,12 +84,7 @@ fn as_pg_user(program: &str) -> Command {
 
 fn run(mut cmd: Command, what: &str) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{what} failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 fn free_port() -> u16 {
@@ -131,11 +126,9 @@ impl Cluster {
     /// A fresh directory for a cluster, which the cluster's owner can enter.
     fn new_root() -> PathBuf {
         let root = PathBuf::from(
-            String::from_utf8(
-                Command::new("mktemp").args(["-d", "/tmp/pg_lifecycle-it.XXXXXX"]).output().expect("mktemp").stdout,
-            )
-            .expect("utf8")
-            .trim(),
+            String::from_utf8(Command::new("mktemp").args(["-d", "/tmp/pg_lifecycle-it.XXXXXX"]).output().expect("mktemp").stdout)
+                .expect("utf8")
+                .trim(),
         );
         run(cmd("chmod", &["755", root.to_str().unwrap()]), "chmod");
         if running_as_root() {
@@ -195,6 +188,8 @@ impl Cluster {
             data = self.data_dir().display(),
             root = self.root.display(),
         );
+        // Left running on purpose: it outlives this process to clean up after a killed run.
+        #[allow(clippy::zombie_processes)]
         Command::new("setsid")
             .args(["sh", "-c", &script])
             .stdin(Stdio::null())
