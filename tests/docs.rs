@@ -1,6 +1,6 @@
 #![cfg(not(feature = "pg_test"))]
-//! Every public SQL object in schema lifecycle is documented in docs/ (names starting with
-//! `_` are internal helpers and are exempt).
+//! Every public SQL object in schema lifecycle is documented in docs/ and has a comment for
+//! psql's `\df+` / `\d+` (names starting with `_` are internal helpers and are exempt).
 mod common;
 use common::Cluster;
 
@@ -32,4 +32,25 @@ fn every_public_object_is_documented() {
     };
     let missing: Vec<&String> = names.iter().filter(|n| !documented(n)).collect();
     assert!(missing.is_empty(), "not documented in docs/: {missing:?}");
+}
+
+#[test]
+fn every_public_object_has_a_comment() {
+    let db = Cluster::shared().fresh_db();
+    let missing: Vec<String> = db
+        .connect()
+        .query(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p
+              WHERE p.pronamespace = 'lifecycle'::regnamespace AND p.proname !~ '^_' AND obj_description(p.oid, 'pg_proc') IS NULL
+             UNION ALL
+             SELECT c.oid::regclass::text FROM pg_class c
+              WHERE c.relnamespace = 'lifecycle'::regnamespace AND c.relkind IN ('r', 'p', 'v') AND NOT c.relispartition
+                AND c.relname !~ '^_' AND obj_description(c.oid, 'pg_class') IS NULL",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(missing.is_empty(), "public objects without COMMENT ON (sql/comments.sql): {missing:?}");
 }

@@ -9,7 +9,7 @@ use common::{count, sqlstate, Cluster, ClusterOptions};
 use postgres::Client;
 
 /// Everything the extension defines, as comparable text: routines with their bodies, settings,
-/// rights and volatility; columns, constraints, indexes, views, triggers, ACLs, members.
+/// rights and volatility; columns, constraints, indexes, views, triggers, ACLs, comments, members.
 /// Partitions are left out: they are data (the history's periods), made at run time by
 /// lifecycle._maintain_history or, for an upgraded audit log's past months, by the upgrade.
 const CATALOG: &str = "
@@ -55,6 +55,12 @@ SELECT x FROM (
   UNION ALL
   SELECT format('schema acl %s', a.grantee::regrole::text || ':' || a.privilege_type)
     FROM pg_namespace n, aclexplode(n.nspacl) a WHERE n.nspname = 'lifecycle'
+  UNION ALL
+  SELECT format('comment %s: %s', pg_describe_object(d.classoid, d.objoid, d.objsubid), d.description)
+    FROM pg_description d
+   WHERE (d.classoid = 'pg_proc'::regclass AND d.objoid IN (SELECT oid FROM pg_proc WHERE pronamespace = 'lifecycle'::regnamespace))
+      OR (d.classoid = 'pg_class'::regclass
+          AND d.objoid IN (SELECT oid FROM pg_class WHERE relnamespace = 'lifecycle'::regnamespace AND NOT relispartition))
   UNION ALL
   SELECT format('config dump %s', cfg::regclass)
     FROM pg_extension e, unnest(e.extconfig) cfg WHERE e.extname = 'pg_lifecycle'
