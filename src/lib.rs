@@ -45,6 +45,10 @@ pub mod pg_test {
 }
 
 // Comments once every object exists (what \df+ and \d+ show).
-pgrx::extension_sql_file!("../sql/comments.sql", name = "comments", requires = ["check", "schedule", "links", "compliance", "activity", "expiry"]);
+pgrx::extension_sql_file!(
+    "../sql/comments.sql",
+    name = "comments",
+    requires = ["check", "schedule", "links", "compliance", "activity", "expiry"]
+);
 // Privileges are granted once every object exists (sql/privileges.sql, docs/security.md).
 pgrx::extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);

@@ -37,6 +37,12 @@ const WAYS: usize = 4;
 const MAX_PENDING: usize = 65536;
 /// Bits of a generation that belong to the user bucket; the rest is the global epoch.
 const BUCKET_GEN_BITS: u32 = 40;
+/// Two-phase transactions that deleted activity rows and are prepared but not yet committed
+/// or rolled back, at most this many at once (see `Doubts`).
+const MAX_DOUBTS: usize = 64;
+/// The generation of a call made while such a transaction is in doubt: it matches no entry,
+/// and nothing is remembered under it.
+const IN_DOUBT: u64 = u64::MAX;
 
 /// The activity part of the shared header ([`crate::shmem::Header`]): counters, the
 /// invalidation generations and the storm budget. The cache's slots are the region's tail.
@@ -49,6 +55,13 @@ pub struct Shared {
     user_gens: [AtomicU64; USER_BUCKETS],
     storm_second: AtomicI64,
     storm_count: AtomicU64,
+    /// Transactions in doubt (their top-level xids, 0 = free slot) and how many slots are
+    /// taken. A prepared transaction that deleted activity rows commits later, perhaps in
+    /// another backend (COMMIT PREPARED, Citus's two-phase commit) that knows nothing of the
+    /// cache: while it is in doubt the cache is not used at all, and the first call after it
+    /// resolved moves the epoch on, so that nothing remembered meanwhile survives.
+    doubts: [AtomicU32; MAX_DOUBTS],
+    doubts_taken: AtomicU32,
 }
 
 impl Shared {
@@ -60,6 +73,8 @@ impl Shared {
             user_gens: [const { AtomicU64::new(0) }; USER_BUCKETS],
             storm_second: AtomicI64::new(i64::MIN),
             storm_count: AtomicU64::new(0),
+            doubts: [const { AtomicU32::new(0) }; MAX_DOUBTS],
+            doubts_taken: AtomicU32::new(0),
         }
     }
 
@@ -177,9 +192,14 @@ impl UserKey {
         Fingerprint(hi.finish(), lo.finish() | 1)
     }
 
-    /// The generation entries of this user must carry to be believed.
+    /// The generation entries of this user must carry to be believed ([`IN_DOUBT`] while a
+    /// prepared transaction that deleted activity rows is unresolved).
     pub fn generation(&self) -> u64 {
-        shared().map_or(0, |h| generation_of(h, self.bucket))
+        match shared() {
+            None => 0,
+            Some(h) if in_doubt(h) => IN_DOUBT,
+            Some(h) => generation_of(h, self.bucket),
+        }
     }
 
     pub fn bucket(&self) -> usize {
@@ -193,13 +213,54 @@ fn generation_of(h: &Shared, bucket: usize) -> u64 {
     (epoch << BUCKET_GEN_BITS) ^ (user & ((1 << BUCKET_GEN_BITS) - 1))
 }
 
+/// Whether a transaction in doubt is still unresolved. Slots of resolved ones are freed, and
+/// each freed slot moves the epoch on (invalidating what was remembered while it was open).
+fn in_doubt(h: &Shared) -> bool {
+    if h.doubts_taken.load(Ordering::Acquire) == 0 {
+        return false;
+    }
+    let mut open = false;
+    for slot in &h.doubts {
+        let xid = slot.load(Ordering::Acquire);
+        if xid == 0 {
+            continue;
+        }
+        // SAFETY: a ProcArray lookup; prepared transactions count as in progress.
+        if unsafe { pg_sys::TransactionIdIsInProgress(pg_sys::TransactionId::from(xid)) } {
+            open = true;
+        } else if slot.compare_exchange(xid, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            h.epoch.fetch_add(1, Ordering::AcqRel);
+            h.doubts_taken.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    open
+}
+
+/// Marks the preparing transaction as in doubt and forgets everything cached; false when no
+/// slot is free.
+fn enter_doubt(h: &Shared) -> bool {
+    // SAFETY: plain read; a transaction that deleted rows has an xid.
+    let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() }.into_inner();
+    if xid == 0 {
+        return true;
+    }
+    for slot in &h.doubts {
+        if slot.compare_exchange(0, xid, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            h.doubts_taken.fetch_add(1, Ordering::AcqRel);
+            h.epoch.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
+    }
+    false
+}
+
 // ---------------------------------------------------------------------------------------
 // Lookup and insert
 
 /// What the cache knows of a row: its last_seen_at is at least the returned value.
 pub fn lookup(fp: Fingerprint, generation: u64) -> Option<i64> {
     let slots = slots();
-    if slots.is_empty() {
+    if slots.is_empty() || generation == IN_DOUBT {
         return None;
     }
     let base = set_start(fp, slots.len());
@@ -279,7 +340,7 @@ static CALLBACKS_REGISTERED: AtomicBool = AtomicBool::new(false);
 
 /// Remembers `seen` for the row once the current (sub)transaction commits.
 pub fn remember_on_commit(fp: Fingerprint, seen: i64, generation: u64) {
-    if shared().is_none() || uses_transaction_snapshot() {
+    if shared().is_none() || generation == IN_DOUBT || uses_transaction_snapshot() {
         return;
     }
     register_callbacks();
@@ -339,18 +400,18 @@ unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: 
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_PREPARE => {
-            // The delete would commit later (COMMIT PREPARED), possibly in another backend that
-            // knows nothing of it; entries cached meanwhile would outlive the rows.
+            // The delete commits later (COMMIT PREPARED), possibly in another backend that
+            // knows nothing of it: the cache stays out of use until then (see `Shared::doubts`).
             let forgets = TXN.with(|t| {
                 let t = t.borrow();
                 t.forget_all || !t.forget_buckets.is_empty()
             });
-            if forgets {
+            if forgets && !shared().is_some_and(enter_doubt) {
                 crate::error::raise(
-                    crate::error::Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-                    "cannot PREPARE a transaction that deleted or moved back lifecycle activity rows",
+                    crate::error::Code::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                    format!("more than {MAX_DOUBTS} prepared transactions at once deleted lifecycle activity rows"),
                     None,
-                    Some("Delete activity rows (e.g. lifecycle.forget_user) outside two-phase transactions."),
+                    Some("Commit or roll back the prepared transactions (pg_prepared_xacts), then retry."),
                 );
             }
         }

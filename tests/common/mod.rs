@@ -216,6 +216,8 @@ impl Cluster {
             "cron.use_background_workers = on".into(),
             "fsync = off".into(),
             "max_connections = 100".into(),
+            // Two-phase commit, as Citus uses it (tests/activity.rs).
+            "max_prepared_transactions = 10".into(),
             "log_min_messages = log".into(),
         ];
         conf.extend(options.extra_conf.iter().cloned());
