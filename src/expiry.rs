@@ -9,9 +9,9 @@
 //! which is what makes the one-argument call behave as STABLE without a second function.
 
 use crate::error;
-use crate::shmem;
+use crate::shmem::{self, Region};
 use pgrx::prelude::*;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 const NEVER_EXPIRES_MS_HINT: &str = "Unix milliseconds must be >= 0; use 0 for a token that never expires.";
 
@@ -87,15 +87,39 @@ fn clamp_expiry_ms(session_expires_at_ms: i64, token_expires_at_ms: i64) -> i64 
     }
 }
 
-/// Counts one rejection (called by `reject_if_expired` before it raises). The counter lives in
-/// shared memory when preloaded (else it is this backend's), so it survives the caller's
-/// rollback, which is the point of an audit trace.
+/// The rejection counters. They live in shared memory when preloaded (else they are this
+/// backend's), so they survive the caller's rollback, which is the point of an audit trace.
+#[repr(C)]
+struct Counters {
+    rejected_total: AtomicU64,
+    last_rejected_at: AtomicI64,
+}
+
+static REGION: Region = Region::new(c"pg_lifecycle expiry", || size_of::<Counters>(), init_region);
+static LOCAL: Counters = Counters { rejected_total: AtomicU64::new(0), last_rejected_at: AtomicI64::new(i64::MIN) };
+
+/// SAFETY: `block` is a fresh, zeroed block of size_of::<Counters>() bytes.
+unsafe fn init_region(block: *mut u8, _len: usize) {
+    unsafe { (*block.cast::<Counters>()).last_rejected_at.store(i64::MIN, Ordering::Relaxed) };
+}
+
+fn counters() -> &'static Counters {
+    // SAFETY: the region holds one Counters (init_region), never freed.
+    REGION.get().map_or(&LOCAL, |(block, _)| unsafe { &*block.cast::<Counters>() })
+}
+
+/// Asks for the counters' shared memory (from `_PG_init`, while preloading).
+pub fn init() {
+    REGION.request();
+}
+
+/// Counts one rejection (called by `reject_if_expired` before it raises).
 #[pg_extern(schema = "lifecycle", volatile, name = "_count_token_rejection")]
 fn count_token_rejection() {
-    let h = shmem::header();
-    h.expiry_rejected_total.fetch_add(1, Ordering::Relaxed);
+    let h = counters();
+    h.rejected_total.fetch_add(1, Ordering::Relaxed);
     // SAFETY: plain clock read.
-    h.expiry_last_rejected_at.fetch_max(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::Relaxed);
+    h.last_rejected_at.fetch_max(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::Relaxed);
 }
 
 /// Rejection counters: cluster-wide when preloaded, else this backend's own.
@@ -103,9 +127,9 @@ fn count_token_rejection() {
 fn expiry_rejections(
 ) -> TableIterator<'static, (name!(rejected_total, i64), name!(last_rejected_at, Option<TimestampWithTimeZone>), name!(cluster_wide, bool))>
 {
-    let h = shmem::header();
-    let total = i64::try_from(h.expiry_rejected_total.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
-    let last = h.expiry_last_rejected_at.load(Ordering::Relaxed);
+    let h = counters();
+    let total = i64::try_from(h.rejected_total.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+    let last = h.last_rejected_at.load(Ordering::Relaxed);
     let last = (last != i64::MIN).then(|| TimestampWithTimeZone::try_from(last).ok()).flatten();
     TableIterator::once((total, last, shmem::preloaded()))
 }
@@ -113,9 +137,9 @@ fn expiry_rejections(
 /// Resets the rejection counters; returns the total before the reset.
 #[pg_extern(schema = "lifecycle", volatile)]
 fn reset_expiry_rejections() -> i64 {
-    let h = shmem::header();
-    h.expiry_last_rejected_at.store(i64::MIN, Ordering::Relaxed);
-    i64::try_from(h.expiry_rejected_total.swap(0, Ordering::Relaxed)).unwrap_or(i64::MAX)
+    let h = counters();
+    h.last_rejected_at.store(i64::MIN, Ordering::Relaxed);
+    i64::try_from(h.rejected_total.swap(0, Ordering::Relaxed)).unwrap_or(i64::MAX)
 }
 
 pgrx::extension_sql_file!(

@@ -1,7 +1,8 @@
 //! pg_lifecycle: identity-data lifecycle inside PostgreSQL.
 //!
-//! This file only wires modules and `_PG_init`; each capability lives in its own module
-//! (see STYLE: one module per capability).
+//! This file only wires modules and `_PG_init`. Each capability (activity, expiry, reap,
+//! links, schedule, check) lives in its own module and uses the core modules (error, role,
+//! sql, shmem, time); a core module never uses a capability (tests/layers.rs checks it).
 
 use pgrx::prelude::*;
 
@@ -30,6 +31,7 @@ mod lifecycle {}
 pub extern "C-unwind" fn _PG_init() {
     shmem::init();
     activity::init();
+    expiry::init();
     reap::init();
 }
 
@@ -48,7 +50,21 @@ pub mod pg_test {
 pgrx::extension_sql_file!(
     "../sql/comments.sql",
     name = "comments",
-    requires = ["check", "schedule", "links", "compliance", "activity", "expiry"]
+    requires = [
+        "check",
+        "schedule",
+        "links",
+        "compliance",
+        "activity",
+        "expiry",
+        expiry::clamp_expiry_at,
+        expiry::clamp_expiry_ms,
+        expiry::reset_expiry_rejections,
+        reap::preview,
+        reap::drop_policy,
+        reap::set_policy_enabled,
+        activity::reset_activity_stats,
+    ]
 );
 // Privileges are granted once every object exists (sql/privileges.sql, docs/security.md).
 pgrx::extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);

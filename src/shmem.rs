@@ -1,44 +1,69 @@
-//! The extension's shared memory: one region, allocated at postmaster start when the library
-//! is in `shared_preload_libraries`.
+//! Shared memory: named regions, allocated at postmaster start when the library is in
+//! `shared_preload_libraries`. This module knows how to get them, not what is in them: each
+//! capability declares its own [`Region`] (its size and how to initialise it) and reads it.
 //!
-//! Postgres hands out add-in shared memory only then, so every user of it must also work
-//! without it: the same [`Header`] then lives in this process ([`header`] returns it), which
-//! makes every counter a per-backend one, and there is no activity cache ([`tail`] is empty).
-//! [`preloaded`] tells which case a backend is in.
+//! Postgres hands out add-in shared memory only at postmaster start, so every user of it must
+//! also work without it: [`Region::get`] is then `None` and the capability falls back to a
+//! process-local copy (its counters become per-backend ones). [`preloaded`] tells which case a
+//! backend is in.
 
-use crate::activity;
 use pgrx::prelude::*;
-use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
-/// The region's fixed part; the activity cache's slots follow it (the "tail").
-#[repr(C)]
-pub struct Header {
-    pub expiry_rejected_total: AtomicU64,
-    pub expiry_last_rejected_at: AtomicI64,
-    pub activity: activity::cache::Shared,
-    tail_bytes: usize,
+/// A block of shared memory of one capability.
+pub struct Region {
+    name: &'static CStr,
+    /// Its size in bytes, asked once at postmaster start (settings are loaded by then).
+    size: fn() -> usize,
+    /// Fills a fresh, zeroed block of `len` bytes.
+    init: unsafe fn(block: *mut u8, len: usize),
+    block: AtomicPtr<u8>,
+    len: AtomicUsize,
 }
 
-impl Header {
-    const fn new() -> Self {
-        Header {
-            expiry_rejected_total: AtomicU64::new(0),
-            expiry_last_rejected_at: AtomicI64::new(i64::MIN),
-            activity: activity::cache::Shared::new(),
-            tail_bytes: 0,
+impl Region {
+    pub const fn new(name: &'static CStr, size: fn() -> usize, init: unsafe fn(*mut u8, usize)) -> Self {
+        Region { name, size, init, block: AtomicPtr::new(std::ptr::null_mut()), len: AtomicUsize::new(0) }
+    }
+
+    /// Asks for the region; call from `_PG_init`. Does nothing unless the postmaster is
+    /// preloading the library.
+    pub fn request(&'static self) {
+        // SAFETY: _PG_init runs single-threaded; REGIONS is only read by the hooks, later.
+        unsafe {
+            if !pg_sys::process_shared_preload_libraries_in_progress {
+                return;
+            }
+            let regions = &mut *(&raw mut REGIONS);
+            assert!(regions.len < MAX_REGIONS, "too many shared-memory regions");
+            regions.list[regions.len] = Some(self);
+            regions.len += 1;
         }
+    }
+
+    /// The block and its length, when the library was preloaded.
+    pub fn get(&self) -> Option<(*mut u8, usize)> {
+        let block = self.block.load(Ordering::Acquire);
+        (!block.is_null()).then(|| (block, self.len.load(Ordering::Acquire)))
     }
 }
 
-/// Set in the postmaster's shmem startup hook, inherited by every backend.
-static SHARED: AtomicPtr<Header> = AtomicPtr::new(std::ptr::null_mut());
-/// This backend's own header when the library is not preloaded.
-static LOCAL: Header = Header::new();
+const MAX_REGIONS: usize = 4;
+
+struct Regions {
+    list: [Option<&'static Region>; MAX_REGIONS],
+    len: usize,
+}
+
+static mut REGIONS: Regions = Regions { list: [None; MAX_REGIONS], len: 0 };
+/// Set once the regions exist (postmaster start), inherited by every backend.
+static ATTACHED: AtomicBool = AtomicBool::new(false);
 
 static mut PREV_SHMEM_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 
-/// Installs the hooks that create the region (only while the postmaster preloads us).
+/// Installs the hooks that create the regions (only while the postmaster preloads us).
 pub fn init() {
     // SAFETY: read-only flag set by the postmaster before it calls _PG_init; _PG_init runs
     // once there, single-threaded, and the hooks are chained.
@@ -53,8 +78,10 @@ pub fn init() {
     }
 }
 
-fn region_size() -> usize {
-    size_of::<Header>() + activity::cache::tail_bytes()
+fn regions() -> impl Iterator<Item = &'static Region> {
+    // SAFETY: written only by Region::request during _PG_init, before the hooks run.
+    let regions = unsafe { &*(&raw const REGIONS) };
+    regions.list[..regions.len].iter().flatten().copied()
 }
 
 #[pg_guard]
@@ -64,60 +91,40 @@ unsafe extern "C-unwind" fn on_shmem_request() {
         if let Some(prev) = PREV_SHMEM_REQUEST_HOOK {
             prev();
         }
-        pg_sys::RequestAddinShmemSpace(region_size());
+        for region in regions() {
+            pg_sys::RequestAddinShmemSpace((region.size)());
+        }
     }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_shmem_startup() {
-    // SAFETY: the standard ShmemInitStruct protocol under AddinShmemInitLock. A fresh region
-    // gets a new header and a zeroed tail (empty slots).
+    // SAFETY: the standard ShmemInitStruct protocol under AddinShmemInitLock. A fresh block is
+    // zeroed, then initialised by its owner.
     unsafe {
         if let Some(prev) = PREV_SHMEM_STARTUP_HOOK {
             prev();
         }
-        let size = region_size();
         // AddinShmemInitLock is a C macro: MainLWLockArray[21].
         let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
         pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let mut found = false;
-        let ptr = pg_sys::ShmemInitStruct(c"pg_lifecycle".as_ptr(), size, &mut found).cast::<Header>();
-        if !found {
-            std::ptr::write(ptr, Header::new());
-            (*ptr).tail_bytes = size - size_of::<Header>();
-            std::ptr::write_bytes(ptr.add(1).cast::<u8>(), 0, (*ptr).tail_bytes);
-            (*ptr).activity.started(pg_sys::GetCurrentTimestamp());
+        for region in regions() {
+            let len = (region.size)();
+            let mut found = false;
+            let block = pg_sys::ShmemInitStruct(region.name.as_ptr(), len, &mut found).cast::<u8>();
+            if !found {
+                std::ptr::write_bytes(block, 0, len);
+                (region.init)(block, len);
+            }
+            region.len.store(len, Ordering::Release);
+            region.block.store(block, Ordering::Release);
         }
         pg_sys::LWLockRelease(init_lock);
-        SHARED.store(ptr, Ordering::Release);
+        ATTACHED.store(true, Ordering::Release);
     }
-}
-
-/// The shared header, when the library was preloaded.
-pub fn shared() -> Option<&'static Header> {
-    // SAFETY: set once before any backend exists and never freed while the server runs.
-    unsafe { SHARED.load(Ordering::Acquire).as_ref() }
-}
-
-/// The shared header when preloaded, else this backend's own.
-pub fn header() -> &'static Header {
-    shared().unwrap_or(&LOCAL)
 }
 
 /// True when shared memory is available (library preloaded at server start).
 pub fn preloaded() -> bool {
-    shared().is_some()
-}
-
-/// The tail of the shared region as `T`s (empty when not preloaded).
-///
-/// # Safety
-/// `T` must be the one type the tail was sized for (`activity::cache::tail_bytes`), and valid
-/// when zeroed.
-pub unsafe fn tail<T>() -> &'static [T] {
-    match shared() {
-        // SAFETY: the tail follows the header in the region sized for it at startup.
-        Some(h) => unsafe { std::slice::from_raw_parts((h as *const Header).add(1).cast::<T>(), h.tail_bytes / size_of::<T>()) },
-        None => &[],
-    }
+    ATTACHED.load(Ordering::Acquire)
 }

@@ -7,7 +7,7 @@
 //! invalidates the user's entries when the deleting transaction commits (see `generation`).
 //! A miss, a torn read, an evicted slot or a restart only sends the call to the table.
 
-use crate::shmem;
+use crate::shmem::Region;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -44,8 +44,8 @@ const MAX_DOUBTS: usize = 64;
 /// and nothing is remembered under it.
 const IN_DOUBT: u64 = u64::MAX;
 
-/// The activity part of the shared header ([`crate::shmem::Header`]): counters, the
-/// invalidation generations and the storm budget. The cache's slots are the region's tail.
+/// The head of the activity region: counters, the invalidation generations and the storm
+/// budget. The cache's slots follow it in the same region.
 #[repr(C)]
 pub struct Shared {
     counters: [AtomicU64; COUNTER_SLOTS],
@@ -96,23 +96,49 @@ struct Slot {
     generation: AtomicU64,
 }
 
-/// Bytes of shared memory the slots need (the region's tail), from the configured size.
-pub fn tail_bytes() -> usize {
-    super::cache_slots() * size_of::<Slot>()
+/// The activity region: [`Shared`], then the cache's slots (as many as configured).
+static REGION: Region = Region::new(c"pg_lifecycle activity", region_bytes, init_region);
+/// This backend's own head when the library is not preloaded (no slots then).
+static LOCAL: Shared = Shared::new();
+
+/// Asks for the region (from `_PG_init`, while preloading).
+pub fn request_shared_memory() {
+    REGION.request();
 }
 
-/// The activity part of the shared header when preloaded, else this backend's own.
-fn header() -> &'static Shared {
-    &shmem::header().activity
+fn region_bytes() -> usize {
+    // Slots are 8-aligned and Shared's size is a multiple of 8 (it holds u64s).
+    size_of::<Shared>() + super::cache_slots() * size_of::<Slot>()
+}
+
+/// SAFETY: `block` is a fresh, zeroed, MAXALIGNed block of `region_bytes()` bytes; a zeroed
+/// slot is an empty one.
+unsafe fn init_region(block: *mut u8, _len: usize) {
+    unsafe {
+        std::ptr::write(block.cast::<Shared>(), Shared::new());
+        (*block.cast::<Shared>()).started(pg_sys::GetCurrentTimestamp());
+    }
 }
 
 fn shared() -> Option<&'static Shared> {
-    shmem::shared().map(|h| &h.activity)
+    // SAFETY: the region starts with the Shared written by init_region, never freed.
+    REGION.get().map(|(block, _)| unsafe { &*block.cast::<Shared>() })
+}
+
+/// The shared head when preloaded, else this backend's own.
+fn header() -> &'static Shared {
+    shared().unwrap_or(&LOCAL)
 }
 
 fn slots() -> &'static [Slot] {
-    // SAFETY: the tail is sized in slots (tail_bytes) and a zeroed slot is an empty one.
-    unsafe { shmem::tail::<Slot>() }
+    match REGION.get() {
+        // SAFETY: the slots follow Shared in the region sized for them (region_bytes).
+        Some((block, len)) => unsafe {
+            let first = block.add(size_of::<Shared>()).cast::<Slot>();
+            std::slice::from_raw_parts(first, (len - size_of::<Shared>()) / size_of::<Slot>())
+        },
+        None => &[],
+    }
 }
 
 pub fn count(counter: Counter, n: u64) {

@@ -34,7 +34,8 @@ static SAMPLE_RATE: GucSetting<f64> = GucSetting::<f64>::new(1.0);
 static MAX_NEW_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
 static CACHE_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(262_144);
 
-/// Defines the GUCs (the cache size only while preloading: src/shmem.rs sizes the region).
+/// Defines the GUCs (the cache size only while preloading, when it sizes the shared region)
+/// and asks for the region.
 pub fn init() {
     define_gucs();
     // SAFETY: read-only flag set by the postmaster before it calls _PG_init.
@@ -51,6 +52,7 @@ pub fn init() {
             GucFlags::default(),
         );
     }
+    cache::request_shared_memory();
 }
 
 fn define_gucs() {
