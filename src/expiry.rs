@@ -95,7 +95,7 @@ struct Counters {
     last_rejected_at: AtomicI64,
 }
 
-static REGION: Region = Region::new(c"pg_lifecycle expiry", || size_of::<Counters>(), init_region);
+static REGION: Region = Region::new(c"pg_lifecycle expiry", size_of::<Counters>, init_region);
 static LOCAL: Counters = Counters { rejected_total: AtomicU64::new(0), last_rejected_at: AtomicI64::new(i64::MIN) };
 
 /// SAFETY: `block` is a fresh, zeroed block of size_of::<Counters>() bytes.

@@ -35,10 +35,11 @@ impl Region {
             if !pg_sys::process_shared_preload_libraries_in_progress {
                 return;
             }
-            let regions = &mut *(&raw mut REGIONS);
-            assert!(regions.len < MAX_REGIONS, "too many shared-memory regions");
-            regions.list[regions.len] = Some(self);
-            regions.len += 1;
+            let regions = &raw mut REGIONS;
+            let len = (*regions).len;
+            assert!(len < MAX_REGIONS, "too many shared-memory regions");
+            (*regions).list[len] = Some(self);
+            (*regions).len = len + 1;
         }
     }
 
@@ -80,8 +81,9 @@ pub fn init() {
 
 fn regions() -> impl Iterator<Item = &'static Region> {
     // SAFETY: written only by Region::request during _PG_init, before the hooks run.
-    let regions = unsafe { &*(&raw const REGIONS) };
-    regions.list[..regions.len].iter().flatten().copied()
+    let regions = &raw const REGIONS;
+    let (list, len) = unsafe { (&(*regions).list, (*regions).len) };
+    list[..len].iter().flatten().copied()
 }
 
 #[pg_guard]
