@@ -14,7 +14,8 @@ CREATE TABLE lifecycle.activity (
 CREATE INDEX activity_last_seen_idx ON lifecycle.activity (last_seen_at, user_id);
 
 -- One row per granted scope with its own clock: a grant for one scope must not make another
--- scope of the same (user, client) look alive (the FxA review's "pollution" case).
+-- scope of the same (user, client) look alive: a Sync login must not keep a lapsed VPN
+-- subscription's scope counting as active.
 CREATE TABLE lifecycle.activity_scopes (
     user_id       text        NOT NULL,
     client_id     text        NOT NULL,
@@ -160,10 +161,7 @@ DECLARE
     cutoff timestamptz := lifecycle._check_window('idle', idle);
     scopes text[];
 BEGIN
-    IF batch IS NULL OR batch < 1 OR batch > 100000 THEN
-        RAISE EXCEPTION 'batch must be between 1 and 100000, got %', coalesce(batch::text, 'NULL')
-            USING ERRCODE = CASE WHEN batch IS NULL THEN '22004' ELSE '22023' END, HINT = 'Page with after_seen/after_user.';
-    END IF;
+    PERFORM lifecycle._require_batch(batch, 'batch');
     IF (after_seen IS NULL) <> (after_user IS NULL) THEN
         RAISE EXCEPTION 'after_seen and after_user go together' USING ERRCODE = '22023',
             HINT = 'Pass both from the last row of the previous page, or neither for the first page.';

@@ -1,7 +1,7 @@
 -- Integrity checks over what pg_lifecycle manages. See docs/check.md.
 -- strict (default): any finding raises one ERROR (55000) naming the first problem class, with
--- every finding in DETAIL. lenient: one WARNING per finding, and the findings as rows (the
--- syn2mas "turn data-check errors into warnings" flag, as an argument).
+-- every finding in DETAIL. lenient: one WARNING per finding, and the findings as rows, for
+-- when known findings must not stop a migration or a job.
 
 CREATE TYPE lifecycle._finding AS (problem text, object text, detail text);
 
@@ -35,8 +35,7 @@ BEGIN
             object := 'policy ' || p.name;
             RETURN NEXT;
         END LOOP;
-        IF NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-                        WHERE i.indrelid = p.relation AND a.attname = p.time_column) THEN
+        IF NOT lifecycle._leads_an_index(p.relation, ARRAY[p.time_column]) THEN
             problem := 'policy_without_time_index'; object := 'policy ' || p.name;
             detail := format('no index on %s starts with %s: every batch scans the table', p.relation, p.time_column);
             RETURN NEXT;

@@ -88,15 +88,8 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
-    IF consumer IS NULL OR consumer !~ '^[a-z][a-z0-9_]{0,62}$' THEN
-        RAISE EXCEPTION 'invalid consumer name %', coalesce(quote_literal(consumer), 'NULL')
-            USING ERRCODE = '22023',
-                  HINT = 'A consumer name is 1 to 63 characters: a lowercase letter, then lowercase letters, digits or _.';
-    END IF;
-    IF max_rows IS NULL OR max_rows < 1 OR max_rows > 100000 THEN
-        RAISE EXCEPTION 'max_rows must be between 1 and 100000, got %', coalesce(max_rows::text, 'NULL')
-            USING ERRCODE = '22023', HINT = 'E.g. take_events(''logout'', 100).';
-    END IF;
+    PERFORM lifecycle._require_plain_name(consumer, 'consumer name');
+    PERFORM lifecycle._require_batch(max_rows, 'max_rows');
     RETURN QUERY
     WITH picked AS (
         SELECT e.id, e.at FROM lifecycle.events e

@@ -8,7 +8,7 @@
 -- function (backfill), like the hand-written trigger and migration it replaces.
 
 CREATE TABLE lifecycle.links (
-    name             text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    name             text PRIMARY KEY CHECK (lifecycle._is_plain_name(name)),
     target           regclass NOT NULL,
     target_key       name NOT NULL,
     target_link      name NOT NULL,
@@ -25,26 +25,6 @@ CREATE TABLE lifecycle.links (
     backfilled_at    timestamptz     -- when a backfill last reached the end
 );
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.links', '');
-
--- Column type of relation.column, or an error naming what is missing.
-CREATE FUNCTION lifecycle._column_type(relation regclass, column_name name)
-RETURNS text
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    result text;
-BEGIN
-    SELECT format_type(a.atttypid, NULL) INTO result
-      FROM pg_attribute a
-     WHERE a.attrelid = relation AND a.attname = column_name AND a.attnum > 0 AND NOT a.attisdropped;
-    IF result IS NULL THEN
-        RAISE EXCEPTION 'column % of % does not exist', quote_literal(column_name), relation
-            USING ERRCODE = '42703', HINT = 'Name an existing column.';
-    END IF;
-    RETURN result;
-END
-$$;
 
 -- The trigger behind every link: one function for all links, told which by its argument.
 CREATE FUNCTION lifecycle._link_trigger()
@@ -81,10 +61,7 @@ BEGIN
        OR source IS NULL OR source_key IS NULL OR source_link IS NULL OR overwrite IS NULL THEN
         RAISE EXCEPTION 'add_link arguments must not be NULL' USING ERRCODE = '22004';
     END IF;
-    IF name !~ '^[a-z][a-z0-9_]{0,62}$' THEN
-        RAISE EXCEPTION 'invalid link name %', quote_literal(name)
-            USING ERRCODE = '22023', HINT = 'A link name is a lowercase letter, then lowercase letters, digits or _ (at most 63).';
-    END IF;
+    PERFORM lifecycle._require_plain_name(name, 'link name');
     IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = source), 'USAGE') THEN
         RAISE EXCEPTION 'must be owner of table % to add a trigger to it', source USING ERRCODE = '42501';
     END IF;
@@ -94,12 +71,12 @@ BEGIN
     END IF;
     l.name := name; l.target := target; l.target_key := target_key; l.target_link := target_link;
     l.source := source; l.source_key := source_key; l.source_link := source_link; l.overwrite := overwrite;
-    l.key_type := lifecycle._column_type(target, target_key);
-    l.link_type := lifecycle._column_type(target, target_link);
-    IF lifecycle._column_type(source, source_key) <> l.key_type OR lifecycle._column_type(source, source_link) <> l.link_type THEN
+    l.key_type := (lifecycle._column(target, target_key)).type_name;
+    l.link_type := (lifecycle._column(target, target_link)).type_name;
+    IF (lifecycle._column(source, source_key)).type_name <> l.key_type OR (lifecycle._column(source, source_link)).type_name <> l.link_type THEN
         RAISE EXCEPTION 'types differ: %.% is %, %.% is %; %.% is %, %.% is %',
-            target, target_key, l.key_type, source, source_key, lifecycle._column_type(source, source_key),
-            target, target_link, l.link_type, source, source_link, lifecycle._column_type(source, source_link)
+            target, target_key, l.key_type, source, source_key, (lifecycle._column(source, source_key)).type_name,
+            target, target_link, l.link_type, source, source_link, (lifecycle._column(source, source_link)).type_name
             USING ERRCODE = '42804', HINT = 'source_key must have target_key''s type, and source_link target_link''s.';
     END IF;
     IF EXISTS (SELECT 1 FROM lifecycle.links x WHERE x.name = l.name) THEN
@@ -181,9 +158,7 @@ DECLARE
     step text;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
-    IF batch IS NULL OR batch < 1 OR batch > 1000000 THEN
-        RAISE EXCEPTION 'batch must be between 1 and 1000000, got %', batch USING ERRCODE = '22023';
-    END IF;
+    PERFORM lifecycle._require_batch(batch, 'batch');
     l := lifecycle._require_link(link_name);
     -- Planner estimate of rows with a NULL link: cheap on any size of table.
     SELECT coalesce(c.reltuples * s.null_frac, -1)::bigint INTO estimate

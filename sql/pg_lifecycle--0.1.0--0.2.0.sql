@@ -11,7 +11,6 @@
 
 -- Rust functions that now pin search_path (same symbols, SET clause added).
 
--- src/reap/mod.rs:15
 -- pg_lifecycle::reap::_reap_batch
 CREATE OR REPLACE FUNCTION lifecycle."_reap_batch"(
 	"policy_id" INT, /* i32 */
@@ -26,7 +25,6 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'reap_batch_wrapper';
 
--- src/reap/mod.rs:26
 -- pg_lifecycle::reap::_note_policy_error
 CREATE OR REPLACE FUNCTION lifecycle."_note_policy_error"(
 	"policy_id" INT, /* i32 */
@@ -38,7 +36,6 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'note_policy_error_wrapper';
 
--- src/reap/mod.rs:50
 -- pg_lifecycle::reap::_estimate_backlog_unchecked
 CREATE OR REPLACE FUNCTION lifecycle."_estimate_backlog_unchecked"(
 	"policy_id" INT /* i32 */
@@ -48,7 +45,6 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'estimate_backlog_wrapper';
 
--- src/reap/mod.rs:70
 -- pg_lifecycle::reap::preview
 CREATE OR REPLACE FUNCTION lifecycle."preview"(
 	"policy_name" TEXT, /* & str */
@@ -64,7 +60,6 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'preview_wrapper';
 
--- src/reap/mod.rs:115
 -- pg_lifecycle::reap::drop_policy
 CREATE OR REPLACE FUNCTION lifecycle."drop_policy"(
 	"policy_name" TEXT /* & str */
@@ -74,7 +69,6 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'drop_policy_wrapper';
 
--- src/reap/mod.rs:125
 -- pg_lifecycle::reap::set_policy_enabled
 CREATE OR REPLACE FUNCTION lifecycle."set_policy_enabled"(
 	"policy_name" TEXT, /* & str */
@@ -85,7 +79,6 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'set_policy_enabled_wrapper';
 
--- src/reap/policy.rs:345
 -- pg_lifecycle::reap::policy::_add_policy
 CREATE OR REPLACE FUNCTION lifecycle."_add_policy"(
 	"name" TEXT, /* Option < & str > */
@@ -106,7 +99,6 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'add_policy_wrapper';
 
--- src/schedule.rs:34
 -- pg_lifecycle::schedule::_pg_cron_setup
 CREATE OR REPLACE FUNCTION lifecycle."_pg_cron_setup"() RETURNS TABLE (
 	"loaded" bool,  /* bool */
@@ -119,7 +111,6 @@ AS 'MODULE_PATHNAME', 'pg_cron_setup_wrapper';
 
 -- New Rust functions (activity).
 
--- src/activity/mod.rs:390
 -- pg_lifecycle::activity::_activity_counters
 CREATE OR REPLACE FUNCTION lifecycle."_activity_counters"() RETURNS TABLE (
 	"recorded" bigint,  /* i64 */
@@ -138,14 +129,12 @@ STRICT VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'activity_counters_wrapper';
 
--- src/activity/mod.rs:438
 -- pg_lifecycle::activity::_activity_forget_all_cached
 CREATE OR REPLACE FUNCTION lifecycle."_activity_forget_all_cached"() RETURNS void
 STRICT VOLATILE  
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'activity_forget_all_cached_wrapper';
 
--- src/activity/mod.rs:432
 -- pg_lifecycle::activity::_activity_forget_cached
 CREATE OR REPLACE FUNCTION lifecycle."_activity_forget_cached"(
 	"user_id" TEXT /* & str */
@@ -154,7 +143,6 @@ STRICT VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'activity_forget_cached_wrapper';
 
--- src/activity/mod.rs:197
 -- pg_lifecycle::activity::record_activity
 CREATE OR REPLACE FUNCTION lifecycle."record_activity"(
 	"user_id" TEXT, /* Option < & str > */
@@ -166,7 +154,6 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'record_activity_wrapper';
 
--- src/activity/mod.rs:425
 -- pg_lifecycle::activity::reset_activity_stats
 CREATE OR REPLACE FUNCTION lifecycle."reset_activity_stats"() RETURNS void
 STRICT VOLATILE 
@@ -390,7 +377,8 @@ CREATE TABLE lifecycle.activity (
 CREATE INDEX activity_last_seen_idx ON lifecycle.activity (last_seen_at, user_id);
 
 -- One row per granted scope with its own clock: a grant for one scope must not make another
--- scope of the same (user, client) look alive (the FxA review's "pollution" case).
+-- scope of the same (user, client) look alive: a Sync login must not keep a lapsed VPN
+-- subscription's scope counting as active.
 CREATE TABLE lifecycle.activity_scopes (
     user_id       text        NOT NULL,
     client_id     text        NOT NULL,

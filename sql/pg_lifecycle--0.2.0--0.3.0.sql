@@ -17,6 +17,75 @@
 -- partitioned by month (its rows and ids kept) and history retention drops partitions.
 -- lifecycle.keep_history's policies become retention settings (lifecycle.history).
 
+CREATE FUNCTION lifecycle."_require_batch"(
+	"value" INT, /* Option < i32 > */
+	"what" TEXT /* & str */
+) RETURNS INT /* i32 */
+IMMUTABLE PARALLEL SAFE  
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'require_batch_sql_wrapper';
+-- Rules every capability shares, each written once here (the batch bounds live in Rust:
+-- src/limits.rs, lifecycle._require_batch).
+
+-- The names of policies, links and event consumers: they appear in NOTICEs, job names, audit
+-- rows and NOTIFY channels, so nothing in them may need quoting.
+CREATE FUNCTION lifecycle._is_plain_name(name text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT name ~ '^[a-z][a-z0-9_]{0,62}$' $$;
+
+-- Raises 22023 unless `value` is a plain name; `what` names it in the message.
+CREATE FUNCTION lifecycle._require_plain_name(value text, what text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF value IS NULL OR NOT lifecycle._is_plain_name(value) THEN
+        RAISE EXCEPTION 'invalid % %', what, coalesce(quote_literal(value), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = format('A %s is 1 to 63 characters: a lowercase letter, then lowercase letters, digits or _.', what);
+    END IF;
+END
+$$;
+
+-- A column of a table as the code needs it, or 42703 naming what is missing.
+CREATE FUNCTION lifecycle._column(relation regclass, column_name name,
+                                  OUT type_oid oid, OUT type_name text, OUT not_null boolean)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT a.atttypid, format_type(a.atttypid, NULL), a.attnotnull INTO type_oid, type_name, not_null
+      FROM pg_attribute a
+     WHERE a.attrelid = relation AND a.attname = column_name AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'column % of % does not exist', quote_literal(column_name), relation
+            USING ERRCODE = '42703', HINT = 'Name an existing column of the table.';
+    END IF;
+END
+$$;
+
+-- Whether an index of `relation` starts with one of `columns` (so probing or ordering by it
+-- is an index scan, not a scan of the table).
+CREATE FUNCTION lifecycle._leads_an_index(relation regclass, columns name[])
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                    WHERE i.indrelid = relation AND a.attname = ANY (columns))
+$$;
+
+-- Names and batch sizes checked by the rules above (one home each).
+ALTER TABLE lifecycle.policies DROP CONSTRAINT policies_name_check, DROP CONSTRAINT policies_batch_size_check,
+    ADD CONSTRAINT policies_name_check CHECK (lifecycle._is_plain_name(name));
+ALTER TABLE lifecycle.links DROP CONSTRAINT links_name_check,
+    ADD CONSTRAINT links_name_check CHECK (lifecycle._is_plain_name(name));
+DROP FUNCTION lifecycle._column_type(regclass, name);
+
 -- Policies: the key as arrays (any arity), children in their own table.
 ALTER TABLE lifecycle.policies ADD COLUMN key_columns name[], ADD COLUMN key_types text[],
     ADD COLUMN target_batch_time interval CHECK (target_batch_time > interval '0');
@@ -175,8 +244,7 @@ AS $$
                 WHEN 'untouched' THEN 'untouched: the policy nullifies columns, it deletes nothing'
                 ELSE 'NOTHING: deleting a referenced row fails' END
            || CASE WHEN k.named THEN ' (named by the policy)' ELSE '' END,
-           EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-                    WHERE i.indrelid = k.relation AND a.attname = ANY (k.columns))
+           lifecycle._leads_an_index(k.relation, k.columns)
       FROM lifecycle.policies p, lifecycle._policy_children(p.id) k
      WHERE p.name = policy_name
 $$;
@@ -228,10 +296,8 @@ BEGIN
     PERFORM lifecycle._require_primary();
     -- The partitions this round's audit and event rows go to, and the history retention.
     PERFORM lifecycle._maintain_history();
-    IF batch < 1 OR batch > 100000 THEN
-        RAISE EXCEPTION 'batch must be between 1 and 100000, got %', batch
-            USING ERRCODE = '22023',
-                  HINT = 'A batch is the most rows one policy acts on per transaction; NULL (the default) lets each policy use its own size.';
+    IF batch IS NOT NULL THEN
+        PERFORM lifecycle._require_batch(batch, 'batch');  -- NULL: each policy's own size
     END IF;
     FOR p IN SELECT id, name FROM lifecycle.policies
               WHERE enabled AND id <> ALL (coalesce(skip, '{}'))
@@ -386,9 +452,7 @@ SELECT p.name,
        s.last_error_at,
        s.errors,
        lifecycle._estimate_backlog(p.id) AS estimated_backlog,
-       EXISTS (SELECT 1 FROM pg_index i
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-                WHERE i.indrelid = p.relation AND a.attname = p.time_column) AS has_time_index,
+       lifecycle._leads_an_index(p.relation, ARRAY[p.time_column]) AS has_time_index,
        coalesce(s.current_batch, p.batch_size) AS batch_size,
        p.target_batch_time,
        p.archive,
@@ -426,8 +490,7 @@ BEGIN
             object := 'policy ' || p.name;
             RETURN NEXT;
         END LOOP;
-        IF NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-                        WHERE i.indrelid = p.relation AND a.attname = p.time_column) THEN
+        IF NOT lifecycle._leads_an_index(p.relation, ARRAY[p.time_column]) THEN
             problem := 'policy_without_time_index'; object := 'policy ' || p.name;
             detail := format('no index on %s starts with %s: every batch scans the table', p.relation, p.time_column);
             RETURN NEXT;
@@ -847,15 +910,8 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
-    IF consumer IS NULL OR consumer !~ '^[a-z][a-z0-9_]{0,62}$' THEN
-        RAISE EXCEPTION 'invalid consumer name %', coalesce(quote_literal(consumer), 'NULL')
-            USING ERRCODE = '22023',
-                  HINT = 'A consumer name is 1 to 63 characters: a lowercase letter, then lowercase letters, digits or _.';
-    END IF;
-    IF max_rows IS NULL OR max_rows < 1 OR max_rows > 100000 THEN
-        RAISE EXCEPTION 'max_rows must be between 1 and 100000, got %', coalesce(max_rows::text, 'NULL')
-            USING ERRCODE = '22023', HINT = 'E.g. take_events(''logout'', 100).';
-    END IF;
+    PERFORM lifecycle._require_plain_name(consumer, 'consumer name');
+    PERFORM lifecycle._require_batch(max_rows, 'max_rows');
     RETURN QUERY
     WITH picked AS (
         SELECT e.id, e.at FROM lifecycle.events e
@@ -1016,6 +1072,174 @@ COMMENT ON FUNCTION lifecycle."check"(boolean) IS 'Integrity checks of policies,
 COMMENT ON TABLE lifecycle.history_state IS 'Partitioning, default retention and last pruning of each history table.';
 COMMENT ON TABLE lifecycle.retention IS 'Retentions set with set_retention (dumped by pg_dump).';
 
+CREATE OR REPLACE FUNCTION lifecycle.add_link(name text, target regclass, target_key name, target_link name,
+                                   source regclass, source_key name, source_link name,
+                                   overwrite boolean DEFAULT false)
+RETURNS lifecycle.links
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    l lifecycle.links;
+BEGIN
+    IF name IS NULL OR target IS NULL OR target_key IS NULL OR target_link IS NULL
+       OR source IS NULL OR source_key IS NULL OR source_link IS NULL OR overwrite IS NULL THEN
+        RAISE EXCEPTION 'add_link arguments must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    PERFORM lifecycle._require_plain_name(name, 'link name');
+    IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = source), 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of table % to add a trigger to it', source USING ERRCODE = '42501';
+    END IF;
+    IF NOT has_table_privilege(target, 'UPDATE') OR NOT has_table_privilege(target, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied to update %', target USING ERRCODE = '42501',
+            HINT = 'The link fills the target table: its registering role needs SELECT and UPDATE there.';
+    END IF;
+    l.name := name; l.target := target; l.target_key := target_key; l.target_link := target_link;
+    l.source := source; l.source_key := source_key; l.source_link := source_link; l.overwrite := overwrite;
+    l.key_type := (lifecycle._column(target, target_key)).type_name;
+    l.link_type := (lifecycle._column(target, target_link)).type_name;
+    IF (lifecycle._column(source, source_key)).type_name <> l.key_type OR (lifecycle._column(source, source_link)).type_name <> l.link_type THEN
+        RAISE EXCEPTION 'types differ: %.% is %, %.% is %; %.% is %, %.% is %',
+            target, target_key, l.key_type, source, source_key, (lifecycle._column(source, source_key)).type_name,
+            target, target_link, l.link_type, source, source_link, (lifecycle._column(source, source_link)).type_name
+            USING ERRCODE = '42804', HINT = 'source_key must have target_key''s type, and source_link target_link''s.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM lifecycle.links x WHERE x.name = l.name) THEN
+        RAISE EXCEPTION 'link % already exists', name USING ERRCODE = '42710', HINT = 'Drop it with lifecycle.drop_link first.';
+    END IF;
+    l.owner := current_user::regrole;
+    l.created_at := now();
+    l.backfill_done := 0;
+    INSERT INTO lifecycle.links SELECT l.*;
+    EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OF %I, %I ON %s FOR EACH ROW EXECUTE FUNCTION lifecycle._link_trigger(%L)',
+                   'lifecycle_link_' || name, source_key, source_link, source, name);
+    RETURN l;
+END
+$$;
+
+CREATE OR REPLACE PROCEDURE lifecycle.backfill_link(link_name text, batch integer DEFAULT 5000)
+LANGUAGE plpgsql
+-- No SET clause: a procedure with one cannot COMMIT. Everything below is schema-qualified.
+AS $$
+DECLARE
+    -- Procedures cannot carry SET search_path (they could not COMMIT): pin it per
+    -- transaction instead, and give the caller's back at the end.
+    saved_search_path text := pg_catalog.current_setting('search_path');
+    l lifecycle.links;
+    estimate bigint;
+    examined bigint;
+    filled bigint;
+    last_key text;
+    started timestamptz := pg_catalog.clock_timestamp();
+    total_filled bigint := 0;
+    step text;
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
+    PERFORM lifecycle._require_batch(batch, 'batch');
+    l := lifecycle._require_link(link_name);
+    -- Planner estimate of rows with a NULL link: cheap on any size of table.
+    SELECT coalesce(c.reltuples * s.null_frac, -1)::bigint INTO estimate
+      FROM pg_catalog.pg_class c
+      LEFT JOIN pg_catalog.pg_stats s ON s.schemaname = (SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = c.relnamespace)
+                                     AND s.tablename = c.relname AND s.attname = l.target_link
+     WHERE c.oid = l.target;
+    step := pg_catalog.format(
+        'WITH batch AS (SELECT t.%1$I AS k FROM %2$s t WHERE t.%3$I IS NULL AND ($1::text IS NULL OR t.%1$I > $1::%4$s)
+                         ORDER BY t.%1$I LIMIT $2),
+              fill AS (SELECT b.k, (SELECT s.%5$I FROM %6$s s WHERE s.%7$I = b.k AND s.%5$I IS NOT NULL
+                                    ORDER BY s.%5$I DESC LIMIT 1) AS v FROM batch b),
+              done AS (UPDATE %2$s t SET %3$I = f.v FROM fill f
+                        WHERE t.%1$I = f.k AND f.v IS NOT NULL AND t.%3$I IS NULL RETURNING 1)
+         SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM done),
+                (SELECT b.k::text FROM batch b ORDER BY b.k DESC LIMIT 1)',
+        l.target_key, l.target, l.target_link, l.key_type, l.source_link, l.source, l.source_key);
+    RAISE NOTICE 'pg_lifecycle: backfill % from %: %', link_name, coalesce(l.backfill_cursor, 'the start'),
+        CASE WHEN estimate >= 0 THEN pg_catalog.format('about %s rows with a NULL link', estimate)
+             ELSE 'no statistics yet for an estimate (ANALYZE the table for one)' END;
+    LOOP
+        EXECUTE step INTO examined, filled, last_key USING l.backfill_cursor, batch;
+        total_filled := total_filled + filled;
+        IF examined < batch THEN
+            UPDATE lifecycle.links SET backfill_cursor = NULL, backfill_done = backfill_done + filled,
+                                       backfilled_at = pg_catalog.now()
+             WHERE name = link_name;
+            COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
+            RAISE NOTICE 'pg_lifecycle: backfill % finished: % links filled in %', link_name, total_filled,
+                pg_catalog.clock_timestamp() - started;
+            EXIT;
+        END IF;
+        UPDATE lifecycle.links SET backfill_cursor = last_key, backfill_done = backfill_done + filled
+         WHERE name = link_name;
+        l.backfill_cursor := last_key;
+        COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
+        RAISE NOTICE 'pg_lifecycle: backfill %: % links filled so far%', link_name, total_filled,
+            CASE WHEN estimate >= 0 THEN pg_catalog.format(' (of about %s)', estimate) ELSE '' END;
+    END LOOP;
+    PERFORM pg_catalog.set_config('search_path', saved_search_path, true);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION lifecycle.inactive_users(idle interval, service text DEFAULT NULL, batch integer DEFAULT 1000,
+                                         after_seen timestamptz DEFAULT NULL, after_user text DEFAULT NULL)
+RETURNS TABLE (user_id text, last_seen_at timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, lifecycle, pg_temp
+AS $$
+DECLARE
+    cutoff timestamptz := lifecycle._check_window('idle', idle);
+    scopes text[];
+BEGIN
+    PERFORM lifecycle._require_batch(batch, 'batch');
+    IF (after_seen IS NULL) <> (after_user IS NULL) THEN
+        RAISE EXCEPTION 'after_seen and after_user go together' USING ERRCODE = '22023',
+            HINT = 'Pass both from the last row of the previous page, or neither for the first page.';
+    END IF;
+    IF service IS NULL THEN
+        RETURN QUERY
+        SELECT a.user_id, a.last_seen_at FROM lifecycle.activity a
+         WHERE a.last_seen_at < cutoff
+           AND (after_seen IS NULL OR (a.last_seen_at, a.user_id) > (after_seen, after_user))
+           AND (SELECT 1 FROM lifecycle.activity b
+                 WHERE b.user_id = a.user_id
+                   AND (b.last_seen_at, b.client_id) > (a.last_seen_at, a.client_id)
+                 LIMIT 1) IS NULL
+         ORDER BY a.last_seen_at, a.user_id
+         LIMIT batch;
+    ELSE
+        scopes := lifecycle._service_scopes(service);
+        RETURN QUERY
+        SELECT s.user_id, s.last_seen_at FROM lifecycle.activity_scopes s
+         WHERE s.scope = ANY (scopes) AND s.last_seen_at < cutoff
+           AND (after_seen IS NULL OR (s.last_seen_at, s.user_id) > (after_seen, after_user))
+           AND (SELECT 1 FROM lifecycle.activity_scopes b
+                 WHERE b.user_id = s.user_id AND b.scope = ANY (scopes)
+                   AND (b.last_seen_at, b.client_id, b.scope) > (s.last_seen_at, s.client_id, s.scope)
+                 LIMIT 1) IS NULL
+         ORDER BY s.last_seen_at, s.user_id
+         LIMIT batch;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION lifecycle._reap_command(max_batches integer, time_budget interval, policy_name text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql STABLE  -- the interval's text depends on IntervalStyle
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF max_batches IS NULL OR time_budget IS NULL THEN
+        RAISE EXCEPTION 'max_batches and time_budget must not be NULL' USING ERRCODE = '22004';
+    ELSIF max_batches < 1 OR time_budget <= interval '0' THEN
+        RAISE EXCEPTION 'max_batches must be >= 1 and time_budget positive, got % and %', max_batches, time_budget
+            USING ERRCODE = '22023', HINT = 'Keep time_budget below the interval between runs.';
+    END IF;
+    RETURN format('CALL lifecycle.reap(max_batches => %s, time_budget => %L%s)', max_batches, time_budget,
+                  CASE WHEN policy_name IS NULL THEN '' ELSE format(', policy_name => %L', policy_name) END);
+END
+$$;
+
 -- Rights, as sql/privileges.sql gives them to the objects this step created.
 REVOKE ALL ON lifecycle.policy_children, lifecycle.policy_status, lifecycle.reaper_state FROM PUBLIC;
 REVOKE ALL ON lifecycle.audit_log, lifecycle.history, lifecycle.history_state, lifecycle.retention, lifecycle.holds, lifecycle.live_holds, lifecycle.events,
@@ -1030,6 +1254,9 @@ REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text
     lifecycle.set_retention(text, interval), lifecycle._add_hold(oid, text, text, text, timestamptz),
     lifecycle.add_hold(regclass, text, text, text, timestamptz), lifecycle.release_hold(bigint, text),
     lifecycle.take_events(text, integer, text), lifecycle.create_archive(regclass, text, name[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION lifecycle._column(regclass, name), lifecycle._leads_an_index(regclass, name[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lifecycle._is_plain_name(text), lifecycle._require_plain_name(text, text),
+    lifecycle._require_batch(integer, text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION lifecycle.take_events(text, integer, text) TO lifecycle_app;
 GRANT SELECT, UPDATE, DELETE ON lifecycle.events TO lifecycle_app;   -- UPDATE: take_events locks FOR UPDATE
 GRANT SELECT, INSERT, UPDATE ON lifecycle.event_consumers TO lifecycle_app;

@@ -39,7 +39,10 @@ GRANT EXECUTE ON FUNCTION
     lifecycle.clamp_expiry(bigint, bigint),
     lifecycle.ulid_floor(timestamptz),
     lifecycle.ulid_floor_text(timestamptz),
-    lifecycle.cron_next_run(text, timestamptz)
+    lifecycle.cron_next_run(text, timestamptz),
+    lifecycle._is_plain_name(text),
+    lifecycle._require_plain_name(text, text),
+    lifecycle._require_batch(integer, text)
 TO PUBLIC;
 GRANT SELECT ON lifecycle.links TO PUBLIC;
 

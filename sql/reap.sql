@@ -4,7 +4,7 @@
 
 CREATE TABLE lifecycle.policies (
     id              serial PRIMARY KEY,
-    name            text NOT NULL UNIQUE CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    name            text NOT NULL UNIQUE CHECK (lifecycle._is_plain_name(name)),
     relation        regclass NOT NULL,
     key_columns     name[] NOT NULL CHECK (cardinality(key_columns) >= 1),   -- the primary key, in index order
     key_types       text[] NOT NULL CONSTRAINT policies_key_arity_check CHECK (cardinality(key_types) = cardinality(key_columns)),
@@ -17,7 +17,7 @@ CREATE TABLE lifecycle.policies (
     nullify_columns name[] CHECK ((action = 'nullify') = (nullify_columns IS NOT NULL)),
     dependents      text NOT NULL CHECK (dependents IN ('none', 'block', 'delete')),
     audit_columns   name[],
-    batch_size      integer NOT NULL CHECK (batch_size BETWEEN 1 AND 100000),
+    batch_size      integer NOT NULL,      -- within lifecycle._require_batch's bounds (add_policy checks)
     enabled         boolean NOT NULL DEFAULT true,
     owner           regrole NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
@@ -164,8 +164,7 @@ AS $$
                 WHEN 'untouched' THEN 'untouched: the policy nullifies columns, it deletes nothing'
                 ELSE 'NOTHING: deleting a referenced row fails' END
            || CASE WHEN k.named THEN ' (named by the policy)' ELSE '' END,
-           EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-                    WHERE i.indrelid = k.relation AND a.attname = ANY (k.columns))
+           lifecycle._leads_an_index(k.relation, k.columns)
       FROM lifecycle.policies p, lifecycle._policy_children(p.id) k
      WHERE p.name = policy_name
 $$;
@@ -201,10 +200,8 @@ BEGIN
     PERFORM lifecycle._require_primary();
     -- The partitions this round's audit and event rows go to, and the history retention.
     PERFORM lifecycle._maintain_history();
-    IF batch < 1 OR batch > 100000 THEN
-        RAISE EXCEPTION 'batch must be between 1 and 100000, got %', batch
-            USING ERRCODE = '22023',
-                  HINT = 'A batch is the most rows one policy acts on per transaction; NULL (the default) lets each policy use its own size.';
+    IF batch IS NOT NULL THEN
+        PERFORM lifecycle._require_batch(batch, 'batch');  -- NULL: each policy's own size
     END IF;
     FOR p IN SELECT id, name FROM lifecycle.policies
               WHERE enabled AND id <> ALL (coalesce(skip, '{}'))
@@ -388,9 +385,7 @@ SELECT p.name,
        s.last_error_at,
        s.errors,
        lifecycle._estimate_backlog(p.id) AS estimated_backlog,
-       EXISTS (SELECT 1 FROM pg_index i
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-                WHERE i.indrelid = p.relation AND a.attname = p.time_column) AS has_time_index,
+       lifecycle._leads_an_index(p.relation, ARRAY[p.time_column]) AS has_time_index,
        coalesce(s.current_batch, p.batch_size) AS batch_size,
        p.target_batch_time,
        p.archive,

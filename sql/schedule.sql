@@ -80,7 +80,7 @@ $$;
 
 CREATE FUNCTION lifecycle._reap_command(max_batches integer, time_budget interval, policy_name text DEFAULT NULL)
 RETURNS text
-LANGUAGE plpgsql IMMUTABLE
+LANGUAGE plpgsql STABLE  -- the interval's text depends on IntervalStyle
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN

@@ -24,9 +24,9 @@ fn expiry_ms(value: i64, argument: &str) -> Option<i64> {
     }
 }
 
-/// `at` as unix microseconds; infinities map to the ends of the i128 range so comparisons
-/// with any finite expiry stay correct.
-fn unix_micros(at: TimestampWithTimeZone) -> i128 {
+/// `at` as a number that compares like the time: unix microseconds, infinities at the ends
+/// of the i128 range (so comparisons with any finite expiry stay correct).
+fn comparable_micros(at: TimestampWithTimeZone) -> i128 {
     match crate::time::unix_micros(at) {
         Some(micros) => i128::from(micros),
         None if at.is_infinity() => i128::MAX,
@@ -42,7 +42,7 @@ fn token_is_expired_at(expires_at: Option<TimestampWithTimeZone>, at: default!(O
     match expires_at {
         None => false,
         Some(e) if e.is_infinity() => false,
-        Some(e) => unix_micros(e) <= unix_micros(at),
+        Some(e) => comparable_micros(e) <= comparable_micros(at),
     }
 }
 
@@ -52,7 +52,7 @@ fn token_is_expired_at(expires_at: Option<TimestampWithTimeZone>, at: default!(O
 fn token_is_expired_ms(expires_at_ms: i64, at: default!(TimestampWithTimeZone, "now()")) -> bool {
     match expiry_ms(expires_at_ms, "expires_at_ms") {
         None => false,
-        Some(ms) => i128::from(ms) * 1000 <= unix_micros(at),
+        Some(ms) => i128::from(ms) * 1000 <= comparable_micros(at),
     }
 }
 
@@ -69,7 +69,7 @@ fn clamp_expiry_at(
         (true, false) => token_expires_at,
         (false, false) => {
             let (s, t) = (session_expires_at?, token_expires_at?);
-            Some(if unix_micros(t) < unix_micros(s) { t } else { s })
+            Some(if comparable_micros(t) < comparable_micros(s) { t } else { s })
         }
     }
 }

@@ -10,6 +10,7 @@ mod activity;
 mod check;
 mod error;
 mod expiry;
+mod limits;
 mod links;
 mod reap;
 mod role;
@@ -46,6 +47,9 @@ pub mod pg_test {
     }
 }
 
+// The rules every capability's SQL shares (plain names, column lookups, leading index columns).
+// (Placed after a function of the schema, which places it after the schema itself.)
+pgrx::extension_sql_file!("../sql/core.sql", name = "core", requires = [limits::require_batch_sql]);
 // Comments once every object exists (what \df+ and \d+ show).
 pgrx::extension_sql_file!(
     "../sql/comments.sql",

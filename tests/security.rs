@@ -31,6 +31,9 @@ fn public_gets_only_what_is_documented() {
          ) x ORDER BY 1",
     );
     let documented = [
+        "function lifecycle._is_plain_name(text) EXECUTE",
+        "function lifecycle._require_batch(integer,text) EXECUTE",
+        "function lifecycle._require_plain_name(text,text) EXECUTE",
         "function lifecycle.clamp_expiry(bigint,bigint) EXECUTE",
         "function lifecycle.clamp_expiry(timestamp with time zone,timestamp with time zone) EXECUTE",
         "function lifecycle.cron_next_run(text,timestamp with time zone) EXECUTE",

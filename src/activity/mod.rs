@@ -21,8 +21,6 @@ use std::collections::HashSet;
 const MAX_SCOPES: usize = 64;
 /// Ids and scopes are index keys; a btree entry must stay well under a page.
 const MAX_KEY_BYTES: usize = 512;
-/// Postgres microseconds of 1970-01-01: earlier activity is a unit bug (seconds vs ms).
-const UNIX_EPOCH_PG_MICROS: i64 = -946_684_800_000_000;
 /// How far ahead of the transaction's start an `at` may be (clock skew between app servers).
 const MAX_FUTURE_MICROS: i64 = 86_400_000_000;
 /// Warnings deduplicated per backend remember at most this many keys.
@@ -146,8 +144,9 @@ fn checked_at(at: Option<TimestampWithTimeZone>) -> TimestampWithTimeZone {
     let Some(at) = at else { error::null_argument("at", "Omit the argument to record now().") };
     // SAFETY: plain read of the transaction's start time.
     let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    let micros = at.into_inner();
-    if !at.is_finite() || micros < UNIX_EPOCH_PG_MICROS || micros > now.saturating_add(MAX_FUTURE_MICROS) {
+    // Activity before 1970 is a unit bug (seconds taken for milliseconds).
+    let after_1970 = crate::time::unix_micros(at).is_some_and(|unix| unix >= 0);
+    if !after_1970 || at.into_inner() > now.saturating_add(MAX_FUTURE_MICROS) {
         error::invalid_argument(
             format!("at = {at} is not a plausible activity time"),
             "Activity times lie between 1970-01-01 and one day after now(); check the units of the value.",

@@ -10,6 +10,7 @@
 use super::holds::{self, HoldSet};
 use super::{archive, policy};
 use crate::error::{self, Code};
+use crate::limits::{BATCH_MAX, BATCH_MIN};
 use crate::role;
 use crate::sql::{self, col, ident};
 use pgrx::datum::DatumWithOid;
@@ -19,11 +20,6 @@ use std::time::{Duration, Instant};
 
 /// Distinguishes our advisory locks from the application's (two-int4 key space: "LCyc").
 const ADVISORY_LOCK_CLASS: i32 = 0x4c43_7963;
-
-/// The smallest and largest batch; `batch_size`, adaptive sizes and every `batch` argument
-/// stay within them (sql/reap.sql's domain `lifecycle.batch_size` says the same to SQL).
-pub const BATCH_MIN: i32 = 1;
-pub const BATCH_MAX: i32 = 100_000;
 
 /// The plan every batch statement gets, whatever the planner's estimates say. Left to its
 /// estimates, a large LIMIT over a large backlog made the planner read every due row with a
@@ -201,7 +197,7 @@ impl Policy {
                     filter: row.get(11)?,
                     nullify: row.get(12)?,
                     audit: row.get(13)?,
-                    batch_size: row.get(14)?.unwrap_or(1000),
+                    batch_size: row.get(14)?.unwrap_or(BATCH_MIN),
                     target_batch_time: row.get::<i64>(15)?.map(|us| Duration::from_micros(us.max(1) as u64)),
                     current_batch: row.get(16)?,
                     cursor: row.get(17)?,

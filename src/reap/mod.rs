@@ -81,12 +81,7 @@ fn preview(
     max_rows: default!(i32, 10),
 ) -> TableIterator<'static, (name!(row_key, String), name!(time_value, String), name!(blocked, bool), name!(audit_data, Option<pgrx::JsonB>))>
 {
-    if !(batch::BATCH_MIN..=batch::BATCH_MAX).contains(&max_rows) {
-        error::invalid_argument(
-            format!("max_rows must be between {} and {}, got {max_rows}", batch::BATCH_MIN, batch::BATCH_MAX),
-            "E.g. preview('my_policy', 20).",
-        );
-    }
+    crate::limits::require_batch(Some(max_rows), "max_rows");
     let (id, _) = policy_for_change(policy_name);
     let policy = Policy::load(id);
     // `blocked`: the row would be kept, by a child that references it or by a legal hold.
@@ -187,7 +182,8 @@ pgrx::extension_sql_file!(
         ulid_floor,
         ulid_floor_text,
         "expiry",
-        "history"
+        "history",
+        "core"
     ]
 );
 pgrx::extension_sql_file!("../../sql/history.sql", name = "history", requires = ["expiry"]);

@@ -5,7 +5,6 @@
 //! failing job at 3 a.m.
 
 use super::archive;
-use super::batch;
 use crate::error::{self, Code};
 use crate::role;
 use crate::sql;
@@ -27,43 +26,21 @@ struct Column {
     not_null: bool,
 }
 
-fn column(relid: pg_sys::Oid, name: &str, relation: &str) -> Column {
-    let found = sql::optional_row(
-        "SELECT a.atttypid, pg_catalog.format_type(a.atttypid, NULL), a.attnotnull
-           FROM pg_catalog.pg_attribute a
-          WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-        &[relid.into(), name.into()],
-        |row| {
-            Ok(Column {
-                type_oid: row.get(1)?.unwrap_or_default(),
-                type_name: row.get(2)?.unwrap_or_default(),
-                not_null: row.get(3)?.unwrap_or(false),
-            })
-        },
-    );
-    found.unwrap_or_else(|| {
-        error::raise(
-            Code::ERRCODE_UNDEFINED_COLUMN,
-            format!("column {} of {relation} does not exist", sql::literal(name)),
-            None,
-            Some("Name an existing column of the policy's table."),
-        )
+/// A column of the policy's table, or 42703 (lifecycle._column, sql/core.sql, says how).
+fn column(relid: pg_sys::Oid, name: &str) -> Column {
+    sql::optional_row("SELECT * FROM lifecycle._column($1, $2)", &[relid.into(), name.into()], |row| {
+        Ok(Column {
+            type_oid: row.get(1)?.unwrap_or_default(),
+            type_name: row.get(2)?.unwrap_or_default(),
+            not_null: row.get(3)?.unwrap_or(false),
+        })
     })
+    .unwrap_or_else(|| error::internal("lifecycle._column returned nothing"))
 }
 
-/// `name` must be a plain lowercase identifier: it appears in NOTICEs, job names and audit
-/// rows, so nothing in it may need quoting.
+/// `name` must be a plain name (lifecycle._require_plain_name, sql/core.sql).
 fn check_policy_name(name: &str) {
-    let mut chars = name.chars();
-    let ok = name.len() <= 63
-        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if !ok {
-        error::invalid_argument(
-            format!("invalid policy name {}", sql::literal(name)),
-            "A policy name is 1 to 63 characters: a lowercase letter, then lowercase letters, digits or _.",
-        );
-    }
+    Spi::run_with_args("SELECT lifecycle._require_plain_name($1, 'policy name')", &[name.into()]).unwrap_or_else(|e| error::internal(e));
 }
 
 /// The table's quoted, schema-qualified name after checking it is a table the caller owns;
@@ -262,7 +239,7 @@ fn child(relid: pg_sys::Oid, columns: Vec<String>, option: &str, policy_relid: p
         );
     }
     for (c, k) in columns.iter().zip(key) {
-        let col = column(relid, c, &name);
+        let col = column(relid, c);
         if col.type_oid != k.type_oid {
             error::raise(
                 Code::ERRCODE_DATATYPE_MISMATCH,
@@ -479,14 +456,14 @@ fn register_policy(
     let relid = required(relation, "relation");
     let time_column = required(time_column, "time_column");
     let dependents = required(dependents, "dependents");
-    let batch_size = required(batch_size, "batch_size");
+    let batch_size = crate::limits::require_batch(batch_size, "batch_size");
     let enabled = required(enabled, "enabled");
     let events = required(events, "events");
     let search_path = search_path.unwrap_or("");
 
     let relation = check_relation(relid, "register a policy on it");
     let key = primary_key(relid, &relation);
-    let time_col = column(relid, time_column, &relation);
+    let time_col = column(relid, time_column);
     let kind = time_kind(time_kind_given, &time_col, time_column);
     if kind == "ulid" && older_than.is_none() {
         error::invalid_argument("a ULID time column records creation time, so it needs older_than".into(), "E.g. older_than => '7 days'.");
@@ -502,7 +479,7 @@ fn register_policy(
     }
     let nullify = names(nullify, "nullify");
     for c in nullify.iter().flatten() {
-        let col = column(relid, c, &relation);
+        let col = column(relid, c);
         if col.not_null || key.iter().any(|k| k.name == *c) {
             error::invalid_argument(
                 format!("column {} cannot be nullified", sql::literal(c)),
@@ -512,13 +489,7 @@ fn register_policy(
     }
     let audit = names(audit, "audit");
     for c in audit.iter().flatten() {
-        column(relid, c, &relation);
-    }
-    if !(batch::BATCH_MIN..=batch::BATCH_MAX).contains(&batch_size) {
-        error::invalid_argument(
-            format!("batch_size must be between {} and {}, got {batch_size}", batch::BATCH_MIN, batch::BATCH_MAX),
-            "The default is 1000.",
-        );
+        column(relid, c);
     }
     if !matches!(dependents, "none" | "block" | "delete") {
         error::invalid_argument(
@@ -542,7 +513,7 @@ fn register_policy(
     let archive = archive.map(|spec| archive::check(spec, search_path, relid, &relation, &key));
     let event_columns = names(event_columns, "event_columns");
     for c in event_columns.iter().flatten() {
-        column(relid, c, &relation);
+        column(relid, c);
     }
     if event_columns.is_some() && !events {
         error::invalid_argument("event_columns needs events => true".into(), "Add events => true, or leave out event_columns.");
