@@ -35,7 +35,7 @@ SELECT name FROM lifecycle.add_policy('mas_compat_session_ips', 'mas.compat_sess
 SELECT name FROM lifecycle.add_policy('mas_user_sessions', 'mas.user_sessions', 'finished_at',
                                       older_than => '30 days', dependents => 'block',
                                       block_on => '{mas.compat_sessions(user_session_id), mas.oauth2_sessions(user_session_id)}');
-SELECT * FROM lifecycle.check_policy('mas_user_sessions');
+SELECT * FROM lifecycle.policy_children('mas_user_sessions');
 SELECT name FROM lifecycle.add_policy('mas_queue_jobs', 'mas.queue_jobs', 'queue_job_id', time_kind => 'ulid',
                                       older_than => '30 days', filter => $$status IN ('completed', 'failed')$$);
 

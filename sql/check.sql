@@ -41,7 +41,7 @@ BEGIN
             RETURN NEXT;
         END IF;
         IF p.action = 'delete' AND p.dependents <> 'block' THEN
-            FOR l IN SELECT * FROM lifecycle.check_policy(p.name) c
+            FOR l IN SELECT * FROM lifecycle.policy_children(p.name) c
                       WHERE c.handled_by LIKE 'NOTHING%'
                          OR (c.on_delete = 'CASCADE' AND c.handled_by NOT LIKE 'delete:%' AND c.child <> p.relation)
             LOOP

@@ -10,7 +10,6 @@ COMMENT ON FUNCTION lifecycle.clamp_expiry(timestamptz, timestamptz) IS 'The req
 COMMENT ON FUNCTION lifecycle.clamp_expiry(bigint, bigint) IS 'The requested expiry in unix milliseconds, never later than the maximum allowed (0 = never).';
 COMMENT ON FUNCTION lifecycle.reject_if_expired(text, text, timestamptz, timestamptz) IS 'Raises 28E01 (counted in expiry_stats) if the token expired; returns nothing otherwise.';
 COMMENT ON FUNCTION lifecycle.reject_if_expired(text, text, bigint, timestamptz) IS 'Raises 28E01 (counted in expiry_stats) if the token, expiring at unix milliseconds, expired.';
-COMMENT ON FUNCTION lifecycle.expiry_rejections() IS 'Expired-token rejections counted since the last reset, in total and by token kind.';
 COMMENT ON FUNCTION lifecycle.reset_expiry_rejections() IS 'Zeroes the expired-token rejection counters.';
 
 -- Activity (docs/activity.md)
@@ -29,7 +28,7 @@ COMMENT ON VIEW lifecycle.service_activity IS 'Last activity per user and servic
 COMMENT ON FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[]) IS 'Registers a retention policy on a table the caller owns; returns its row.';
 COMMENT ON FUNCTION lifecycle.drop_policy(text) IS 'Drops a retention policy; false if there was none.';
 COMMENT ON FUNCTION lifecycle.set_policy_enabled(text, boolean) IS 'Enables or disables a retention policy; false if there was none.';
-COMMENT ON FUNCTION lifecycle.check_policy(text) IS 'Every child of a policy''s table and what a batch does about it.';
+COMMENT ON FUNCTION lifecycle.policy_children(text) IS 'Every child of a policy''s table and what a batch does about it.';
 COMMENT ON FUNCTION lifecycle.preview(text, integer) IS 'The rows the next batch of a policy would look at, touching nothing.';
 COMMENT ON FUNCTION lifecycle.reap_expired(integer) IS 'One batch of every enabled policy the caller may act for; returns the rows acted on.';
 COMMENT ON PROCEDURE lifecycle.reap(integer, interval, integer, text) IS 'Reaps in committed batches until every policy swept once, max_batches rounds ran or time_budget is spent.';

@@ -42,10 +42,13 @@ BEGIN
 END
 $$;
 
+-- SECURITY DEFINER: the app calls this and nothing behind it (the counter and the helpers
+-- above are not granted to it, so it cannot bump the counter without rejecting a token). The
+-- log line names session_user, the role that logged in.
 CREATE FUNCTION lifecycle.reject_if_expired(token_kind text, token_id text, expires_at timestamptz,
                                             at timestamptz DEFAULT now())
 RETURNS void
-LANGUAGE plpgsql VOLATILE
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -59,7 +62,7 @@ $$;
 CREATE FUNCTION lifecycle.reject_if_expired(token_kind text, token_id text, expires_at_ms bigint,
                                             at timestamptz DEFAULT now())
 RETURNS void
-LANGUAGE plpgsql VOLATILE
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -77,7 +80,7 @@ END
 $$;
 
 CREATE VIEW lifecycle.expiry_stats AS
-    SELECT rejected_total, last_rejected_at, cluster_wide FROM lifecycle.expiry_rejections();
+    SELECT rejected_total, last_rejected_at, cluster_wide FROM lifecycle._expiry_counters();
 
 COMMENT ON VIEW lifecycle.expiry_stats IS
     'Expired-token rejections counted by reject_if_expired; cluster-wide when pg_lifecycle is preloaded, else this backend only.';

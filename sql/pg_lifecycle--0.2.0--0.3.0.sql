@@ -8,7 +8,7 @@
 -- make the delete fail (NO ACTION, RESTRICT) keep it, and CASCADE / SET NULL / SET DEFAULT
 -- children follow their own action. So that no policy deletes more after this upgrade than
 -- before it, every existing 'block' policy gets its other foreign-key children as explicit
--- block_on entries (see lifecycle.check_policy; register the policy again to drop them).
+-- block_on entries (see lifecycle.policy_children; register the policy again to drop them).
 -- Existing policies keep fixed batches (target_batch_time NULL); new ones adapt by default.
 -- CALL lifecycle.reap waits for lagging standbys (lifecycle.reap_max_replica_lag, default 10s)
 -- and refuses to run on a standby.
@@ -132,6 +132,27 @@ SELECT p.id, row_number() OVER (PARTITION BY p.id ORDER BY f.oid), f.conrelid::r
  WHERE p.dependents = 'block' AND f.confdeltype NOT IN ('a', 'r');
 
 DROP VIEW lifecycle.policy_status;
+DROP FUNCTION lifecycle._estimate_backlog(integer);
+DROP FUNCTION lifecycle._estimate_backlog_unchecked(integer);
+-- Named for what they do: the Rust one raises for a broken policy, the wrapper gives NULL.
+CREATE FUNCTION lifecycle."_estimate_backlog"(
+	"policy_id" INT /* i32 */
+) RETURNS bigint /* Option < i64 > */
+STRICT  
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'estimate_backlog_wrapper';
+CREATE FUNCTION lifecycle._estimate_backlog_or_null(policy_id integer)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN lifecycle._estimate_backlog(policy_id);
+EXCEPTION WHEN OTHERS THEN
+    RETURN NULL;  -- a broken policy shows NULL here; its error shows in last_error after the next run
+END
+$$;
 DROP FUNCTION lifecycle.check_policy(text);
 DROP FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean);
 DROP FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean);
@@ -229,7 +250,7 @@ END
 $$;
 
 -- The children of a policy's table and what deleting a row does to each (docs/reaping.md).
-CREATE FUNCTION lifecycle.check_policy(policy_name text)
+CREATE FUNCTION lifecycle.policy_children(policy_name text)
 RETURNS TABLE (child regclass, child_column text, on_delete text, handled_by text, child_column_indexed boolean)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -348,12 +369,7 @@ DECLARE
     r record;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
-    IF max_batches IS NULL OR time_budget IS NULL THEN
-        RAISE EXCEPTION 'max_batches and time_budget must not be NULL' USING ERRCODE = '22004';
-    ELSIF max_batches < 1 OR time_budget <= interval '0' THEN
-        RAISE EXCEPTION 'max_batches must be >= 1 and time_budget positive, got % and %', max_batches, time_budget
-            USING ERRCODE = '22023', HINT = 'E.g. CALL lifecycle.reap(100, ''1 minute'').';
-    END IF;
+    PERFORM lifecycle._require_reap_limits(max_batches, time_budget);
     IF policy_name IS NOT NULL THEN
         PERFORM lifecycle._require_policy(policy_name);
     END IF;
@@ -451,7 +467,7 @@ SELECT p.name,
        s.last_error,
        s.last_error_at,
        s.errors,
-       lifecycle._estimate_backlog(p.id) AS estimated_backlog,
+       lifecycle._estimate_backlog_or_null(p.id) AS estimated_backlog,
        lifecycle._leads_an_index(p.relation, ARRAY[p.time_column]) AS has_time_index,
        coalesce(s.current_batch, p.batch_size) AS batch_size,
        p.target_batch_time,
@@ -496,7 +512,7 @@ BEGIN
             RETURN NEXT;
         END IF;
         IF p.action = 'delete' AND p.dependents <> 'block' THEN
-            FOR l IN SELECT * FROM lifecycle.check_policy(p.name) c
+            FOR l IN SELECT * FROM lifecycle.policy_children(p.name) c
                       WHERE c.handled_by LIKE 'NOTHING%'
                          OR (c.on_delete = 'CASCADE' AND c.handled_by NOT LIKE 'delete:%' AND c.child <> p.relation)
             LOOP
@@ -1008,6 +1024,26 @@ BEGIN
 END
 $$;
 
+
+-- Expiry: the counters' reader is internal, like the activity one; reject_if_expired runs its
+-- helpers with the extension owner's rights, so the app is granted nothing behind it.
+DROP VIEW lifecycle.expiry_stats;
+DROP FUNCTION lifecycle.expiry_rejections();
+CREATE FUNCTION lifecycle."_expiry_counters"() RETURNS TABLE (
+	"rejected_total" bigint,  /* i64 */
+	"last_rejected_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"cluster_wide" bool  /* bool */
+)
+STRICT VOLATILE  
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'expiry_rejections_wrapper';
+CREATE VIEW lifecycle.expiry_stats AS
+    SELECT rejected_total, last_rejected_at, cluster_wide FROM lifecycle._expiry_counters();
+
+COMMENT ON VIEW lifecycle.expiry_stats IS
+    'Expired-token rejections counted by reject_if_expired; cluster-wide when pg_lifecycle is preloaded, else this backend only.';
+
+
 -- What `\df+` and `\d+` show for every public object (tests/docs.rs checks none is missing).
 -- Objects defined in SQL files may carry their comment beside their definition instead; the
 -- functions written in Rust get theirs here, as do the older SQL ones. Idempotent: the
@@ -1020,7 +1056,6 @@ COMMENT ON FUNCTION lifecycle.clamp_expiry(timestamptz, timestamptz) IS 'The req
 COMMENT ON FUNCTION lifecycle.clamp_expiry(bigint, bigint) IS 'The requested expiry in unix milliseconds, never later than the maximum allowed (0 = never).';
 COMMENT ON FUNCTION lifecycle.reject_if_expired(text, text, timestamptz, timestamptz) IS 'Raises 28E01 (counted in expiry_stats) if the token expired; returns nothing otherwise.';
 COMMENT ON FUNCTION lifecycle.reject_if_expired(text, text, bigint, timestamptz) IS 'Raises 28E01 (counted in expiry_stats) if the token, expiring at unix milliseconds, expired.';
-COMMENT ON FUNCTION lifecycle.expiry_rejections() IS 'Expired-token rejections counted since the last reset, in total and by token kind.';
 COMMENT ON FUNCTION lifecycle.reset_expiry_rejections() IS 'Zeroes the expired-token rejection counters.';
 
 -- Activity (docs/activity.md)
@@ -1039,7 +1074,7 @@ COMMENT ON VIEW lifecycle.service_activity IS 'Last activity per user and servic
 COMMENT ON FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[]) IS 'Registers a retention policy on a table the caller owns; returns its row.';
 COMMENT ON FUNCTION lifecycle.drop_policy(text) IS 'Drops a retention policy; false if there was none.';
 COMMENT ON FUNCTION lifecycle.set_policy_enabled(text, boolean) IS 'Enables or disables a retention policy; false if there was none.';
-COMMENT ON FUNCTION lifecycle.check_policy(text) IS 'Every child of a policy''s table and what a batch does about it.';
+COMMENT ON FUNCTION lifecycle.policy_children(text) IS 'Every child of a policy''s table and what a batch does about it.';
 COMMENT ON FUNCTION lifecycle.preview(text, integer) IS 'The rows the next batch of a policy would look at, touching nothing.';
 COMMENT ON FUNCTION lifecycle.reap_expired(integer) IS 'One batch of every enabled policy the caller may act for; returns the rows acted on.';
 COMMENT ON PROCEDURE lifecycle.reap(integer, interval, integer, text) IS 'Reaps in committed batches until every policy swept once, max_batches rounds ran or time_budget is spent.';
@@ -1071,6 +1106,48 @@ COMMENT ON FUNCTION lifecycle."check"(boolean) IS 'Integrity checks of policies,
 -- History (docs/compliance.md)
 COMMENT ON TABLE lifecycle.history_state IS 'Partitioning, default retention and last pruning of each history table.';
 COMMENT ON TABLE lifecycle.retention IS 'Retentions set with set_retention (dumped by pg_dump).';
+
+CREATE OR REPLACE FUNCTION lifecycle._require_reap_limits(max_batches integer, time_budget interval)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF max_batches IS NULL OR time_budget IS NULL THEN
+        RAISE EXCEPTION 'max_batches and time_budget must not be NULL' USING ERRCODE = '22004';
+    ELSIF max_batches < 1 OR time_budget <= interval '0' THEN
+        RAISE EXCEPTION 'max_batches must be >= 1 and time_budget positive, got % and %', max_batches, time_budget
+            USING ERRCODE = '22023',
+                  HINT = 'E.g. CALL lifecycle.reap(100, ''1 minute''); a scheduled run''s budget stays below the interval between runs.';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION lifecycle._reap_command(max_batches integer, time_budget interval, policy_name text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql STABLE  -- the interval's text depends on IntervalStyle
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM lifecycle._require_reap_limits(max_batches, time_budget);
+    RETURN format('CALL lifecycle.reap(max_batches => %s, time_budget => %L%s)', max_batches, time_budget,
+                  CASE WHEN policy_name IS NULL THEN '' ELSE format(', policy_name => %L', policy_name) END);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION lifecycle.reject_if_expired(token_kind text, token_id text, expires_at timestamptz,
+                                            at timestamptz DEFAULT now())
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM lifecycle._check_token_ref(token_kind, token_id);
+    IF lifecycle.token_is_expired(expires_at, at) THEN
+        PERFORM lifecycle._reject_expired_token(token_kind, token_id, expires_at::text, at);
+    END IF;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION lifecycle.add_link(name text, target regclass, target_key name, target_link name,
                                    source regclass, source_key name, source_link name,
@@ -1223,20 +1300,23 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION lifecycle._reap_command(max_batches integer, time_budget interval, policy_name text DEFAULT NULL)
-RETURNS text
-LANGUAGE plpgsql STABLE  -- the interval's text depends on IntervalStyle
+CREATE OR REPLACE FUNCTION lifecycle.reject_if_expired(token_kind text, token_id text, expires_at_ms bigint,
+                                            at timestamptz DEFAULT now())
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF max_batches IS NULL OR time_budget IS NULL THEN
-        RAISE EXCEPTION 'max_batches and time_budget must not be NULL' USING ERRCODE = '22004';
-    ELSIF max_batches < 1 OR time_budget <= interval '0' THEN
-        RAISE EXCEPTION 'max_batches must be >= 1 and time_budget positive, got % and %', max_batches, time_budget
-            USING ERRCODE = '22023', HINT = 'Keep time_budget below the interval between runs.';
+    PERFORM lifecycle._check_token_ref(token_kind, token_id);
+    IF expires_at_ms IS NULL THEN
+        RAISE EXCEPTION 'expires_at_ms must not be NULL'
+            USING ERRCODE = '22004', HINT = 'Use 0 for a token that never expires.';
     END IF;
-    RETURN format('CALL lifecycle.reap(max_batches => %s, time_budget => %L%s)', max_batches, time_budget,
-                  CASE WHEN policy_name IS NULL THEN '' ELSE format(', policy_name => %L', policy_name) END);
+    IF lifecycle.token_is_expired(expires_at_ms, at) THEN
+        PERFORM lifecycle._reject_expired_token(
+            token_kind, token_id,
+            format('%s (unix ms %s)', to_timestamp(expires_at_ms / 1000.0), expires_at_ms), at);
+    END IF;
 END
 $$;
 
@@ -1247,7 +1327,7 @@ REVOKE ALL ON lifecycle.audit_log, lifecycle.history, lifecycle.history_state, l
 REVOKE ALL ON SEQUENCE lifecycle.events_id_seq, lifecycle.holds_id_seq FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean, text[], interval, text, boolean, text[], text),
     lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[]),
-    lifecycle.check_policy(text), lifecycle._policy_children(integer), lifecycle._require_primary(),
+    lifecycle.policy_children(text), lifecycle._policy_children(integer), lifecycle._require_primary(),
     lifecycle._reap_backpressure(double precision), lifecycle._pg_cron_needs_password(text, text),
     lifecycle._history_partition(text, text, timestamptz), lifecycle._maintain_history(timestamptz),
     lifecycle._create_history_partition(text, text, timestamptz),
@@ -1258,6 +1338,12 @@ REVOKE EXECUTE ON FUNCTION lifecycle._column(regclass, name), lifecycle._leads_a
 GRANT EXECUTE ON FUNCTION lifecycle._is_plain_name(text), lifecycle._require_plain_name(text, text),
     lifecycle._require_batch(integer, text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION lifecycle.take_events(text, integer, text) TO lifecycle_app;
+REVOKE EXECUTE ON FUNCTION lifecycle._check_token_ref(text, text), lifecycle._reject_expired_token(text, text, text, timestamptz),
+    lifecycle._count_token_rejection() FROM lifecycle_app;
+REVOKE EXECUTE ON FUNCTION lifecycle._expiry_counters(), lifecycle._estimate_backlog(integer),
+    lifecycle._estimate_backlog_or_null(integer), lifecycle._require_reap_limits(integer, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lifecycle._expiry_counters() TO lifecycle_app;
+GRANT SELECT ON lifecycle.expiry_stats TO lifecycle_app;
 GRANT SELECT, UPDATE, DELETE ON lifecycle.events TO lifecycle_app;   -- UPDATE: take_events locks FOR UPDATE
 GRANT SELECT, INSERT, UPDATE ON lifecycle.event_consumers TO lifecycle_app;
 GRANT EXECUTE ON ALL ROUTINES IN SCHEMA lifecycle TO lifecycle_operator;

@@ -52,10 +52,7 @@ GRANT EXECUTE ON FUNCTION
     lifecycle.forget_user(text),
     lifecycle.reject_if_expired(text, text, timestamptz, timestamptz),
     lifecycle.reject_if_expired(text, text, bigint, timestamptz),
-    lifecycle._check_token_ref(text, text),
-    lifecycle._reject_expired_token(text, text, text, timestamptz),
-    lifecycle._count_token_rejection(),
-    lifecycle.expiry_rejections(),
+    lifecycle._expiry_counters(),
     lifecycle._activity_counters()
 TO lifecycle_app;
 GRANT SELECT ON lifecycle.expiry_stats, lifecycle.activity_stats TO lifecycle_app;

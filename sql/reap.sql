@@ -149,7 +149,7 @@ END
 $$;
 
 -- The children of a policy's table and what deleting a row does to each (docs/reaping.md).
-CREATE FUNCTION lifecycle.check_policy(policy_name text)
+CREATE FUNCTION lifecycle.policy_children(policy_name text)
 RETURNS TABLE (child regclass, child_column text, on_delete text, handled_by text, child_column_indexed boolean)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -246,6 +246,24 @@ BEGIN
 END
 $$;
 
+-- Raises 22004 / 22023 unless a reaper run's limits are set and positive (CALL reap, and the
+-- jobs schedule() writes).
+CREATE FUNCTION lifecycle._require_reap_limits(max_batches integer, time_budget interval)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF max_batches IS NULL OR time_budget IS NULL THEN
+        RAISE EXCEPTION 'max_batches and time_budget must not be NULL' USING ERRCODE = '22004';
+    ELSIF max_batches < 1 OR time_budget <= interval '0' THEN
+        RAISE EXCEPTION 'max_batches must be >= 1 and time_budget positive, got % and %', max_batches, time_budget
+            USING ERRCODE = '22023',
+                  HINT = 'E.g. CALL lifecycle.reap(100, ''1 minute''); a scheduled run''s budget stays below the interval between runs.';
+    END IF;
+END
+$$;
+
 -- What pg_cron calls: batches until every policy finished one sweep, max_batches rounds were
 -- run or time_budget is spent, committing after each round so locks stay short and a kill
 -- loses at most one batch.
@@ -269,12 +287,7 @@ DECLARE
     r record;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
-    IF max_batches IS NULL OR time_budget IS NULL THEN
-        RAISE EXCEPTION 'max_batches and time_budget must not be NULL' USING ERRCODE = '22004';
-    ELSIF max_batches < 1 OR time_budget <= interval '0' THEN
-        RAISE EXCEPTION 'max_batches must be >= 1 and time_budget positive, got % and %', max_batches, time_budget
-            USING ERRCODE = '22023', HINT = 'E.g. CALL lifecycle.reap(100, ''1 minute'').';
-    END IF;
+    PERFORM lifecycle._require_reap_limits(max_batches, time_budget);
     IF policy_name IS NOT NULL THEN
         PERFORM lifecycle._require_policy(policy_name);
     END IF;
@@ -357,13 +370,13 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION lifecycle._estimate_backlog(policy_id integer)
+CREATE FUNCTION lifecycle._estimate_backlog_or_null(policy_id integer)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN lifecycle._estimate_backlog_unchecked(policy_id);
+    RETURN lifecycle._estimate_backlog(policy_id);
 EXCEPTION WHEN OTHERS THEN
     RETURN NULL;  -- a broken policy shows NULL here; its error shows in last_error after the next run
 END
@@ -384,7 +397,7 @@ SELECT p.name,
        s.last_error,
        s.last_error_at,
        s.errors,
-       lifecycle._estimate_backlog(p.id) AS estimated_backlog,
+       lifecycle._estimate_backlog_or_null(p.id) AS estimated_backlog,
        lifecycle._leads_an_index(p.relation, ARRAY[p.time_column]) AS has_time_index,
        coalesce(s.current_batch, p.batch_size) AS batch_size,
        p.target_batch_time,
@@ -394,4 +407,4 @@ SELECT p.name,
   JOIN lifecycle.policy_state s ON s.policy_id = p.id;
 
 -- Owners must see their own policies' status; the backlog column is NULL for policies the
--- reader may not act for (see _estimate_backlog_unchecked).
+-- reader may not act for (see lifecycle._estimate_backlog, src/reap/mod.rs).

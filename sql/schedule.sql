@@ -84,12 +84,7 @@ LANGUAGE plpgsql STABLE  -- the interval's text depends on IntervalStyle
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF max_batches IS NULL OR time_budget IS NULL THEN
-        RAISE EXCEPTION 'max_batches and time_budget must not be NULL' USING ERRCODE = '22004';
-    ELSIF max_batches < 1 OR time_budget <= interval '0' THEN
-        RAISE EXCEPTION 'max_batches must be >= 1 and time_budget positive, got % and %', max_batches, time_budget
-            USING ERRCODE = '22023', HINT = 'Keep time_budget below the interval between runs.';
-    END IF;
+    PERFORM lifecycle._require_reap_limits(max_batches, time_budget);
     RETURN format('CALL lifecycle.reap(max_batches => %s, time_budget => %L%s)', max_batches, time_budget,
                   CASE WHEN policy_name IS NULL THEN '' ELSE format(', policy_name => %L', policy_name) END);
 END

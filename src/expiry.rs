@@ -123,7 +123,7 @@ fn count_token_rejection() {
 }
 
 /// Rejection counters: cluster-wide when preloaded, else this backend's own.
-#[pg_extern(schema = "lifecycle", volatile, name = "expiry_rejections")]
+#[pg_extern(schema = "lifecycle", volatile, name = "_expiry_counters")]
 fn expiry_rejections(
 ) -> TableIterator<'static, (name!(rejected_total, i64), name!(last_rejected_at, Option<TimestampWithTimeZone>), name!(cluster_wide, bool))>
 {

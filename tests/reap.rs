@@ -93,9 +93,9 @@ fn mas_jobs_clear_ips_and_delete_in_fk_order() {
                                      time_kind => 'ulid', older_than => '7 days');",
     )
     .unwrap();
-    // check_policy shows the FKs the block rule found.
+    // policy_children shows the FKs the block rule found.
     let handled: Vec<String> = c
-        .query("SELECT child::text || '.' || child_column || ': ' || handled_by FROM lifecycle.check_policy('mas_user_sessions')", &[])
+        .query("SELECT child::text || '.' || child_column || ': ' || handled_by FROM lifecycle.policy_children('mas_user_sessions')", &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -209,7 +209,7 @@ fn mas_user_session_job_leaves_exactly_what_mas_sql_leaves() {
     )
     .unwrap();
     let shown: Vec<String> = c
-        .query("SELECT child::text || '(' || child_column || '): ' || split_part(handled_by, ':', 1) FROM lifecycle.check_policy('mas_user_sessions') ORDER BY 1", &[])
+        .query("SELECT child::text || '(' || child_column || '): ' || split_part(handled_by, ':', 1) FROM lifecycle.policy_children('mas_user_sessions') ORDER BY 1", &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))

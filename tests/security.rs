@@ -67,13 +67,13 @@ fn elevated_and_sql_running_functions_pin_search_path() {
         "lifecycle._activity_forget_all_cached()",
         "lifecycle._activity_forget_cached(text)",
         "lifecycle._count_token_rejection()",
+        "lifecycle._expiry_counters()",
         // Only schema-qualified calls; unpinned so that the tables named in delete_from and
         // block_on resolve in the caller's search_path, as its regclass argument does.
         "lifecycle.add_policy(text,regclass,name,interval,text,text,name[],text,text[],name[],integer,boolean,text[],interval,text,boolean,name[])",
         "lifecycle.clamp_expiry(bigint,bigint)",
         "lifecycle.clamp_expiry(timestamp with time zone,timestamp with time zone)",
         "lifecycle.cron_next_run(text,timestamp with time zone)",
-        "lifecycle.expiry_rejections()",
         // The hot path: no SQL at all when throttled (a SET clause would cost every call);
         // otherwise its own fixed statements, which qualify every table and operator
         // (src/activity/write.rs; shadowed below).
@@ -146,7 +146,7 @@ fn shadowing_functions_and_operators_on_search_path_changes_nothing() {
          SELECT lifecycle.add_policy('mm_pats', 'mattermost.useraccesstokens', 'expiresat', time_kind => 'unix_ms',
                 dependents => 'delete', delete_from => '{mattermost.sessions(useraccesstokenid)}', audit => '{id,userid}');
          SELECT * FROM lifecycle.preview('mm_pats', 5);
-         SELECT * FROM lifecycle.check_policy('mm_pats');
+         SELECT * FROM lifecycle.policy_children('mm_pats');
          SELECT lifecycle.reap_expired(100);
          SELECT * FROM lifecycle.policy_status;
          SELECT * FROM lifecycle.check(false);
@@ -223,6 +223,8 @@ fn roles_reach_only_what_they_are_given() {
     c.query_one("SELECT lifecycle.token_is_expired(0::bigint)", &[]).unwrap();
     c.query_one("SELECT * FROM lifecycle.activity_stats", &[]).unwrap();
     c.query_one("SELECT * FROM lifecycle.expiry_stats", &[]).unwrap();
+    let (code, _, _) = sqlstate(c.batch_execute("SELECT lifecycle.reject_if_expired('pat', 't1', 1::bigint)"));
+    assert_eq!(code, "28E01", "an app rejects an expired token (and counts it) through reject_if_expired alone");
     // ... nothing else does.
     for sql in [
         "SELECT * FROM lifecycle.audit_log",
@@ -237,6 +239,9 @@ fn roles_reach_only_what_they_are_given() {
         "SELECT * FROM lifecycle.inactive_users('1 day')",
         "INSERT INTO lifecycle.scope_services VALUES ('s', 'svc')",
         "SELECT * FROM lifecycle._reap_batch(1, 10)",
+        // Counting a rejection is reject_if_expired's alone.
+        "SELECT lifecycle._count_token_rejection()",
+        "SELECT lifecycle._reject_expired_token('pat', 't1', 'x', now())",
     ] {
         let (code, message, _) = sqlstate(c.batch_execute(sql));
         assert_eq!(code, "42501", "{sql}: {message}");

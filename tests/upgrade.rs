@@ -199,7 +199,7 @@ fn upgrade_keeps_data_policies_links_and_schedules(from: &str) {
         .collect();
     assert_eq!(kept, ["00000000-0000-0000-0000-0000000000b1"], "the block policy keeps its 0.2.0 meaning");
     assert_eq!(
-        count(&mut c, "SELECT count(*) FROM lifecycle.check_policy('mas_user_sessions') WHERE child::text = 'mas.compat_sessions' AND handled_by LIKE 'block:%'"),
+        count(&mut c, "SELECT count(*) FROM lifecycle.policy_children('mas_user_sessions') WHERE child::text = 'mas.compat_sessions' AND handled_by LIKE 'block:%'"),
         1
     );
     c.batch_execute("UPDATE mas.upstream_oauth_authorization_sessions SET user_session_id = NULL").unwrap();

@@ -52,9 +52,9 @@ fn note_policy_error(policy_id: i32, sqlstate: &str, message: &str) {
 }
 
 /// The planner's estimate of due rows, computed as the policy's owner. NULL when the caller
-/// may not act for the owner. Wrapped by lifecycle._estimate_backlog, which turns errors
-/// (a vanished column, say) into NULL.
-#[pg_extern(schema = "lifecycle", name = "_estimate_backlog_unchecked")]
+/// may not act for the owner; raises when the policy no longer fits its table (a vanished
+/// column, say), which lifecycle._estimate_backlog_or_null (policy_status) turns into NULL.
+#[pg_extern(schema = "lifecycle", name = "_estimate_backlog")]
 #[search_path(pg_catalog, pg_temp)]
 fn estimate_backlog(policy_id: i32) -> Option<i64> {
     let owner = Spi::get_one_with_args::<pg_sys::Oid>("SELECT owner::oid FROM lifecycle.policies WHERE id = $1", &[policy_id.into()])
