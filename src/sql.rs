@@ -1,5 +1,7 @@
-//! The only place that builds SQL text: identifiers are quoted here, values always travel
-//! as `$n` parameters.
+//! Helpers for the SQL the capabilities build: quoting identifiers and literals (values
+//! otherwise travel as `$n` parameters), plans kept for the session (`run_kept`), settings for
+//! one piece of work (`with_settings`), subtransactions (`in_subtransaction`). The statements
+//! themselves are written where they are used.
 
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::panic::CaughtError;
@@ -173,83 +175,6 @@ pub fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
-/// Whether `expr` keeps its parentheses balanced at every point, outside string literals,
-/// quoted identifiers, dollar quotes and comments. A text that the parser accepts as one
-/// expression can still close the parenthesis it is wrapped in and continue the statement
-/// (`true) OR (true`); this catches that before the text is spliced into `(...)`.
-pub fn parens_stay_balanced(expr: &str) -> bool {
-    let b = expr.as_bytes();
-    let (mut i, mut depth) = (0usize, 0i64);
-    while i < b.len() {
-        match b[i] {
-            b'(' => depth += 1,
-            b')' => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            b'\'' => {
-                let escapes = i > 0 && matches!(b[i - 1], b'e' | b'E');
-                i += 1;
-                while i < b.len() {
-                    match b[i] {
-                        b'\\' if escapes => i += 1,
-                        b'\'' if b.get(i + 1) == Some(&b'\'') => i += 1,
-                        b'\'' => break,
-                        _ => {}
-                    }
-                    i += 1;
-                }
-            }
-            b'"' => {
-                i += 1;
-                while i < b.len() && !(b[i] == b'"' && b.get(i + 1) != Some(&b'"')) {
-                    if b[i] == b'"' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-            }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut nesting = 0;
-                while i < b.len() {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        nesting += 1;
-                        i += 1;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                        nesting -= 1;
-                        i += 1;
-                        if nesting == 0 {
-                            break;
-                        }
-                    }
-                    i += 1;
-                }
-            }
-            b'$' if i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_') => {
-                let tag_len = b[i + 1..].iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'_').count();
-                let starts_ident = b.get(i + 1).is_some_and(|c| !c.is_ascii_digit());
-                if starts_ident && b.get(i + 1 + tag_len) == Some(&b'$') {
-                    let tag = &expr[i..i + tag_len + 2];
-                    match expr[i + tag.len()..].find(tag) {
-                        Some(end) => i += tag.len() + end + tag.len() - 1,
-                        None => return false,
-                    }
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    depth == 0
-}
-
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
@@ -261,27 +186,6 @@ mod tests {
     #[test]
     fn literals_cannot_break_out() {
         assert_eq!(literal("a'b"), "'a''b'");
-    }
-
-    #[test]
-    fn parentheses_that_break_out_are_caught() {
-        for ok in [
-            "finished_at IS NOT NULL",
-            "(a OR b) AND (c)",
-            "status IN ('completed', 'failed')",
-            "note = ')'",
-            "note = 'it''s )'",
-            "note = E'\\') ('",
-            "\")weird(\" IS NULL",
-            "a = $x$ ) $x$",
-            "a -- ) comment\n IS NULL",
-            "a /* ) /* ( */ */ IS NULL",
-        ] {
-            assert!(parens_stay_balanced(ok), "{ok}");
-        }
-        for bad in ["true) OR (true", "x)) OR ((x", ")(", "(a", "a = $q$ ) "] {
-            assert!(!parens_stay_balanced(bad), "{bad}");
-        }
     }
 
     #[pg_test]

@@ -6,7 +6,8 @@
 //! table's ownership as well as EXECUTE (lifecycle_operator), and both are audited: an app
 //! role can neither lift a hold nor place one to keep data it was told to delete.
 
-use super::policy::{check_filter, check_relation, primary_key};
+use super::filter::check_filter;
+use super::policy::{check_relation, primary_key};
 use crate::error::{self, Code};
 use crate::role;
 use crate::sql::{self, col};

@@ -5,6 +5,7 @@
 mod archive;
 mod backpressure;
 mod batch;
+mod filter;
 mod holds;
 mod policy;
 

@@ -5,14 +5,13 @@
 //! failing job at 3 a.m.
 
 use super::archive;
+use super::filter::check_filter;
 use crate::error::{self, Code};
 use crate::role;
 use crate::sql;
 use pgrx::datum::DatumWithOid;
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
-use pgrx::{is_a, PgList};
-use std::ffi::CString;
 
 /// A policy's events are announced on NOTIFY channel `lifecycle_<policy name>`.
 pub const EVENT_CHANNEL_PREFIX: &str = "lifecycle_";
@@ -333,90 +332,6 @@ fn check_deletes_can_succeed(policy_id: i32, relation: &str) {
             None,
             Some("Use dependents => 'block' to keep referenced rows until their children are gone, dependents => 'delete' or delete_from to delete the children with them."),
         );
-    }
-}
-
-/// The filter must be one boolean expression over the policy's row and nothing else: it is
-/// parsed on its own (so it cannot close a parenthesis and continue the statement) and
-/// planned against the table (so it cannot reach another table through a subquery).
-pub(super) fn check_filter(relid: pg_sys::Oid, relation: &str, filter: &str) {
-    let hint = "A filter is one boolean expression over the policy table's columns, e.g. 'finished_at IS NOT NULL'.";
-    let text = CString::new(format!("SELECT ({filter})"))
-        .unwrap_or_else(|_| error::invalid_argument("filter contains a NUL character".into(), hint));
-    // SAFETY: raw_parser reads the C string and returns a palloc'd list (or raises 42601).
-    let single_expression = unsafe {
-        let stmts = PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT));
-        stmts.len() == 1
-            && stmts.get_ptr(0).is_some_and(|raw| {
-                let node = (*raw).stmt;
-                if !is_a(node, pg_sys::NodeTag::T_SelectStmt) {
-                    return false;
-                }
-                let s = &*(node as *const pg_sys::SelectStmt);
-                s.op == pg_sys::SetOperation::SETOP_NONE
-                    && PgList::<pg_sys::Node>::from_pg(s.targetList).len() == 1
-                    && s.fromClause.is_null()
-                    && s.whereClause.is_null()
-                    && s.withClause.is_null()
-                    && s.groupClause.is_null()
-                    && s.havingClause.is_null()
-                    && s.sortClause.is_null()
-                    && s.limitCount.is_null()
-                    && s.limitOffset.is_null()
-                    && s.lockingClause.is_null()
-                    && s.distinctClause.is_null()
-                    && s.intoClause.is_null()
-                    && s.windowClause.is_null()
-            })
-    };
-    if !single_expression || !sql::parens_stay_balanced(filter) {
-        error::invalid_argument(format!("filter {} is not a single expression", sql::literal(filter)), hint);
-    }
-    // Planning checks columns and the boolean type (42703 / 42804 from Postgres itself).
-    let plan =
-        Spi::get_one::<pgrx::Json>(&format!("EXPLAIN (VERBOSE, COSTS OFF, FORMAT JSON) SELECT 1 FROM {relation} t WHERE ({filter})"))
-            .unwrap_or_else(|e| error::internal(e))
-            .map(|j| j.0)
-            .unwrap_or_default();
-    let allowed: Vec<(String, String)> = Spi::connect(|client| {
-        client
-            .select(
-                "SELECT n.nspname::text, c.relname::text
-                   FROM (SELECT $1 AS relid UNION SELECT relid FROM pg_catalog.pg_partition_tree($1)) p
-                   JOIN pg_catalog.pg_class c ON c.oid = p.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace",
-                None,
-                &[relid.into()],
-            )?
-            .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())))
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-    })
-    .unwrap_or_else(|e| error::internal(e));
-    let mut foreign = false;
-    walk_plan(&plan, &mut |node| {
-        if node.get("Subplan Name").is_some() {
-            foreign = true;
-        }
-        if let (Some(schema), Some(name)) =
-            (node.get("Schema").and_then(|v| v.as_str()), node.get("Relation Name").and_then(|v| v.as_str()))
-        {
-            if !allowed.iter().any(|(s, n)| s == schema && n == name) {
-                foreign = true;
-            }
-        }
-    });
-    if foreign {
-        error::invalid_argument(format!("filter {} reaches beyond the policy's table", sql::literal(filter)), hint);
-    }
-}
-
-fn walk_plan(value: &serde_json::Value, visit: &mut impl FnMut(&serde_json::Map<String, serde_json::Value>)) {
-    match value {
-        serde_json::Value::Object(map) => {
-            visit(map);
-            map.values().for_each(|v| walk_plan(v, visit));
-        }
-        serde_json::Value::Array(items) => items.iter().for_each(|v| walk_plan(v, visit)),
-        _ => {}
     }
 }
 
