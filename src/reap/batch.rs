@@ -8,6 +8,7 @@
 //! oldest due row again, which is how skipped rows are retried.
 
 use super::holds::{self, HoldSet};
+use super::kinds::TimeKind;
 use super::{archive, policy};
 use crate::error::{self, Code};
 use crate::limits::{BATCH_MAX, BATCH_MIN};
@@ -81,7 +82,7 @@ pub struct Policy {
     pub relation: String,
     keys: Vec<Column>,
     time: Column,
-    time_kind: String,
+    time_kind: TimeKind,
     older_than: Option<Interval>,
     filter: Option<String>,
     nullify: Option<Vec<String>>,
@@ -192,7 +193,12 @@ impl Policy {
                     relation: row.get(4)?.unwrap_or_default(),
                     keys: key_names.into_iter().zip(key_types).map(|(name, type_name)| Column { name, type_name }).collect(),
                     time: Column { name: row.get(7)?.unwrap_or_default(), type_name: row.get(8)?.unwrap_or_default() },
-                    time_kind: row.get(9)?.unwrap_or_default(),
+                    // The table's CHECK admits only the kinds TimeKind names.
+                    time_kind: row
+                        .get::<String>(9)?
+                        .as_deref()
+                        .and_then(TimeKind::parse)
+                        .unwrap_or_else(|| error::internal("lifecycle.policies holds an unknown time_kind")),
                     older_than: row.get(10)?,
                     filter: row.get(11)?,
                     nullify: row.get(12)?,
@@ -241,13 +247,13 @@ impl Policy {
         let t = col("t", &self.time.name);
         let reference = if self.older_than.is_some() { "(now() - $3::interval)" } else { "now()" };
         let op = if self.older_than.is_some() { "<" } else { "<=" };
-        let mut due = match self.time_kind.as_str() {
-            "timestamptz" => format!("{t} {op} {reference}"),
-            "timestamp" => format!("{t} {op} ({reference} AT TIME ZONE pg_catalog.current_setting('TimeZone'))"),
-            "unix_ms" => format!("{t} > 0 AND {t} {op} pg_catalog.floor(extract(epoch FROM {reference}) * 1000)::bigint"),
-            "unix_s" => format!("{t} > 0 AND {t} {op} pg_catalog.floor(extract(epoch FROM {reference}))::bigint"),
-            _ if self.time.type_name == "uuid" => format!("{t} < lifecycle.ulid_floor({reference})"),
-            _ => format!("{t} < lifecycle.ulid_floor_text({reference})"),
+        let mut due = match self.time_kind {
+            TimeKind::Timestamptz => format!("{t} {op} {reference}"),
+            TimeKind::Timestamp => format!("{t} {op} ({reference} AT TIME ZONE pg_catalog.current_setting('TimeZone'))"),
+            TimeKind::UnixMs => format!("{t} > 0 AND {t} {op} pg_catalog.floor(extract(epoch FROM {reference}) * 1000)::bigint"),
+            TimeKind::UnixS => format!("{t} > 0 AND {t} {op} pg_catalog.floor(extract(epoch FROM {reference}))::bigint"),
+            TimeKind::Ulid if self.time.type_name == "uuid" => format!("{t} < lifecycle.ulid_floor({reference})"),
+            TimeKind::Ulid => format!("{t} < lifecycle.ulid_floor_text({reference})"),
         };
         if let Some(columns) = &self.nullify {
             let any_set: Vec<String> = columns.iter().map(|c| format!("{} IS NOT NULL", col("t", c))).collect();

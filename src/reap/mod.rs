@@ -7,6 +7,7 @@ mod backpressure;
 mod batch;
 mod filter;
 mod holds;
+mod kinds;
 mod policy;
 
 use crate::error::{self, Code};

@@ -6,6 +6,7 @@
 
 use super::archive;
 use super::filter::check_filter;
+use super::kinds::{Dependents, TimeKind};
 use crate::error::{self, Code};
 use crate::role;
 use crate::sql;
@@ -15,8 +16,6 @@ use pgrx::prelude::*;
 
 /// A policy's events are announced on NOTIFY channel `lifecycle_<policy name>`.
 pub const EVENT_CHANNEL_PREFIX: &str = "lifecycle_";
-
-pub const TIME_KINDS: &[&str] = &["timestamptz", "timestamp", "unix_ms", "unix_s", "ulid"];
 
 /// A column of the policy's table as the catalogs describe it.
 struct Column {
@@ -117,7 +116,7 @@ pub(super) fn primary_key(relid: pg_sys::Oid, relation: &str) -> Vec<KeyColumn> 
 }
 
 /// The time kind: as given (checked against the column type) or inferred from it.
-fn time_kind(given: Option<&str>, col: &Column, column_name: &str) -> &'static str {
+fn time_kind(given: Option<&str>, col: &Column, column_name: &str) -> TimeKind {
     let family = match col.type_name.as_str() {
         "timestamp with time zone" => "timestamptz",
         "timestamp without time zone" => "timestamp",
@@ -127,28 +126,25 @@ fn time_kind(given: Option<&str>, col: &Column, column_name: &str) -> &'static s
     };
     let kind = match given {
         None => match family {
-            "timestamptz" => "timestamptz",
-            "timestamp" => "timestamp",
+            "timestamptz" => TimeKind::Timestamptz,
+            "timestamp" => TimeKind::Timestamp,
             _ => error::invalid_argument(
                 format!("cannot infer the time kind of column {} ({})", sql::literal(column_name), col.type_name),
                 "Say time_kind => 'unix_ms' or 'unix_s' for numbers, 'ulid' for ULIDs stored as uuid or text.",
             ),
         },
-        Some(k) => TIME_KINDS.iter().copied().find(|known| *known == k).unwrap_or_else(|| {
-            error::invalid_argument(
-                format!("unknown time_kind {}", sql::literal(k)),
-                "time_kind is one of timestamptz, timestamp, unix_ms, unix_s, ulid.",
-            )
+        Some(k) => TimeKind::parse(k).unwrap_or_else(|| {
+            error::invalid_argument(format!("unknown time_kind {}", sql::literal(k)), &format!("time_kind is one of {}.", TimeKind::list()))
         }),
     };
     let fits = match kind {
-        "unix_ms" | "unix_s" => family == "number",
-        other => family == other,
+        TimeKind::UnixMs | TimeKind::UnixS => family == "number",
+        other => family == other.as_str(),
     };
     if !fits {
         error::raise(
             Code::ERRCODE_DATATYPE_MISMATCH,
-            format!("time_kind {kind} does not fit column {} of type {}", sql::literal(column_name), col.type_name),
+            format!("time_kind {} does not fit column {} of type {}", kind.as_str(), sql::literal(column_name), col.type_name),
             None,
             Some("timestamptz/timestamp need those types, unix_ms/unix_s an integer column, ulid a uuid or text column."),
         );
@@ -380,7 +376,7 @@ fn register_policy(
     let key = primary_key(relid, &relation);
     let time_col = column(relid, time_column);
     let kind = time_kind(time_kind_given, &time_col, time_column);
-    if kind == "ulid" && older_than.is_none() {
+    if kind == TimeKind::Ulid && older_than.is_none() {
         error::invalid_argument("a ULID time column records creation time, so it needs older_than".into(), "E.g. older_than => '7 days'.");
     }
     if older_than.as_ref().is_some_and(|i| i.as_micros() <= 0) {
@@ -406,13 +402,13 @@ fn register_policy(
     for c in audit.iter().flatten() {
         column(relid, c);
     }
-    if !matches!(dependents, "none" | "block" | "delete") {
+    let dependents = Dependents::parse(dependents).unwrap_or_else(|| {
         error::invalid_argument(
             format!("unknown dependents {}", sql::literal(dependents)),
             "dependents is 'none', 'block' (keep rows that children still reference) or 'delete' (delete children with them).",
-        );
-    }
-    if nullify.is_some() && (dependents == "delete" || delete_from.is_some()) {
+        )
+    });
+    if nullify.is_some() && (dependents == Dependents::Delete || delete_from.is_some()) {
         error::invalid_argument(
             "a nullify policy deletes nothing, so it has no children to delete".into(),
             "Leave out delete_from and dependents => 'delete', or leave out nullify.",
@@ -464,12 +460,12 @@ fn register_policy(
         key_types.into(),
         time_column.into(),
         time_col.type_name.into(),
-        kind.into(),
+        kind.as_str().into(),
         older_than.into(),
         filter.into(),
         (if nullify.is_some() { "nullify" } else { "delete" }).into(),
         nullify.clone().into(),
-        dependents.into(),
+        dependents.as_str().into(),
         audit.into(),
         batch_size.into(),
         enabled.into(),
