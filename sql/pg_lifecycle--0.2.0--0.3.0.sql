@@ -719,11 +719,13 @@ BEGIN
             END LOOP;
         END IF;
         CONTINUE WHEN h.keep IS NULL;
-        -- At most once an hour, one reaper at a time: a second one waits for this row, then
-        -- finds it pruned.
-        UPDATE lifecycle.history_state SET last_pruned_at = at
-         WHERE name = h.name AND (last_pruned_at IS NULL OR last_pruned_at <= at - interval '1 hour');
+        -- At most once an hour, one reaper at a time: another one pruning (its transaction
+        -- still open) is left to it, not waited for.
+        PERFORM 1 FROM lifecycle.history_state s
+          WHERE s.name = h.name AND (s.last_pruned_at IS NULL OR s.last_pruned_at <= at - interval '1 hour')
+            FOR UPDATE SKIP LOCKED;
         CONTINUE WHEN NOT FOUND;
+        UPDATE lifecycle.history_state s SET last_pruned_at = at WHERE s.name = h.name;
         IF h.partition_by IS NOT NULL THEN
             FOR p IN SELECT c.relname
                        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
