@@ -23,7 +23,7 @@ export PG_FEATURES PG_CONFIG
 # initdb refuses root; the throwaway clusters run as this user.
 PG_USER ?= postgres
 
-.PHONY: setup install demo test test-major lint test-unit test-integration test-package package bench clean
+.PHONY: setup install demo test test-major lint test-unit test-integration test-package test-citus package bench clean
 
 setup:
 	@scripts/setup.sh
@@ -71,6 +71,12 @@ package: setup
 # Installs the package into a clean server tree and smoke-tests it (scripts/test-package.sh).
 test-package: setup
 	@scripts/test-package.sh
+
+# A coordinator and two workers on PostgreSQL 15 with Citus built from ../shared/vendor (once,
+# ~8 minutes); skips, saying so, without it. See docs/scaling.md.
+test-citus: setup
+	$(MAKE) --no-print-directory install PG=15
+	@scripts/test-citus.sh
 
 bench: install
 	@bench/run.sh

@@ -786,9 +786,11 @@ DELETE FROM lifecycle.policies WHERE name IN ('lifecycle_audit_log', 'lifecycle_
 -- The audit log becomes partitioned by month, every row kept with its id. The partitions
 -- for its past months are made here; like every partition lifecycle._maintain_history makes
 -- later, they are not members of the extension (pg_dump dumps them with their rows).
--- The rows wait in a temporary table (not a member of the extension) while the old table is
--- dropped first, so that the new one gets the same constraint names as a fresh install's.
-CREATE TEMPORARY TABLE audit_log_0_2 AS SELECT * FROM lifecycle.audit_log;
+-- The rows wait in a holding table (CREATE TABLE AS copies no constraints) while the old
+-- table is dropped first, so that the new one gets the same constraint names as a fresh
+-- install's. Not a temporary table: Citus runs this script in a two-phase transaction, which
+-- may not touch temporary objects.
+CREATE TABLE lifecycle.audit_log_0_2 AS SELECT * FROM lifecycle.audit_log;
 ALTER SEQUENCE lifecycle.audit_log_id_seq OWNED BY NONE;
 -- Out of the extension first: that also takes it off the list of tables pg_dump dumps.
 ALTER EXTENSION pg_lifecycle DROP TABLE lifecycle.audit_log;
@@ -807,7 +809,7 @@ DO $$
 DECLARE
     p record;
 BEGIN
-    FOR p IN SELECT DISTINCT b.* FROM pg_temp.audit_log_0_2 a,
+    FOR p IN SELECT DISTINCT b.* FROM lifecycle.audit_log_0_2 a,
                     lifecycle._history_partition('audit_log', 'month', a.at) b
     LOOP
         PERFORM lifecycle._create_history_partition('audit_log', 'month', p.lower_bound);
@@ -816,8 +818,8 @@ BEGIN
 END
 $$;
 INSERT INTO lifecycle.audit_log (id, at, policy, relation, row_key, action, data)
-SELECT id, at, policy, relation, row_key, action, data FROM pg_temp.audit_log_0_2;
-DROP TABLE pg_temp.audit_log_0_2;
+SELECT id, at, policy, relation, row_key, action, data FROM lifecycle.audit_log_0_2;
+DROP TABLE lifecycle.audit_log_0_2;
 
 -- Compliance: legal holds, expiry events and archives. See docs/compliance.md.
 -- Holds are placed and released by lifecycle.add_hold / release_hold (src/reap/holds.rs);
