@@ -650,8 +650,7 @@ fn raw_arg<'a>(value: Option<pg_sys::Datum>, type_oid: pg_sys::Oid) -> DatumWith
     }
 }
 
-#[cfg(any(test, feature = "pg_test"))]
-#[pgrx::pg_schema]
+#[cfg(test)]
 mod tests {
     use super::{adapt_batch_size, BATCH_MAX, BATCH_MIN};
     use std::time::Duration;

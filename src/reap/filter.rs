@@ -170,8 +170,7 @@ fn parens_stay_balanced(expr: &str) -> bool {
     depth == 0
 }
 
-#[cfg(any(test, feature = "pg_test"))]
-#[pgrx::pg_schema]
+#[cfg(test)]
 mod tests {
     use super::parens_stay_balanced;
 

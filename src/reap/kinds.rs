@@ -59,8 +59,7 @@ impl Dependents {
     }
 }
 
-#[cfg(any(test, feature = "pg_test"))]
-#[pgrx::pg_schema]
+#[cfg(test)]
 mod tests {
     use super::{Dependents, TimeKind};
 

@@ -505,8 +505,7 @@ fn register_policy(
     id
 }
 
-#[cfg(any(test, feature = "pg_test"))]
-#[pgrx::pg_schema]
+#[cfg(test)]
 mod tests {
     use super::child_specs;
 
