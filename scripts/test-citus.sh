@@ -36,10 +36,9 @@ stop_all() {
 [ -n "${KEEP_CITUS:-}" ] || trap stop_all EXIT
 
 for _ in coordinator worker1 worker2; do
-    # Citus first; the activity tables carry pg_lifecycle's invalidation triggers; two-phase
-    # commit needs prepared transactions.
+    # Citus first; two-phase commit needs prepared transactions.
     cluster_start "shared_preload_libraries = 'citus,pg_cron,pg_lifecycle'" \
-        "citus.enable_unsafe_triggers = on" "max_prepared_transactions = 20" "lifecycle.activity_cache_entries = 10000"
+        "max_prepared_transactions = 20" "lifecycle.activity_cache_entries = 10000"
     NODES+=("$CLUSTER_DIR")
     PORTS+=("$CLUSTER_PORT")
     CLUSTER_DIR=
@@ -63,12 +62,15 @@ want=$(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)
 [ "$(versions)" = "$want " ] || fail "ALTER EXTENSION UPDATE from the coordinator left versions: $(versions)"
 echo "test-citus: ok: CREATE EXTENSION (0.2.0) and ALTER EXTENSION UPDATE ($want) from the coordinator reached every node"
 
-# 2. The docs/scaling.md recipe, as written.
+# 2. The docs/scaling.md recipe, as written; a second call does nothing.
 sed -n '/^```sql$/,/^```$/p' docs/scaling.md | grep -v '^```' | grep -v '^--' > "${NODES[0]}/scaling.sql"
 on "$COORD" -f "${NODES[0]}/scaling.sql" >/dev/null
 [ "$(value "$COORD" "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text LIKE 'lifecycle.%'")" = 3 ] \
     || fail "docs/scaling.md did not distribute the activity tables"
-echo "test-citus: ok: docs/scaling.md's recipe distributes activity and activity_scopes and makes scope_services a reference table"
+[ "$(value "$COORD" "SELECT count(*) FROM pg_dist_object WHERE distribution_argument_index IS NOT NULL AND objid IN ('lifecycle.record_activity(text,text,text[],timestamptz)'::regprocedure, 'lifecycle.forget_user(text)'::regprocedure)")" = 2 ] \
+    || fail "record_activity and forget_user are not distributed by their user"
+[ "$(value "$COORD" "SELECT count(*) FROM lifecycle.distribute()")" = 0 ] || fail "a second distribute() did something"
+echo "test-citus: ok: docs/scaling.md's lifecycle.distribute() distributes the activity tables, the scope map and the two calls, once"
 
 # 3. record_activity through the coordinator lands on the worker that owns the user.
 on "$COORD" -c "SELECT lifecycle.record_activity('u' || g, 'c1', '{sync}') FROM generate_series(1, 20) g" >/dev/null

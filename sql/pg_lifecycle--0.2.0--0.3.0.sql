@@ -1324,6 +1324,54 @@ BEGIN
 END
 $$;
 
+-- Citus (docs/scaling.md): on a coordinator, distributes what the activity signal writes —
+-- the activity tables on user_id (colocated: every key starts with it), the scope map as a
+-- reference table, and record_activity / forget_user by their user argument, so each call runs
+-- on the worker that holds the user. Idempotent: returns what it did this time (nothing the
+-- second time). 55000 where Citus is absent.
+CREATE FUNCTION lifecycle.distribute()
+RETURNS TABLE (object text, done text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = '55000',
+                  HINT = 'On a Citus coordinator: CREATE EXTENSION citus, add the workers, then SELECT * FROM lifecycle.distribute().';
+    END IF;
+    -- The activity tables carry pg_lifecycle's cache-invalidation triggers, which Citus only
+    -- distributes when told that they are safe (they touch nothing but the cache).
+    PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+    IF NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'lifecycle.activity'::regclass) THEN
+        PERFORM create_distributed_table('lifecycle.activity', 'user_id');
+        object := 'lifecycle.activity'; done := 'distributed on user_id'; RETURN NEXT;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'lifecycle.activity_scopes'::regclass) THEN
+        PERFORM create_distributed_table('lifecycle.activity_scopes', 'user_id', colocate_with => 'lifecycle.activity');
+        object := 'lifecycle.activity_scopes'; done := 'distributed on user_id, colocated with lifecycle.activity'; RETURN NEXT;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'lifecycle.scope_services'::regclass) THEN
+        PERFORM create_reference_table('lifecycle.scope_services');
+        object := 'lifecycle.scope_services'; done := 'reference table'; RETURN NEXT;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_dist_object
+                    WHERE objid = 'lifecycle.record_activity(text,text,text[],timestamptz)'::regprocedure
+                      AND distribution_argument_index IS NOT NULL) THEN
+        PERFORM create_distributed_function('lifecycle.record_activity(text,text,text[],timestamptz)', '$1',
+                                            colocate_with => 'lifecycle.activity');
+        object := 'lifecycle.record_activity'; done := 'runs on the worker of its user_id'; RETURN NEXT;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_dist_object
+                    WHERE objid = 'lifecycle.forget_user(text)'::regprocedure AND distribution_argument_index IS NOT NULL) THEN
+        PERFORM create_distributed_function('lifecycle.forget_user(text)', '$1', colocate_with => 'lifecycle.activity');
+        object := 'lifecycle.forget_user'; done := 'runs on the worker of its user_id'; RETURN NEXT;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION lifecycle.distribute() IS 'On a Citus coordinator: distributes the activity tables and routes record_activity and forget_user by user (idempotent).';
+
 -- Rights, as sql/privileges.sql gives them to the objects this step created.
 REVOKE ALL ON lifecycle.policy_children, lifecycle.policy_status, lifecycle.reaper_state FROM PUBLIC;
 REVOKE ALL ON lifecycle.audit_log, lifecycle.history, lifecycle.history_state, lifecycle.retention, lifecycle.holds, lifecycle.live_holds, lifecycle.events,
@@ -1337,7 +1385,8 @@ REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text
     lifecycle._create_history_partition(text, text, timestamptz),
     lifecycle.set_retention(text, interval), lifecycle._add_hold(oid, text, text, text, timestamptz),
     lifecycle.add_hold(regclass, text, text, text, timestamptz), lifecycle.release_hold(bigint, text),
-    lifecycle.take_events(text, integer, text), lifecycle.create_archive(regclass, text, name[]) FROM PUBLIC;
+    lifecycle.take_events(text, integer, text), lifecycle.create_archive(regclass, text, name[]),
+    lifecycle.distribute() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION lifecycle._column(regclass, name), lifecycle._leads_an_index(regclass, name[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lifecycle._is_plain_name(text), lifecycle._require_plain_name(text, text),
     lifecycle._require_batch(integer, text) TO PUBLIC;

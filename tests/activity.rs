@@ -485,3 +485,11 @@ fn snapshot_isolation_reads_are_not_remembered() {
     rr.batch_execute("COMMIT").unwrap();
     assert!(rec(&mut c, "u1", "c1", "{s}", &at(" + interval '2 minutes'")), "the deleted row must not throttle");
 }
+
+#[test]
+fn distribute_without_citus_says_so() {
+    let db = Cluster::shared().fresh_db();
+    let (code, _, hint) = sqlstate(db.connect().query("SELECT * FROM lifecycle.distribute()", &[]));
+    assert_eq!(code, "55000");
+    assert!(hint.unwrap_or_default().contains("CREATE EXTENSION citus"));
+}
