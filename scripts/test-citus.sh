@@ -88,4 +88,23 @@ on "$COORD" -c "DELETE FROM lifecycle.activity WHERE user_id LIKE 'u%'" >/dev/nu
 [ "$(value "$COORD" "SELECT lifecycle.record_activity('u1', 'c1', '{sync}')")" = t ] \
     || fail "after the two-phase delete, a call was throttled by a row that is gone"
 echo "test-citus: ok: a multi-shard (two-phase) delete of activity rows goes through, and the next call writes again"
+# 5. A shard move: the user's calls follow their shard, and the old worker forgets what it
+#    cached, so that after the rows are deleted elsewhere and the shard moves back, a due write
+#    is not skipped on the old worker's word.
+shard_of() { value "$COORD" "SELECT get_shard_id_for_distribution_column('lifecycle.activity', '$1')"; }
+port_of() { value "$COORD" "SELECT nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid) WHERE p.shardid = $1"; }
+move() { on "$COORD" -c "SELECT citus_move_shard_placement($1, '127.0.0.1', $2, '127.0.0.1', $3, shard_transfer_mode => 'block_writes')" >/dev/null
+         on "$COORD" -c "CALL citus_cleanup_orphaned_resources()" >/dev/null; }
+shard=$(shard_of m1); home=$(port_of "$shard")
+other=${PORTS[1]}; [ "$home" = "$other" ] && other=${PORTS[2]}
+[ "$(value "$COORD" "SELECT lifecycle.record_activity('m1', 'c1', '{sync}')")" = t ] || fail "first call did not write"
+[ "$(value "$COORD" "SELECT lifecycle.record_activity('m1', 'c1', '{sync}')")" = f ] || fail "second call wrote"
+move "$shard" "$home" "$other"
+[ "$(port_of "$shard")" = "$other" ] || fail "the shard did not move"
+[ "$(value "$COORD" "SELECT lifecycle.record_activity('m1', 'c1', '{sync}')")" = f ] || fail "after the move, a call within the throttle wrote"
+[ "$(value "$COORD" "SELECT lifecycle.forget_user('m1')")" = 2 ] || fail "forget_user on the new worker"
+move "$shard" "$other" "$home"
+[ "$(value "$COORD" "SELECT lifecycle.record_activity('m1', 'c1', '{sync}')")" = t ] \
+    || fail "after moving back, the old worker's cache skipped a due write for a deleted row"
+echo "test-citus: ok: a shard moved away and back: calls follow it, and the old worker's cache did not outlive its rows"
 echo "test-citus: passed"

@@ -223,6 +223,26 @@ SELECT pg_catalog.pg_extension_config_dump('lifecycle.activity', '');
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.activity_scopes', '');
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.scope_services', '');
 
+-- Citus moves a user's activity shard to another worker by copying it and dropping the old
+-- one: the old worker's cache must not outlive its rows there (the shard could move back
+-- after the rows were deleted on the other worker). Dropping an activity shard forgets the
+-- worker's whole cache when the drop commits.
+CREATE FUNCTION lifecycle._activity_shard_dropped()
+RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() o
+                WHERE o.object_type = 'table' AND o.schema_name = 'lifecycle'
+                  AND o.object_name ~ '^activity(_scopes)?_[0-9]+$') THEN
+        PERFORM lifecycle._activity_forget_all_cached();
+    END IF;
+END
+$$;
+CREATE EVENT TRIGGER lifecycle_activity_shard_dropped ON sql_drop
+    EXECUTE FUNCTION lifecycle._activity_shard_dropped();
+
 -- Citus (docs/scaling.md): on a coordinator, distributes what the activity signal writes —
 -- the activity tables on user_id (colocated: every key starts with it), the scope map as a
 -- reference table, and record_activity / forget_user by their user argument, so each call runs

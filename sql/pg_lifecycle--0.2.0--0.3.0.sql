@@ -1372,6 +1372,26 @@ END
 $$;
 COMMENT ON FUNCTION lifecycle.distribute() IS 'On a Citus coordinator: distributes the activity tables and routes record_activity and forget_user by user (idempotent).';
 
+-- Citus moves a user's activity shard to another worker by copying it and dropping the old
+-- one: the old worker's cache must not outlive its rows there (the shard could move back
+-- after the rows were deleted on the other worker). Dropping an activity shard forgets the
+-- worker's whole cache when the drop commits.
+CREATE FUNCTION lifecycle._activity_shard_dropped()
+RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() o
+                WHERE o.object_type = 'table' AND o.schema_name = 'lifecycle'
+                  AND o.object_name ~ '^activity(_scopes)?_[0-9]+$') THEN
+        PERFORM lifecycle._activity_forget_all_cached();
+    END IF;
+END
+$$;
+CREATE EVENT TRIGGER lifecycle_activity_shard_dropped ON sql_drop
+    EXECUTE FUNCTION lifecycle._activity_shard_dropped();
+
 -- Rights, as sql/privileges.sql gives them to the objects this step created.
 REVOKE ALL ON lifecycle.policy_children, lifecycle.policy_status, lifecycle.reaper_state FROM PUBLIC;
 REVOKE ALL ON lifecycle.audit_log, lifecycle.history, lifecycle.history_state, lifecycle.retention, lifecycle.holds, lifecycle.live_holds, lifecycle.events,
@@ -1386,7 +1406,7 @@ REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text
     lifecycle.set_retention(text, interval), lifecycle._add_hold(oid, text, text, text, timestamptz),
     lifecycle.add_hold(regclass, text, text, text, timestamptz), lifecycle.release_hold(bigint, text),
     lifecycle.take_events(text, integer, text), lifecycle.create_archive(regclass, text, name[]),
-    lifecycle.distribute() FROM PUBLIC;
+    lifecycle.distribute(), lifecycle._activity_shard_dropped() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION lifecycle._column(regclass, name), lifecycle._leads_an_index(regclass, name[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lifecycle._is_plain_name(text), lifecycle._require_plain_name(text, text),
     lifecycle._require_batch(integer, text) TO PUBLIC;
