@@ -29,8 +29,8 @@ history_drop_bench() {
     psql_q -q -d postgres -c "DROP DATABASE IF EXISTS histbench" -c "CREATE DATABASE histbench"
     psql_q -q -d histbench -c "CREATE EXTENSION pg_lifecycle" \
         -c "SELECT lifecycle.set_retention('audit_log', NULL)" \
-        -c "SELECT lifecycle._maintain_history(date_trunc('month', now()) - interval '20 months' + interval '1 day')" \
-        -c "SELECT lifecycle._maintain_history(date_trunc('month', now()) - interval '19 months' + interval '1 day')" \
+        -c "SELECT lifecycle._maintain_history_at(date_trunc('month', now()) - interval '20 months' + interval '1 day')" \
+        -c "SELECT lifecycle._maintain_history_at(date_trunc('month', now()) - interval '19 months' + interval '1 day')" \
         -c "INSERT INTO lifecycle.audit_log (at, policy, relation, row_key, action, data)
             SELECT date_trunc('month', now()) - m::interval + g * interval '1 second', 'mm_pats', 'mm.useraccesstokens',
                    't' || g, 'delete', jsonb_build_object('id', 't' || g, 'userid', 'u' || g % 1000)

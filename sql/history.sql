@@ -79,11 +79,12 @@ $$;
 
 -- Creates the partitions of the period holding `at` and of the next one where missing, drops
 -- partitions whose every row is older than the retention, and deletes pg_cron's finished
--- runs older than theirs (at most once an hour: it reads the whole table). Runs as the
--- extension's owner, who owns the tables. `at` is a parameter for tests.
-CREATE FUNCTION lifecycle._maintain_history(at timestamptz DEFAULT now())
+-- runs older than theirs (at most once an hour: it reads the whole table). `at` is a
+-- parameter for tests: granted to nobody, since a time in the future would drop history
+-- before its retention.
+CREATE FUNCTION lifecycle._maintain_history_at(at timestamptz)
 RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -128,10 +129,20 @@ BEGIN
 END
 $$;
 
--- Sets how long history table `history` keeps its rows; NULL keeps them forever.
+-- What every reaping round runs first (lifecycle._reap_round): _maintain_history_at(now()),
+-- as the extension's owner, who owns the history tables.
+CREATE FUNCTION lifecycle._maintain_history()
+RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT lifecycle._maintain_history_at(now()) $$;
+
+-- Sets how long history table `history` keeps its rows; NULL keeps them forever. Runs with
+-- the caller's rights: only the extension's owner (a superuser, normally) may shorten how
+-- long the audit log is kept.
 CREATE FUNCTION lifecycle.set_retention(history text, keep interval)
 RETURNS lifecycle.history
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE

@@ -699,11 +699,12 @@ $$;
 
 -- Creates the partitions of the period holding `at` and of the next one where missing, drops
 -- partitions whose every row is older than the retention, and deletes pg_cron's finished
--- runs older than theirs (at most once an hour: it reads the whole table). Runs as the
--- extension's owner, who owns the tables. `at` is a parameter for tests.
-CREATE FUNCTION lifecycle._maintain_history(at timestamptz DEFAULT now())
+-- runs older than theirs (at most once an hour: it reads the whole table). `at` is a
+-- parameter for tests: granted to nobody, since a time in the future would drop history
+-- before its retention.
+CREATE FUNCTION lifecycle._maintain_history_at(at timestamptz)
 RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -748,10 +749,20 @@ BEGIN
 END
 $$;
 
--- Sets how long history table `history` keeps its rows; NULL keeps them forever.
+-- What every reaping round runs first (lifecycle._reap_round): _maintain_history_at(now()),
+-- as the extension's owner, who owns the history tables.
+CREATE FUNCTION lifecycle._maintain_history()
+RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT lifecycle._maintain_history_at(now()) $$;
+
+-- Sets how long history table `history` keeps its rows; NULL keeps them forever. Runs with
+-- the caller's rights: only the extension's owner (a superuser, normally) may shorten how
+-- long the audit log is kept.
 CREATE FUNCTION lifecycle.set_retention(history text, keep interval)
 RETURNS lifecycle.history
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -1401,7 +1412,8 @@ REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text
     lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[]),
     lifecycle.policy_children(text), lifecycle._policy_children(integer), lifecycle._require_primary(),
     lifecycle._reap_backpressure(double precision), lifecycle._pg_cron_needs_password(text, text),
-    lifecycle._history_partition(text, text, timestamptz), lifecycle._maintain_history(timestamptz),
+    lifecycle._history_partition(text, text, timestamptz), lifecycle._maintain_history(),
+    lifecycle._maintain_history_at(timestamptz),
     lifecycle._create_history_partition(text, text, timestamptz),
     lifecycle.set_retention(text, interval), lifecycle._add_hold(oid, text, text, text, timestamptz),
     lifecycle.add_hold(regclass, text, text, text, timestamptz), lifecycle.release_hold(bigint, text),
@@ -1420,4 +1432,5 @@ GRANT SELECT ON lifecycle.expiry_stats TO lifecycle_app;
 GRANT SELECT, UPDATE, DELETE ON lifecycle.events TO lifecycle_app;   -- UPDATE: take_events locks FOR UPDATE
 GRANT SELECT, INSERT, UPDATE ON lifecycle.event_consumers TO lifecycle_app;
 GRANT EXECUTE ON ALL ROUTINES IN SCHEMA lifecycle TO lifecycle_operator;
+REVOKE EXECUTE ON FUNCTION lifecycle._maintain_history_at(timestamptz) FROM lifecycle_operator;
 GRANT SELECT ON ALL TABLES IN SCHEMA lifecycle TO lifecycle_operator;

@@ -64,5 +64,7 @@ GRANT SELECT, INSERT, UPDATE ON lifecycle.event_consumers TO lifecycle_app;
 -- The operator: everything the extension offers. Policies still act only with the rights of
 -- the role that registered them, so this grants no access to anybody's tables.
 GRANT EXECUTE ON ALL ROUTINES IN SCHEMA lifecycle TO lifecycle_operator;
+-- ... except the history upkeep for an arbitrary time, which could drop history early.
+REVOKE EXECUTE ON FUNCTION lifecycle._maintain_history_at(timestamptz) FROM lifecycle_operator;
 GRANT SELECT ON ALL TABLES IN SCHEMA lifecycle TO lifecycle_operator;
 GRANT INSERT, UPDATE, DELETE ON lifecycle.scope_services TO lifecycle_operator;

@@ -309,8 +309,17 @@ fn holds_events_and_archives_follow_the_rights() {
              SELECT lifecycle.reap_expired();"
         ))
         .unwrap();
-    // An operator who does not own the table can neither place nor lift a hold.
+    // An operator who does not own the table can neither place nor lift a hold, nor shorten
+    // how long history is kept.
     admin.batch_execute(&format!("SET ROLE op_{suffix}")).unwrap();
+    for sql in [
+        "SELECT lifecycle.set_retention('audit_log', '1 day')",
+        "SELECT lifecycle.keep_history(audit_log => '1 day')",
+        "SELECT lifecycle._maintain_history_at(now() + interval '100 years')",
+    ] {
+        assert_eq!(sqlstate(admin.batch_execute(sql)).0, "42501", "{sql}");
+    }
+    admin.batch_execute("SELECT lifecycle._maintain_history()").unwrap();
     let (code, message, _) =
         sqlstate(admin.batch_execute("SELECT lifecycle.add_hold('mattermost.useraccesstokens', key => 't1', reason => 'x')"));
     assert_eq!(code, "42501", "{message}");
@@ -360,12 +369,12 @@ fn history_retention_drops_whole_partitions() {
     // Partitions of 15 months ago, as the reaper made them then; rows in them and today.
     c.batch_execute(
         "SELECT lifecycle.set_retention('audit_log', NULL), lifecycle.set_retention('events', NULL);
-         SELECT lifecycle._maintain_history(now() - interval '15 months');
+         SELECT lifecycle._maintain_history_at(now() - interval '15 months');
          SELECT lifecycle._maintain_history();
          INSERT INTO lifecycle.audit_log (at, policy, relation, row_key, action)
          SELECT now() - interval '15 months', 'p', 't', g::text, 'delete' FROM generate_series(1, 1000) g;
          INSERT INTO lifecycle.audit_log (policy, relation, row_key, action) VALUES ('p', 't', 'today', 'delete');
-         SELECT lifecycle._maintain_history(now() - interval '40 days');
+         SELECT lifecycle._maintain_history_at(now() - interval '40 days');
          INSERT INTO lifecycle.events (at, policy, owner, relation, row_key, action)
          SELECT now() - interval '40 days', 'p', 'postgres', 't', g::text, 'delete' FROM generate_series(1, 10) g;",
     )
