@@ -3,7 +3,7 @@
 //! the table is the list of columns the policy may read, so a secret column left out of it
 //! (lifecycle.create_archive's `exclude`) is never read.
 
-use super::policy::KeyColumn;
+use super::policy::{kind_and_name, resolve_table, KeyColumn};
 use crate::error::{self, Code};
 use crate::sql;
 use pgrx::prelude::*;
@@ -22,17 +22,9 @@ struct Pair {
 /// Resolves and checks archive table `spec` (in `search_path`) for a policy on `relid`:
 /// returns its OID and the source columns it archives, in the archive's column order.
 pub fn check(spec: &str, search_path: &str, relid: pg_sys::Oid, relation: &str, key: &[KeyColumn]) -> (pg_sys::Oid, Vec<String>) {
-    let archive = sql::with_settings(&[(c"search_path", search_path)], || {
-        Spi::get_one_with_args::<pg_sys::Oid>("SELECT $1::text::regclass::oid", &[spec.into()])
-    })
-    .unwrap_or_else(|e| error::internal(e))
-    .unwrap_or_else(|| error::invalid_argument(format!("invalid archive {}", sql::literal(spec)), "Name a table: 'schema.table'."));
-    let (kind, name) = sql::optional_row(
-        "SELECT c.relkind::text, $1::regclass::text FROM pg_catalog.pg_class c WHERE c.oid = $1",
-        &[archive.into()],
-        |row| Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())),
-    )
-    .unwrap_or_default();
+    let archive = resolve_table(spec, search_path)
+        .unwrap_or_else(|| error::invalid_argument(format!("invalid archive {}", sql::literal(spec)), "Name a table: 'schema.table'."));
+    let (kind, name) = kind_and_name(archive);
     if !matches!(kind.as_str(), "r" | "p") || archive == relid {
         error::invalid_argument(
             format!("archive {name} is not a table apart from {relation}"),

@@ -224,7 +224,7 @@ impl Policy {
         let (mut policy, has_children) = found
             .unwrap_or_else(|| error::raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("policy with id {id} does not exist"), None, None));
         check_may_act(policy.owner, &policy.name);
-        let holds = holds::live();
+        let holds = holds::live(policy.bookkeeper);
         if has_children || holds.iter().any(|h| h.relid != policy.relid) {
             policy.children = load_children(id);
         }

@@ -46,10 +46,10 @@ impl HoldSet {
     }
 }
 
-/// Every hold in force now, by table. Read as the extension's owner: holds (and their
-/// reasons) are not readable by policy owners.
-pub fn live() -> Vec<HoldSet> {
-    role::as_extension_owner(|| {
+/// Every hold in force now, by table. Read as the extension's owner (`owner`, which the
+/// caller has looked up already): holds (and their reasons) are not readable by policy owners.
+pub fn live(owner: pg_sys::Oid) -> Vec<HoldSet> {
+    role::run_as(owner, false, || {
         Spi::connect_mut(|client| {
             sql::run_kept(client, false, "SELECT relation::oid, key_columns::text[], keys, filters FROM lifecycle.live_holds", &[], None)?
                 .map(|row| {

@@ -196,23 +196,30 @@ fn parse_child(spec: &str, option: &str, search_path: &str) -> (pg_sys::Oid, Vec
     if relation.trim().is_empty() || columns.iter().any(|c| c.is_empty()) {
         bad();
     }
-    // regclass input does the quoting rules and raises 42P01 for an unknown table.
-    let relid = sql::with_settings(&[(c"search_path", search_path)], || {
-        Spi::get_one_with_args::<pg_sys::Oid>("SELECT $1::text::regclass::oid", &[relation.trim().into()])
+    let relid = resolve_table(relation.trim(), search_path).unwrap_or_else(|| bad());
+    (relid, columns)
+}
+
+/// A table named in an option, resolved in `search_path` (the caller's) as a regclass argument
+/// is: regclass input does the quoting rules and raises 42P01 for an unknown table.
+pub(super) fn resolve_table(name: &str, search_path: &str) -> Option<pg_sys::Oid> {
+    sql::with_settings(&[(c"search_path", search_path)], || {
+        Spi::get_one_with_args::<pg_sys::Oid>("SELECT $1::text::regclass::oid", &[name.into()])
     })
     .unwrap_or_else(|e| error::internal(e))
-    .unwrap_or_else(|| bad());
-    (relid, columns)
+}
+
+/// The relation's kind (`r`, `p`, `v`, ...) and its name as regclass prints it.
+pub(super) fn kind_and_name(relid: pg_sys::Oid) -> (String, String) {
+    sql::optional_row("SELECT c.relkind::text, $1::regclass::text FROM pg_catalog.pg_class c WHERE c.oid = $1", &[relid.into()], |row| {
+        Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default()))
+    })
+    .unwrap_or_default()
 }
 
 /// Checks a named child against the policy's table and key; `option` is delete_from or block_on.
 fn child(relid: pg_sys::Oid, columns: Vec<String>, option: &str, policy_relid: pg_sys::Oid, key: &[KeyColumn]) -> Child {
-    let (kind, name) = sql::optional_row(
-        "SELECT c.relkind::text, $1::regclass::text FROM pg_catalog.pg_class c WHERE c.oid = $1",
-        &[relid.into()],
-        |row| Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())),
-    )
-    .unwrap_or_default();
+    let (kind, name) = kind_and_name(relid);
     if !matches!(kind.as_str(), "r" | "p") {
         error::invalid_argument(
             format!("{option} names {name}, which is not a table"),
