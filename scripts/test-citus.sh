@@ -107,4 +107,88 @@ move "$shard" "$other" "$home"
 [ "$(value "$COORD" "SELECT lifecycle.record_activity('m1', 'c1', '{sync}')")" = t ] \
     || fail "after moving back, the old worker's cache skipped a due write for a deleted row"
 echo "test-citus: ok: a shard moved away and back: calls follow it, and the old worker's cache did not outlive its rows"
+
+# 6. Reaping distributed tables: Mattermost's and MAS's tables with composite keys, once plain
+#    on the coordinator and once distributed by user (children colocated), the same policies.
+for s in plain dist; do on "$COORD" -v s=$s -f tests/citus/identity.sql; done
+on "$COORD" >/dev/null <<'SQL'
+SET citus.shard_count = 8;
+SELECT create_distributed_table('dist.useraccesstokens', 'userid');
+SELECT create_distributed_table('dist.user_sessions', 'user_id');
+SELECT create_distributed_table('dist.user_session_authentications', 'user_id', colocate_with => 'dist.user_sessions');
+SELECT create_distributed_table('dist.compat_sessions', 'user_id', colocate_with => 'dist.user_sessions');
+SELECT truncate_local_data_after_distributing_table(t) FROM unnest('{dist.useraccesstokens, dist.user_sessions, dist.user_session_authentications, dist.compat_sessions}'::regclass[]) t;
+SQL
+for s in plain dist; do
+    on "$COORD" -v s=$s -f tests/citus/identity_fks.sql
+    on "$COORD" -v s=$s -f tests/citus/identity_policies.sql >/dev/null
+done
+# What a policy cannot do shard by shard is refused when it is added.
+refused() { local want=$1; shift
+    got=$(psql_q -qtA -h 127.0.0.1 -p "$COORD" -U postgres -d postgres -c "$1" 2>&1 | sed -n 's/^ERROR:  //p' | head -1 || true)
+    case "$got" in *"$want"*) ;; *) fail "want an error saying '$want' for: $1 (got: $got)";; esac; }
+on "$COORD" >/dev/null <<'SQL'
+CREATE TABLE dist.loose (id uuid PRIMARY KEY, user_id uuid NOT NULL, user_session_id uuid NOT NULL);
+SELECT create_distributed_table('dist.loose', 'id');
+CREATE TABLE dist.ref (id bigint PRIMARY KEY, expires_at timestamptz NOT NULL);
+SELECT create_reference_table('dist.ref');
+SQL
+refused "is not colocated with dist.user_sessions" \
+    "SELECT lifecycle.add_policy('loose', 'dist.user_sessions', 'finished_at', dependents => 'block', delete_from => '{dist.loose(user_id, user_session_id)}')"
+refused "is a Citus reference or local table" "SELECT lifecycle.add_policy('ref', 'dist.ref', 'expires_at')"
+refused "archive and events are not supported" "SELECT lifecycle.add_policy('ev', 'dist.useraccesstokens', 'expiresat', time_kind => 'unix_ms', events => true)"
+echo "test-citus: ok: non-colocated children, reference tables and archive/events on distributed tables are refused with 0A000"
+
+# Audit rows of a policy: on the coordinator for a plain table, summed over the workers for a
+# distributed one (each worker keeps those of its shards).
+audited() { value "$COORD" "SELECT coalesce(sum(result::bigint), 0) FROM run_command_on_workers(\$\$SELECT count(*) FROM lifecycle.audit_log WHERE policy = '$1'\$\$)"; }
+remaining() { value "$COORD" "SELECT count(*) FROM dist.useraccesstokens"; }
+
+# 7. A batch killed on a worker loses only itself: a shard of the tokens is locked on its
+#    worker, the reaper's call there waits for it and is terminated; every other shard's batch
+#    committed, and each committed delete has its audit row.
+W1=${PORTS[1]}
+shard=$(value "$COORD" "SELECT shardid FROM citus_shards WHERE table_name = 'dist.useraccesstokens'::regclass AND nodeport = $W1 ORDER BY shardid DESC LIMIT 1")
+shard_table=$(value "$COORD" "SELECT shard_name('dist.useraccesstokens', $shard)")
+on "$W1" -c "SET citus.enable_manual_changes_to_shards = on" -c "BEGIN; LOCK TABLE $shard_table; SELECT pg_sleep(300); COMMIT" >/dev/null 2>&1 &
+locker=$!
+wait_for() { local port=$1 sql=$2 i; for i in $(seq 100); do [ "$(value "$port" "$sql")" = t ] && return 0; sleep 0.1; done; fail "timed out waiting for: $sql"; }
+wait_for "$W1" "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = '$shard_table'::regclass AND mode = 'AccessExclusiveLock' AND granted)"
+on "$COORD" -c "CALL lifecycle.reap(max_batches => 1, policy_name => 'dist_pats')" >/dev/null 2>"${NODES[0]}/killed.log" &
+reaper=$!
+wait_for "$W1" "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'CALL lifecycle._reap_shards%' AND wait_event_type = 'Lock')"
+value "$W1" "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'CALL lifecycle._reap_shards%'" >/dev/null
+wait "$reaper" || fail "CALL lifecycle.reap failed when a worker's batch was killed: $(cat "${NODES[0]}/killed.log")"
+value "$W1" "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(300)%' AND pid <> pg_backend_pid()" >/dev/null
+wait "$locker" || true
+grep -q "failed on shard" "${NODES[0]}/killed.log" || fail "the killed batch was not reported: $(cat "${NODES[0]}/killed.log")"
+[ "$(value "$COORD" "SELECT last_error IS NOT NULL FROM lifecycle.shard_status WHERE policy = 'dist_pats' AND shardid = $shard")" = t ] \
+    || fail "shard_status does not show the killed batch"
+done_rows=$((20000 - $(remaining)))
+[ "$done_rows" -gt 0 ] && [ "$done_rows" = "$(audited dist_pats)" ] \
+    || fail "after a killed batch: $done_rows tokens deleted, $(audited dist_pats) audit rows"
+echo "test-citus: ok: a batch killed on a worker lost only itself ($done_rows rows reaped in that round by the other shards, each audited)"
+
+# 8. Two reapers at once on the coordinator, to the end: the distributed tables are left with
+#    exactly the rows the plain ones are, with as many audit rows.
+on "$COORD" -c "CALL lifecycle.reap()" >/dev/null 2>&1 &
+first=$!
+on "$COORD" -c "CALL lifecycle.reap()" >/dev/null 2>&1 || fail "the second reaper failed"
+wait "$first" || fail "the first reaper failed"
+on "$COORD" -c "CALL lifecycle.reap()" >/dev/null 2>&1  # what the killed round left behind, if a reaper skipped it
+rows() { value "$COORD" "SELECT md5(string_agg($2::text, ',' ORDER BY $2::text)) || ' ' || count(*) FROM $1.$3"; }
+for t in "useraccesstokens (userid, id)" "user_sessions (user_id, user_session_id)" \
+         "user_session_authentications (user_id, user_session_authentication_id)" "compat_sessions (user_id, compat_session_id)"; do
+    table=${t%% *}; key=${t#* }
+    [ "$(rows plain "$key" "$table")" = "$(rows dist "$key" "$table")" ] || fail "$table: the distributed copy keeps other rows than the plain one"
+done
+for p in pats user_sessions; do
+    plain_audit=$(value "$COORD" "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'plain_$p'")
+    [ "$plain_audit" -gt 0 ] && [ "$plain_audit" = "$(audited "dist_$p")" ] || fail "audit rows of $p: $plain_audit plain, $(audited "dist_$p") distributed"
+done
+[ "$(value "$COORD" "SELECT string_agg(total_blocked::text, ',' ORDER BY name) FROM lifecycle.policy_status WHERE name LIKE '%user_sessions'")" != "0,0" ] \
+    || fail "no session was kept by its compat session"
+[ "$(value "$COORD" "SELECT count(*) FROM lifecycle.shard_status WHERE policy = 'dist_pats' AND total_acted > 0")" = 8 ] \
+    || fail "shard_status does not show progress on every shard"
+echo "test-citus: ok: two reapers on the coordinator reaped the distributed tables shard by shard to the same rows and audit counts as the plain ones ($(audited dist_pats) tokens, $(audited dist_user_sessions) sessions)"
 echo "test-citus: passed"

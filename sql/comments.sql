@@ -37,6 +37,8 @@ COMMENT ON FUNCTION lifecycle.ulid_floor_text(timestamptz) IS 'The smallest ULID
 COMMENT ON TABLE lifecycle.policy_state IS 'Run state of each policy: cursor, counters, last error, adaptive batch size.';
 COMMENT ON TABLE lifecycle.audit_log IS 'One row per row a policy acted on (and per hold placed or released), partitioned by month.';
 COMMENT ON VIEW lifecycle.policy_status IS 'Each policy with its progress, errors, backlog estimate and batch size.';
+COMMENT ON VIEW lifecycle.shard_status IS 'Citus: each shard of a distributed table''s policy with its sweep and totals (kept on the coordinator).';
+COMMENT ON TABLE lifecycle.shard_state IS 'Citus: per-shard cursors and totals of policies on distributed tables; read lifecycle.shard_status.';
 
 -- Scheduling (docs/scheduling.md)
 COMMENT ON FUNCTION lifecycle.schedule(text, integer, interval, name) IS 'Creates or updates the pg_cron job that reaps a database; returns the job id.';

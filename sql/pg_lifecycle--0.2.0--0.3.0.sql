@@ -1059,6 +1059,83 @@ COMMENT ON VIEW lifecycle.expiry_stats IS
     'Expired-token rejections counted by reject_if_expired; cluster-wide when pg_lifecycle is preloaded, else this backend only.';
 
 
+CREATE FUNCTION lifecycle."_reap_shard"(
+	"definition" jsonb, /* JsonB */
+	"shardid" bigint, /* i64 */
+	"cursor" jsonb, /* Option < JsonB > */
+	"batch" INT /* i32 */
+) RETURNS jsonb /* JsonB */
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'reap_shard_wrapper';
+
+-- Citus: policies on hash-distributed tables reap shard by shard on the workers
+-- (src/reap/shards.rs says how; docs/scaling.md). On a server without Citus these stay empty.
+
+-- Per-shard progress of a distributed table's policy, kept on the coordinator: the keyset
+-- cursor of the shard's sweep, whether its sweep is done (a round skips it until every shard's
+-- is), and what its batches did as the coordinator heard back.
+CREATE TABLE lifecycle.shard_state (
+    policy_id     integer NOT NULL REFERENCES lifecycle.policies (id) ON DELETE CASCADE,
+    shardid       bigint  NOT NULL,
+    cursor        jsonb,
+    swept         boolean NOT NULL DEFAULT false,
+    total_acted   bigint  NOT NULL DEFAULT 0,
+    batches       bigint  NOT NULL DEFAULT 0,
+    errors        bigint  NOT NULL DEFAULT 0,
+    last_run_at   timestamptz,
+    last_error    text,
+    last_error_at timestamptz,
+    PRIMARY KEY (policy_id, shardid)
+);
+SELECT pg_catalog.pg_extension_config_dump('lifecycle.shard_state', '');
+
+CREATE VIEW lifecycle.shard_status AS
+SELECT p.name AS policy,
+       p.relation,
+       s.shardid,
+       s.swept AS sweep_done,
+       s.cursor IS NOT NULL AS sweep_in_progress,
+       s.total_acted,
+       s.batches,
+       s.last_run_at,
+       s.last_error,
+       s.last_error_at,
+       s.errors
+  FROM lifecycle.shard_state s
+  JOIN lifecycle.policies p ON p.id = s.policy_id;
+
+-- On a worker: the batches a coordinator's round sends for this node's shards of one policy,
+-- one transaction per shard (a killed batch loses only itself), each shard's outcome (or its
+-- error) in `outcome`. Audit rows go to this node's lifecycle.audit_log, whose partitions are
+-- looked after first.
+CREATE PROCEDURE lifecycle._reap_shards(definition jsonb, shards jsonb, batch integer, INOUT outcome jsonb DEFAULT NULL)
+LANGUAGE plpgsql
+-- No SET clause: a procedure with one cannot COMMIT. Everything below is schema-qualified.
+AS $$
+DECLARE
+    shard jsonb;
+    done  jsonb;
+BEGIN
+    PERFORM lifecycle._maintain_history();
+    COMMIT;
+    outcome := '[]';
+    FOR shard IN SELECT e.value FROM pg_catalog.jsonb_array_elements(shards) AS e LOOP
+        -- As on the coordinator (CALL lifecycle.reap): a lost commit is redone next run.
+        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+        BEGIN
+            done := lifecycle._reap_shard(definition, (shard ->> 'shardid')::bigint,
+                                          NULLIF(shard -> 'cursor', 'null'::jsonb), batch);
+        EXCEPTION WHEN OTHERS THEN
+            done := pg_catalog.jsonb_build_object('error', SQLSTATE || ': ' || SQLERRM);
+        END;
+        outcome := outcome || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('shardid', shard -> 'shardid') || done);
+        COMMIT;
+    END LOOP;
+END
+$$;
+
+
 -- What `\df+` and `\d+` show for every public object (tests/docs.rs checks none is missing).
 -- Objects defined in SQL files may carry their comment beside their definition instead; the
 -- functions written in Rust get theirs here, as do the older SQL ones. Idempotent: the
@@ -1098,6 +1175,8 @@ COMMENT ON FUNCTION lifecycle.ulid_floor_text(timestamptz) IS 'The smallest ULID
 COMMENT ON TABLE lifecycle.policy_state IS 'Run state of each policy: cursor, counters, last error, adaptive batch size.';
 COMMENT ON TABLE lifecycle.audit_log IS 'One row per row a policy acted on (and per hold placed or released), partitioned by month.';
 COMMENT ON VIEW lifecycle.policy_status IS 'Each policy with its progress, errors, backlog estimate and batch size.';
+COMMENT ON VIEW lifecycle.shard_status IS 'Citus: each shard of a distributed table''s policy with its sweep and totals (kept on the coordinator).';
+COMMENT ON TABLE lifecycle.shard_state IS 'Citus: per-shard cursors and totals of policies on distributed tables; read lifecycle.shard_status.';
 
 -- Scheduling (docs/scheduling.md)
 COMMENT ON FUNCTION lifecycle.schedule(text, integer, interval, name) IS 'Creates or updates the pg_cron job that reaps a database; returns the job id.';
@@ -1404,7 +1483,7 @@ CREATE EVENT TRIGGER lifecycle_activity_shard_dropped ON sql_drop
     EXECUTE FUNCTION lifecycle._activity_shard_dropped();
 
 -- Rights, as sql/privileges.sql gives them to the objects this step created.
-REVOKE ALL ON lifecycle.policy_children, lifecycle.policy_status, lifecycle.reaper_state FROM PUBLIC;
+REVOKE ALL ON lifecycle.policy_children, lifecycle.policy_status, lifecycle.reaper_state, lifecycle.shard_state, lifecycle.shard_status FROM PUBLIC;
 REVOKE ALL ON lifecycle.audit_log, lifecycle.history, lifecycle.history_state, lifecycle.retention, lifecycle.holds, lifecycle.live_holds, lifecycle.events,
     lifecycle.event_consumers FROM PUBLIC;
 REVOKE ALL ON SEQUENCE lifecycle.events_id_seq, lifecycle.holds_id_seq FROM PUBLIC;
@@ -1418,7 +1497,9 @@ REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text
     lifecycle.set_retention(text, interval), lifecycle._add_hold(oid, text, text, text, timestamptz),
     lifecycle.add_hold(regclass, text, text, text, timestamptz), lifecycle.release_hold(bigint, text),
     lifecycle.take_events(text, integer, text), lifecycle.create_archive(regclass, text, name[]),
-    lifecycle.distribute(), lifecycle._activity_shard_dropped() FROM PUBLIC;
+    lifecycle.distribute(), lifecycle._activity_shard_dropped(),
+    lifecycle._reap_shard(jsonb, bigint, jsonb, integer) FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE lifecycle._reap_shards(jsonb, jsonb, integer, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION lifecycle._column(regclass, name), lifecycle._leads_an_index(regclass, name[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lifecycle._is_plain_name(text), lifecycle._require_plain_name(text, text),
     lifecycle._require_batch(integer, text) TO PUBLIC;

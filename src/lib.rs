@@ -59,6 +59,7 @@ pgrx::extension_sql_file!(
         "schedule",
         "links",
         "compliance",
+        "shards",
         "activity",
         "expiry",
         expiry::clamp_expiry_at,

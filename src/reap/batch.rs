@@ -9,7 +9,7 @@
 
 use super::holds::{self, HoldSet};
 use super::kinds::TimeKind;
-use super::{archive, policy};
+use super::{archive, policy, shards};
 use crate::error::{self, Code};
 use crate::limits::{BATCH_MAX, BATCH_MIN};
 use crate::role;
@@ -17,6 +17,8 @@ use crate::sql::{self, col, ident};
 use pgrx::datum::DatumWithOid;
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 /// Distinguishes our advisory locks from the application's (two-int4 key space: "LCyc").
@@ -67,11 +69,11 @@ pub enum Handling {
 /// A table whose rows reference the policy's rows: `columns` (of the child) equal
 /// `parent_columns` (of the policy's table).
 pub struct Child {
-    relid: pg_sys::Oid,
-    relation: String,
-    columns: Vec<String>,
-    parent_columns: Vec<String>,
-    handling: Handling,
+    pub(super) relid: pg_sys::Oid,
+    pub(super) relation: String,
+    pub(super) columns: Vec<String>,
+    pub(super) parent_columns: Vec<String>,
+    pub(super) handling: Handling,
 }
 
 /// A policy as a batch needs it, with table names resolved now (renames are followed).
@@ -86,22 +88,22 @@ pub struct Policy {
     older_than: Option<Interval>,
     filter: Option<String>,
     nullify: Option<Vec<String>>,
-    children: Vec<Child>,
+    pub(super) children: Vec<Child>,
     audit: Option<Vec<String>>,
     batch_size: i32,
-    target_batch_time: Option<Duration>,
-    current_batch: Option<i32>,
+    pub(super) target_batch_time: Option<Duration>,
+    pub(super) current_batch: Option<i32>,
     pub cursor: Option<String>,
     partitioned: bool,
-    relid: pg_sys::Oid,
+    pub(super) relid: pg_sys::Oid,
     /// The archive table and the columns copied into it.
-    archive: Option<(String, Vec<String>)>,
+    pub(super) archive: Option<(String, Vec<String>)>,
     /// With events on: the columns each event carries.
-    events: Option<Vec<String>>,
+    pub(super) events: Option<Vec<String>>,
     /// The holds in force on this table and on the children a delete reaches.
     holds: Vec<HoldSet>,
     /// The extension's owner, who writes the bookkeeping.
-    bookkeeper: pg_sys::Oid,
+    pub(super) bookkeeper: pg_sys::Oid,
 }
 
 /// One row per batch.
@@ -234,6 +236,103 @@ impl Policy {
             .filter(|h| h.relid == policy.relid || policy.children.iter().any(|c| c.relid == h.relid && c.handling != Handling::Block))
             .collect();
         policy
+    }
+
+    /// What a worker needs to run this policy's batches on a shard (shards.rs), as `load`
+    /// resolved it: names as the coordinator knows them (the worker maps them to its shards),
+    /// the owner by name (roles are the same on every node, their OIDs are not).
+    pub fn definition(&self) -> Value {
+        let owner = sql::optional_row("SELECT $1::oid::regrole::text", &[self.owner.into()], |row| row.get::<String>(1)).flatten();
+        let column = |c: &Column| json!([c.name, c.type_name]);
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "owner": owner,
+            "relation": self.relation,
+            "relid": self.relid.to_u32(),
+            "keys": self.keys.iter().map(column).collect::<Vec<_>>(),
+            "time": column(&self.time),
+            "time_kind": self.time_kind.as_str(),
+            "older_than": self.older_than.map(|i| json!([i.months(), i.days(), i.micros()])),
+            "filter": self.filter,
+            "nullify": self.nullify,
+            "audit": self.audit,
+            "partitioned": self.partitioned,
+            "children": self.children.iter().map(|c| json!({
+                "relation": c.relation,
+                "relid": c.relid.to_u32(),
+                "columns": c.columns,
+                "parent_columns": c.parent_columns,
+                "handling": match c.handling { Handling::Delete => "delete", Handling::Block => "block", Handling::Cascade => "cascade" },
+            })).collect::<Vec<_>>(),
+            "holds": self.holds.iter().map(HoldSet::definition).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The policy of `definition` (from [`Policy::definition`]) acting on the tables `shard_of`
+    /// maps its tables' names to; no cursor, no archive and no events (shards.rs refuses them).
+    pub fn from_definition(definition: &Value, shard_of: impl Fn(&str) -> String) -> Policy {
+        let bad = || -> ! { error::invalid_argument("malformed policy definition".into(), "It is what Policy::definition writes.") };
+        let text = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| bad());
+        let texts = |v: &Value| -> Option<Vec<String>> { v.as_array().map(|a| a.iter().map(text).collect()) };
+        let oid = |v: &Value| pg_sys::Oid::from(v.as_u64().unwrap_or_else(|| bad()) as u32);
+        let column = |v: &Value| Column { name: text(&v[0]), type_name: text(&v[1]) };
+        let owner = text(&definition["owner"]);
+        let owner = sql::optional_row("SELECT $1::regrole::oid", &[owner.as_str().into()], |row| row.get::<pg_sys::Oid>(1))
+            .flatten()
+            .unwrap_or_else(|| bad());
+        let relation = text(&definition["relation"]);
+        Policy {
+            id: definition["id"].as_i64().unwrap_or_else(|| bad()) as i32,
+            name: text(&definition["name"]),
+            owner,
+            relation: shard_of(&relation),
+            keys: definition["keys"].as_array().unwrap_or_else(|| bad()).iter().map(column).collect(),
+            time: column(&definition["time"]),
+            time_kind: TimeKind::parse(&text(&definition["time_kind"])).unwrap_or_else(|| bad()),
+            older_than: definition["older_than"].as_array().map(|i| {
+                Interval::new(
+                    i[0].as_i64().unwrap_or_default() as i32,
+                    i[1].as_i64().unwrap_or_default() as i32,
+                    i[2].as_i64().unwrap_or_default(),
+                )
+                .unwrap_or_else(|_| bad())
+            }),
+            filter: definition["filter"].as_str().map(str::to_string),
+            nullify: texts(&definition["nullify"]),
+            audit: texts(&definition["audit"]),
+            partitioned: definition["partitioned"].as_bool().unwrap_or(false),
+            relid: oid(&definition["relid"]),
+            children: definition["children"]
+                .as_array()
+                .unwrap_or_else(|| bad())
+                .iter()
+                .map(|c| Child {
+                    relation: shard_of(&text(&c["relation"])),
+                    relid: oid(&c["relid"]),
+                    columns: texts(&c["columns"]).unwrap_or_else(|| bad()),
+                    parent_columns: texts(&c["parent_columns"]).unwrap_or_else(|| bad()),
+                    handling: match c["handling"].as_str() {
+                        Some("block") => Handling::Block,
+                        Some("cascade") => Handling::Cascade,
+                        _ => Handling::Delete,
+                    },
+                })
+                .collect(),
+            holds: definition["holds"]
+                .as_array()
+                .unwrap_or_else(|| bad())
+                .iter()
+                .map(|h| HoldSet::from_definition(h).unwrap_or_else(|| bad()))
+                .collect(),
+            batch_size: BATCH_MIN,
+            target_batch_time: None,
+            current_batch: None,
+            cursor: None,
+            archive: None,
+            events: None,
+            bookkeeper: role::extension_owner(),
+        }
     }
 
     /// Whether the time column is the whole key (a ULID key): the cursor is then the key.
@@ -505,6 +604,15 @@ impl Policy {
         sql::jsonb_of_columns("t", self.audit.as_deref().unwrap_or_default())
     }
 
+    /// What the batch does to a due row, as audit rows name it.
+    pub fn action(&self) -> &'static str {
+        if self.nullify.is_some() {
+            "nullify"
+        } else {
+            "delete"
+        }
+    }
+
     /// `$1` cursor, `$2` limit, `$3` older_than.
     pub fn args<'a>(&'a self, limit: i32) -> Vec<DatumWithOid<'a>> {
         vec![self.cursor.clone().into(), i64::from(limit).into(), self.older_than.into()]
@@ -556,68 +664,112 @@ pub struct Outcome {
 }
 
 /// Runs one batch of policy `id` with at most `cap` rows (NULL: the policy's own size).
-/// Skips (examined = 0) when another reaper holds the policy's lock.
+/// Skips (examined = 0) when another reaper holds the policy's lock. A policy on a Citus
+/// distributed table runs one batch per shard on the workers instead (shards.rs).
 pub fn run(id: i32, cap: Option<i32>) -> Outcome {
     let policy = Policy::load(id);
     let limit = policy.next_size().min(cap.unwrap_or(BATCH_MAX));
-    let locked =
-        sql::optional_row("SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)", &[ADVISORY_LOCK_CLASS.into(), id.into()], |row| {
-            row.get::<bool>(1)
-        })
-        .flatten()
-        .unwrap_or(false);
-    if !locked {
+    if !try_lock(id) {
         return Outcome { acted: 0, examined: 0, sweep_done: true };
     }
+    if let Some(distribution) = shards::distribution(policy.relid) {
+        return shards::run(&policy, &distribution, limit);
+    }
+    let action = policy.action();
+    execute(&policy, limit, |client, done| {
+        let next_size = policy.target_batch_time.map(|target| adapt_batch_size(limit, done.elapsed, target, !done.sweep_done));
+        let args = [
+            policy.id.into(),
+            policy.name.as_str().into(),
+            policy.relation.as_str().into(),
+            action.into(),
+            done.audit_keys(),
+            done.audit_data(),
+            done.sweep_done.into(),
+            done.cursor.clone().into(),
+            done.acted.into(),
+            done.blocked.into(),
+            next_size.into(),
+            done.event_data(),
+            policy.owner.into(),
+            done.held.into(),
+        ];
+        role::run_as(policy.bookkeeper, false, || {
+            sql::run_kept(client, true, BOOKKEEPING, &args, None)?;
+            if policy.events.is_some() && done.acted > 0 {
+                // Delivered when this transaction commits, never before the rows are gone.
+                let channel = format!("{}{}", policy::EVENT_CHANNEL_PREFIX, policy.name);
+                sql::run_kept(client, true, "SELECT pg_catalog.pg_notify($1, $2)", &[channel.into(), done.acted.to_string().into()], None)?;
+            }
+            Ok::<_, pgrx::spi::Error>(())
+        })?;
+        Ok(Outcome { acted: done.acted, examined: done.examined, sweep_done: done.sweep_done })
+    })
+}
+
+/// The policy's advisory lock for this transaction, if no other reaper holds it.
+fn try_lock(id: i32) -> bool {
+    sql::optional_row("SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)", &[ADVISORY_LOCK_CLASS.into(), id.into()], |row| {
+        row.get::<bool>(1)
+    })
+    .flatten()
+    .unwrap_or(false)
+}
+
+/// What a batch statement did, as `record` gets it to write down.
+pub struct Done {
+    pub acted: i64,
+    pub examined: i64,
+    pub blocked: i64,
+    pub held: i64,
+    pub cursor: Option<String>,
+    pub sweep_done: bool,
+    pub elapsed: Duration,
+    audit_keys: Option<pg_sys::Datum>,
+    audit_data: Option<pg_sys::Datum>,
+    event_data: Option<pg_sys::Datum>,
+}
+
+impl Done {
+    /// The acted-on rows' keys (text[]), as a parameter of the bookkeeping statement.
+    pub fn audit_keys<'a>(&self) -> DatumWithOid<'a> {
+        raw_arg(self.audit_keys, pg_sys::TEXTARRAYOID)
+    }
+    /// Their audit data (jsonb[]; NULL without audit).
+    pub fn audit_data<'a>(&self) -> DatumWithOid<'a> {
+        raw_arg(self.audit_data, pg_sys::JSONBARRAYOID)
+    }
+    /// Their events' data (jsonb[]; NULL without events).
+    pub fn event_data<'a>(&self) -> DatumWithOid<'a> {
+        raw_arg(self.event_data, pg_sys::JSONBARRAYOID)
+    }
+}
+
+/// Runs the batch statement of `policy` for at most `limit` rows as its owner, then `record`
+/// in the same SPI connection: the audit arrays go from the statement to the bookkeeping as
+/// the binary values they are (they live until the connection ends), not through text.
+pub fn execute<R>(policy: &Policy, limit: i32, record: impl FnOnce(&mut SpiClient<'_>, &Done) -> Result<R, pgrx::spi::Error>) -> R {
     let statement = policy.statement();
-    let action = if policy.nullify.is_some() { "nullify" } else { "delete" };
-    let bookkeeper = policy.bookkeeper;
-    // One SPI connection for both statements: the audit arrays go from the first to the
-    // second as the binary values they are (they live until the connection ends), not
-    // through text.
     Spi::connect_mut(|client| {
         let started = Instant::now();
         let row = with_batch_plan_shape(|| {
             role::run_as(policy.owner, true, || sql::run_kept(client, true, &statement, &policy.args(limit), Some(1)))
         })?
         .first();
-        let elapsed = started.elapsed();
-        let acted = row.get::<i64>(1)?.unwrap_or(0);
         let examined = row.get::<i64>(2)?.unwrap_or(0);
-        let blocked = row.get::<i64>(3)?.unwrap_or(0);
-        let cursor = row.get::<String>(4)?;
-        let audit_keys = raw_arg(row.get_datum_by_ordinal(5)?, pg_sys::TEXTARRAYOID);
-        let audit_data = raw_arg(row.get_datum_by_ordinal(6)?, pg_sys::JSONBARRAYOID);
-        let event_data = raw_arg(row.get_datum_by_ordinal(7)?, pg_sys::JSONBARRAYOID);
-        let held = row.get::<i64>(8)?.unwrap_or(0);
-        let sweep_done = examined < i64::from(limit);
-        let next_size = policy.target_batch_time.map(|target| adapt_batch_size(limit, elapsed, target, !sweep_done));
-        let args = [
-            policy.id.into(),
-            policy.name.as_str().into(),
-            policy.relation.as_str().into(),
-            action.into(),
-            audit_keys,
-            audit_data,
-            sweep_done.into(),
-            cursor.into(),
-            acted.into(),
-            blocked.into(),
-            next_size.into(),
-            event_data,
-            policy.owner.into(),
-            held.into(),
-        ];
-        role::run_as(bookkeeper, false, || {
-            sql::run_kept(client, true, BOOKKEEPING, &args, None)?;
-            if policy.events.is_some() && acted > 0 {
-                // Delivered when this transaction commits, never before the rows are gone.
-                let channel = format!("{}{}", policy::EVENT_CHANNEL_PREFIX, policy.name);
-                sql::run_kept(client, true, "SELECT pg_catalog.pg_notify($1, $2)", &[channel.into(), acted.to_string().into()], None)?;
-            }
-            Ok::<_, pgrx::spi::Error>(())
-        })?;
-        Ok::<_, pgrx::spi::Error>(Outcome { acted, examined, sweep_done })
+        let done = Done {
+            elapsed: started.elapsed(),
+            acted: row.get::<i64>(1)?.unwrap_or(0),
+            examined,
+            blocked: row.get::<i64>(3)?.unwrap_or(0),
+            cursor: row.get::<String>(4)?,
+            audit_keys: row.get_datum_by_ordinal(5)?,
+            audit_data: row.get_datum_by_ordinal(6)?,
+            event_data: row.get_datum_by_ordinal(7)?,
+            held: row.get::<i64>(8)?.unwrap_or(0),
+            sweep_done: examined < i64::from(limit),
+        };
+        record(client, &done)
     })
     .unwrap_or_else(|e| error::internal(e))
 }
@@ -625,7 +777,7 @@ pub fn run(id: i32, cap: Option<i32>) -> Outcome {
 /// What a batch records as the extension owner: one audit row per acted-on row (`$5` keys and
 /// `$6` data, parallel arrays; NULL data: no audit), one event per acted-on row (`$12` data;
 /// NULL: no events) and the policy's new state.
-const BOOKKEEPING: &str = "
+pub const BOOKKEEPING: &str = "
 WITH audit AS (
     INSERT INTO lifecycle.audit_log (policy, relation, row_key, action, data)
     SELECT $2, $3, u.k, $4, u.d FROM unnest($5::text[], $6::jsonb[]) AS u(k, d) WHERE $6 IS NOT NULL),

@@ -46,6 +46,26 @@ impl HoldSet {
     }
 }
 
+impl HoldSet {
+    /// The set as a worker needs it (shards.rs): the table by the coordinator's OID, which
+    /// the policy's definition uses too.
+    pub fn definition(&self) -> serde_json::Value {
+        serde_json::json!({"relid": self.relid.to_u32(), "key_columns": self.key_columns, "keys": self.keys, "filters": self.filters})
+    }
+
+    /// The set of `definition`, or None when it is not one.
+    pub fn from_definition(definition: &serde_json::Value) -> Option<HoldSet> {
+        let texts =
+            |v: &serde_json::Value| -> Option<Vec<String>> { v.as_array()?.iter().map(|t| t.as_str().map(str::to_string)).collect() };
+        Some(HoldSet {
+            relid: pg_sys::Oid::from(definition["relid"].as_u64()? as u32),
+            key_columns: texts(&definition["key_columns"])?,
+            keys: texts(&definition["keys"])?,
+            filters: texts(&definition["filters"])?,
+        })
+    }
+}
+
 /// Every hold in force now, by table. Read as the extension's owner (`owner`, which the
 /// caller has looked up already): holds (and their reasons) are not readable by policy owners.
 pub fn live(owner: pg_sys::Oid) -> Vec<HoldSet> {

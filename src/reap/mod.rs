@@ -9,6 +9,7 @@ mod filter;
 mod holds;
 mod kinds;
 mod policy;
+mod shards;
 
 use crate::error::{self, Code};
 use crate::role;
@@ -188,5 +189,6 @@ pgrx::extension_sql_file!(
         "core"
     ]
 );
+pgrx::extension_sql_file!("../../sql/shards.sql", name = "shards", requires = ["reap", shards::reap_shard]);
 pgrx::extension_sql_file!("../../sql/history.sql", name = "history", requires = ["expiry"]);
 pgrx::extension_sql_file!("../../sql/compliance.sql", name = "compliance", requires = ["reap", holds::add_hold, holds::release_hold]);

@@ -5,8 +5,10 @@
 //! failing job at 3 a.m.
 
 use super::archive;
+use super::batch::Policy;
 use super::filter::check_filter;
 use super::kinds::{Dependents, TimeKind};
+use super::shards;
 use crate::error::{self, Code};
 use crate::role;
 use crate::sql;
@@ -508,6 +510,9 @@ fn register_policy(
     .unwrap_or_else(|e| error::internal(e));
     if nullify.is_none() {
         check_deletes_can_succeed(id, &relation);
+    }
+    if let Some(table) = shards::distribution(relid) {
+        shards::check(&Policy::load(id), &table);
     }
     id
 }

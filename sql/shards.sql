@@ -1,0 +1,65 @@
+-- Citus: policies on hash-distributed tables reap shard by shard on the workers
+-- (src/reap/shards.rs says how; docs/scaling.md). On a server without Citus these stay empty.
+
+-- Per-shard progress of a distributed table's policy, kept on the coordinator: the keyset
+-- cursor of the shard's sweep, whether its sweep is done (a round skips it until every shard's
+-- is), and what its batches did as the coordinator heard back.
+CREATE TABLE lifecycle.shard_state (
+    policy_id     integer NOT NULL REFERENCES lifecycle.policies (id) ON DELETE CASCADE,
+    shardid       bigint  NOT NULL,
+    cursor        jsonb,
+    swept         boolean NOT NULL DEFAULT false,
+    total_acted   bigint  NOT NULL DEFAULT 0,
+    batches       bigint  NOT NULL DEFAULT 0,
+    errors        bigint  NOT NULL DEFAULT 0,
+    last_run_at   timestamptz,
+    last_error    text,
+    last_error_at timestamptz,
+    PRIMARY KEY (policy_id, shardid)
+);
+SELECT pg_catalog.pg_extension_config_dump('lifecycle.shard_state', '');
+
+CREATE VIEW lifecycle.shard_status AS
+SELECT p.name AS policy,
+       p.relation,
+       s.shardid,
+       s.swept AS sweep_done,
+       s.cursor IS NOT NULL AS sweep_in_progress,
+       s.total_acted,
+       s.batches,
+       s.last_run_at,
+       s.last_error,
+       s.last_error_at,
+       s.errors
+  FROM lifecycle.shard_state s
+  JOIN lifecycle.policies p ON p.id = s.policy_id;
+
+-- On a worker: the batches a coordinator's round sends for this node's shards of one policy,
+-- one transaction per shard (a killed batch loses only itself), each shard's outcome (or its
+-- error) in `outcome`. Audit rows go to this node's lifecycle.audit_log, whose partitions are
+-- looked after first.
+CREATE PROCEDURE lifecycle._reap_shards(definition jsonb, shards jsonb, batch integer, INOUT outcome jsonb DEFAULT NULL)
+LANGUAGE plpgsql
+-- No SET clause: a procedure with one cannot COMMIT. Everything below is schema-qualified.
+AS $$
+DECLARE
+    shard jsonb;
+    done  jsonb;
+BEGIN
+    PERFORM lifecycle._maintain_history();
+    COMMIT;
+    outcome := '[]';
+    FOR shard IN SELECT e.value FROM pg_catalog.jsonb_array_elements(shards) AS e LOOP
+        -- As on the coordinator (CALL lifecycle.reap): a lost commit is redone next run.
+        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+        BEGIN
+            done := lifecycle._reap_shard(definition, (shard ->> 'shardid')::bigint,
+                                          NULLIF(shard -> 'cursor', 'null'::jsonb), batch);
+        EXCEPTION WHEN OTHERS THEN
+            done := pg_catalog.jsonb_build_object('error', SQLSTATE || ': ' || SQLERRM);
+        END;
+        outcome := outcome || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('shardid', shard -> 'shardid') || done);
+        COMMIT;
+    END LOOP;
+END
+$$;

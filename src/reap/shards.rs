@@ -1,0 +1,373 @@
+//! Citus: a policy on a hash-distributed table runs its batches on the workers, one per shard,
+//! each against the shard itself, in the worker's own transaction (docs/scaling.md).
+//!
+//! A batch statement over the distributed table cannot run on the coordinator: its keyset
+//! cursor spans shards and Citus refuses `FOR UPDATE` across them. So a round of such a policy
+//! sends each worker one `CALL lifecycle._reap_shards(...)` (Citus's `master_run_on_worker`:
+//! in parallel, each over a connection of its own, so in the worker's own transactions) with
+//! the policy as the coordinator resolved it and the worker's shards whose sweep is not done,
+//! each with its cursor. The worker runs one batch per shard and commits after each, audit rows
+//! into its own `lifecycle.audit_log` in the batch's transaction; the coordinator then writes
+//! down each shard's cursor (`lifecycle.shard_state`) and the policy's totals. No lock spans
+//! shards or nodes, and a killed batch loses only itself.
+
+use super::batch::{self, adapt_batch_size, Handling, Outcome, Policy, BOOKKEEPING};
+use crate::error::{self, Code};
+use crate::role;
+use crate::sql;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How Citus distributes a table: `h` (hash), `n` (reference or Citus-local), ...
+pub struct Distribution {
+    method: String,
+    colocation: i32,
+    column: Option<String>,
+}
+
+/// Whether Citus is installed in this database.
+fn citus_installed() -> bool {
+    // SAFETY: a catalog lookup by name; missing_ok returns InvalidOid instead of raising.
+    unsafe { pg_sys::get_extension_oid(c"citus".as_ptr(), true) != pg_sys::InvalidOid }
+}
+
+/// How Citus distributes table `relid`; None for a table Citus does not manage (or no Citus).
+pub fn distribution(relid: pg_sys::Oid) -> Option<Distribution> {
+    if !citus_installed() {
+        return None;
+    }
+    sql::optional_row(
+        "SELECT partmethod::text, colocationid, pg_catalog.column_to_column_name(logicalrelid, partkey)
+           FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1",
+        &[relid.into()],
+        |row| {
+            Ok(Distribution { method: row.get(1)?.unwrap_or_default(), colocation: row.get(2)?.unwrap_or_default(), column: row.get(3)? })
+        },
+    )
+}
+
+/// Refuses what a batch on the shards cannot do as it does on one server (registration
+/// checks it, and every round again: tables can be distributed after a policy was added).
+pub fn check(policy: &Policy, table: &Distribution) {
+    let refuse = |message: String, hint: &str| -> ! { error::raise(Code::ERRCODE_FEATURE_NOT_SUPPORTED, message, None, Some(hint)) };
+    if table.method != "h" {
+        refuse(
+            format!("{} is a Citus reference or local table; pg_lifecycle reaps hash-distributed and plain tables", policy.relation),
+            "A reference table's rows are copied to every node, and a batch's SKIP LOCKED picks may differ per copy: keep it a plain table on the coordinator to reap it.",
+        );
+    }
+    if policy.archive.is_some() || policy.events.is_some() {
+        refuse(
+            format!("archive and events are not supported for {}, a distributed table", policy.relation),
+            "A batch runs on a worker, and the archive and event tables are on the coordinator: leave them out (the audit log is kept on each worker).",
+        );
+    }
+    let column = table.column.as_deref().unwrap_or_default();
+    for child in policy.children.iter().filter(|c| c.handling != Handling::Cascade) {
+        // The child's rows of a parent row are in the colocated shard only if the child's
+        // distribution column is the one that references the parent's.
+        let colocated = distribution(child.relid).is_some_and(|d| {
+            d.method == "h"
+                && d.colocation == table.colocation
+                && child.parent_columns.iter().position(|p| p == column).is_some_and(|i| Some(&child.columns[i]) == d.column.as_ref())
+        });
+        if !colocated {
+            refuse(
+                format!("{} is not colocated with {} on the column that references {}", child.relation, policy.relation, sql::literal(column)),
+                "Distribute the child on that column with colocate_with => the policy's table: a batch deletes or checks children in the shard beside the parent's.",
+            );
+        }
+    }
+}
+
+/// A shard whose sweep is not done, where it is and where its cursor stands.
+struct Shard {
+    id: i64,
+    node: String,
+    port: i32,
+    cursor: Option<String>,
+}
+
+/// The shards of the policy's table that have not finished the current sweep.
+fn pending_shards(policy: &Policy) -> Vec<Shard> {
+    role::run_as(policy.bookkeeper, false, || {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT s.shardid, n.nodename::text, n.nodeport, st.cursor::text
+                       FROM pg_catalog.pg_dist_shard s
+                       JOIN pg_catalog.pg_dist_placement pl ON pl.shardid = s.shardid
+                       JOIN pg_catalog.pg_dist_node n ON n.groupid = pl.groupid AND n.noderole = 'primary' AND n.isactive
+                       LEFT JOIN lifecycle.shard_state st ON st.policy_id = $1 AND st.shardid = s.shardid
+                      WHERE s.logicalrelid = $2 AND NOT coalesce(st.swept, false)
+                      ORDER BY s.shardid",
+                    None,
+                    &[policy.id.into(), policy.relid.into()],
+                )?
+                .map(|row| {
+                    Ok(Shard {
+                        id: row.get(1)?.unwrap_or_default(),
+                        node: row.get(2)?.unwrap_or_default(),
+                        port: row.get(3)?.unwrap_or_default(),
+                        cursor: row.get(4)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        })
+    })
+    .unwrap_or_else(|e| error::internal(e))
+}
+
+/// What one shard's batch did, or the error it failed with.
+struct ShardOutcome {
+    id: i64,
+    acted: i64,
+    examined: i64,
+    blocked: i64,
+    held: i64,
+    cursor: Option<String>,
+    swept: bool,
+    elapsed: Duration,
+    error: Option<String>,
+}
+
+impl ShardOutcome {
+    fn failed(id: i64, error: String) -> ShardOutcome {
+        ShardOutcome {
+            id,
+            acted: 0,
+            examined: 0,
+            blocked: 0,
+            held: 0,
+            cursor: None,
+            swept: true,
+            elapsed: Duration::ZERO,
+            error: Some(error),
+        }
+    }
+
+    /// From an element of `_reap_shards`'s outcome (what `reap_shard` returns, plus shardid).
+    fn parse(v: &Value) -> ShardOutcome {
+        let id = v["shardid"].as_i64().unwrap_or_default();
+        if let Some(e) = v["error"].as_str() {
+            return ShardOutcome::failed(id, e.to_string());
+        }
+        let n = |k: &str| v[k].as_i64().unwrap_or_default();
+        ShardOutcome {
+            id,
+            acted: n("acted"),
+            examined: n("examined"),
+            blocked: n("blocked"),
+            held: n("held"),
+            cursor: v["cursor"].as_str().map(str::to_string),
+            swept: v["sweep_done"].as_bool().unwrap_or(true),
+            elapsed: Duration::from_micros(n("micros").max(0) as u64),
+            error: None,
+        }
+    }
+}
+
+/// One round of `policy` on its shards: one batch of at most `limit` rows on every shard whose
+/// sweep is not done, all workers at once. `sweep_done` when every shard has finished its sweep.
+pub fn run(policy: &Policy, table: &Distribution, limit: i32) -> Outcome {
+    check(policy, table);
+    let definition = policy.definition().to_string();
+    let mut by_node: BTreeMap<(String, i32), Vec<Value>> = BTreeMap::new();
+    for shard in pending_shards(policy) {
+        let cursor = shard.cursor.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok());
+        by_node.entry((shard.node, shard.port)).or_default().push(json!({"shardid": shard.id, "cursor": cursor}));
+    }
+    let (mut nodes, mut ports, mut commands) = (Vec::new(), Vec::new(), Vec::new());
+    for ((node, port), shards) in &by_node {
+        nodes.push(node.clone());
+        ports.push(*port);
+        commands.push(format!(
+            "CALL lifecycle._reap_shards({}::jsonb, {}::jsonb, {limit})",
+            sql::literal(&definition),
+            sql::literal(&Value::from(shards.clone()).to_string())
+        ));
+    }
+    // As the caller: Citus connects to the workers as the current user, whose right to act
+    // for the policy's owner each worker checks again.
+    let replies = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT success, result FROM pg_catalog.master_run_on_worker($1, $2, $3, true)",
+                None,
+                &[nodes.into(), ports.into(), commands.into()],
+            )?
+            .map(|row| Ok((row.get::<bool>(1)?.unwrap_or(false), row.get::<String>(2)?.unwrap_or_default())))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error::internal(e));
+    let mut outcomes = Vec::new();
+    for (((node, port), shards), (success, result)) in by_node.iter().zip(replies) {
+        let parsed = if success { serde_json::from_str::<Value>(&result).ok() } else { None };
+        match parsed.as_ref().and_then(Value::as_array) {
+            Some(list) => outcomes.extend(list.iter().map(ShardOutcome::parse)),
+            // The whole call failed (the node is down, the session was killed): what it
+            // committed before is done, and this round's cursors are not known; those shards
+            // try again in the next sweep.
+            None => outcomes.extend(
+                shards
+                    .iter()
+                    .map(|s| ShardOutcome::failed(s["shardid"].as_i64().unwrap_or_default(), format!("on {node}:{port}: {result}"))),
+            ),
+        }
+    }
+    record(policy, &outcomes, limit)
+}
+
+/// Per-shard progress on the coordinator: cursors, sweep marks and totals.
+const SHARD_BOOKKEEPING: &str = "
+INSERT INTO lifecycle.shard_state AS s (policy_id, shardid, cursor, swept, total_acted, batches, errors, last_run_at, last_error, last_error_at)
+SELECT $1, o.shardid, o.cursor::jsonb, o.swept, o.acted, 1, (o.error IS NOT NULL)::integer, now(), o.error,
+       CASE WHEN o.error IS NOT NULL THEN now() END
+  FROM unnest($2::bigint[], $3::text[], $4::boolean[], $5::bigint[], $6::text[]) AS o(shardid, cursor, swept, acted, error)
+ON CONFLICT (policy_id, shardid) DO UPDATE
+   SET cursor = CASE WHEN excluded.last_error IS NULL THEN excluded.cursor ELSE s.cursor END,
+       swept = excluded.swept, total_acted = s.total_acted + excluded.total_acted, batches = s.batches + 1,
+       errors = s.errors + excluded.errors, last_run_at = now(),
+       last_error = excluded.last_error, last_error_at = CASE WHEN excluded.last_error IS NULL THEN s.last_error_at ELSE now() END";
+
+/// The policy's totals after a round on its shards (`$5`: the first shard error, if any).
+const POLICY_BOOKKEEPING: &str = "
+UPDATE lifecycle.policy_state
+   SET cursor = NULL, sweep_started_at = coalesce(sweep_started_at, now()),
+       last_run_at = now(), last_acted = $2, total_acted = total_acted + $2,
+       total_blocked = total_blocked + $3, total_held = total_held + $4, batches = batches + 1,
+       last_error = $5, last_error_at = CASE WHEN $5 IS NULL THEN last_error_at ELSE now() END,
+       errors = errors + ($5 IS NOT NULL)::integer, current_batch = $6
+ WHERE policy_id = $1";
+
+/// A sweep is over on every shard: the next round starts a new one (and forgets shards that
+/// a split or a drop took away).
+const NEW_SWEEP: &str = "
+WITH gone AS (DELETE FROM lifecycle.shard_state st
+               WHERE st.policy_id = $1 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_shard s WHERE s.shardid = st.shardid))
+UPDATE lifecycle.shard_state SET swept = false, cursor = NULL WHERE policy_id = $1";
+
+/// Writes down a round's outcomes; the round's `Outcome` for lifecycle._reap_round.
+fn record(policy: &Policy, outcomes: &[ShardOutcome], limit: i32) -> Outcome {
+    let sum = |f: fn(&ShardOutcome) -> i64| outcomes.iter().map(f).sum::<i64>();
+    let (acted, examined) = (sum(|o| o.acted), sum(|o| o.examined));
+    let first_error = outcomes.iter().find_map(|o| o.error.as_ref().map(|e| format!("shard {}: {e}", o.id)));
+    for o in outcomes {
+        if let Some(e) = &o.error {
+            error::warn(
+                format!("pg_lifecycle: policy {} failed on shard {}: {e}", policy.name, o.id),
+                "See lifecycle.shard_status; the shard's batch was rolled back on its worker and is retried next sweep.",
+            );
+        }
+    }
+    // Adaptive sizes follow the slowest shard: every shard's batch has the same size.
+    let slowest = outcomes.iter().map(|o| o.elapsed).max().unwrap_or_default();
+    let full = outcomes.iter().any(|o| !o.swept);
+    let next_size = policy.target_batch_time.filter(|_| !slowest.is_zero()).map(|target| adapt_batch_size(limit, slowest, target, full));
+    let sweep_done = role::run_as(policy.bookkeeper, false, || {
+        Spi::run_with_args(
+            SHARD_BOOKKEEPING,
+            &[
+                policy.id.into(),
+                outcomes.iter().map(|o| o.id).collect::<Vec<_>>().into(),
+                outcomes.iter().map(|o| o.cursor.clone()).collect::<Vec<_>>().into(),
+                outcomes.iter().map(|o| o.swept).collect::<Vec<_>>().into(),
+                outcomes.iter().map(|o| o.acted).collect::<Vec<_>>().into(),
+                outcomes.iter().map(|o| o.error.clone()).collect::<Vec<_>>().into(),
+            ],
+        )?;
+        Spi::run_with_args(
+            POLICY_BOOKKEEPING,
+            &[
+                policy.id.into(),
+                acted.into(),
+                sum(|o| o.blocked).into(),
+                sum(|o| o.held).into(),
+                first_error.clone().into(),
+                next_size.or(policy.current_batch).into(),
+            ],
+        )?;
+        Ok::<_, pgrx::spi::Error>(())
+    })
+    .map(|()| pending_shards(policy).is_empty())
+    .unwrap_or_else(|e| error::internal(e));
+    if sweep_done {
+        role::run_as(policy.bookkeeper, false, || Spi::run_with_args(NEW_SWEEP, &[policy.id.into()]))
+            .unwrap_or_else(|e| error::internal(e));
+    }
+    Outcome { acted, examined, sweep_done }
+}
+
+/// The name of the shard of `relation` that is colocated with shard `shardid` (the shard itself
+/// when it is `relation`'s), as this worker's Citus metadata says; 42P01 when there is none.
+fn colocated_shard(relation: &str, shardid: i64) -> String {
+    sql::optional_row(
+        // shard_name leaves out the schema when it is public, which this search_path lacks.
+        "SELECT CASE WHEN n.nspname = 'public' THEN 'public.' ELSE '' END || pg_catalog.shard_name(c.logicalrelid, c.shardid)
+           FROM pg_catalog.pg_dist_shard p
+           JOIN pg_catalog.pg_dist_partition pp ON pp.logicalrelid = p.logicalrelid
+           JOIN pg_catalog.pg_dist_partition cp ON cp.colocationid = pp.colocationid AND cp.logicalrelid = $2::regclass
+           JOIN pg_catalog.pg_dist_shard c ON c.logicalrelid = cp.logicalrelid AND c.shardminvalue = p.shardminvalue
+           JOIN pg_catalog.pg_class cc ON cc.oid = c.logicalrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = cc.relnamespace
+          WHERE p.shardid = $1",
+        &[shardid.into(), relation.into()],
+        |row| row.get::<String>(1),
+    )
+    .flatten()
+    .unwrap_or_else(|| {
+        error::raise(
+            Code::ERRCODE_UNDEFINED_TABLE,
+            format!("no shard of {relation} is colocated with shard {shardid}"),
+            None,
+            Some("The shard was split or dropped since the coordinator listed it; the next round lists the shards again."),
+        )
+    })
+}
+
+/// One batch of a distributed table's policy on one shard of this worker (sent by the
+/// coordinator's round through lifecycle._reap_shards, sql/shards.sql): the batch statement of
+/// one server, on the shard and its colocated children's shards, as the policy's owner (the
+/// caller must be able to act for it here too), audit rows into this node's audit log.
+#[pg_extern(schema = "lifecycle", name = "_reap_shard")]
+#[search_path(pg_catalog, pg_temp)]
+pub fn reap_shard(definition: JsonB, shardid: i64, cursor: Option<JsonB>, batch: i32) -> JsonB {
+    crate::limits::require_batch(Some(batch), "batch");
+    let mut policy = Policy::from_definition(&definition.0, |relation| colocated_shard(relation, shardid));
+    batch::check_may_act(policy.owner, &policy.name);
+    policy.cursor = cursor.filter(|c| !c.0.is_null()).map(|c| c.0.to_string());
+    let action = policy.action();
+    // Audit rows name the distributed table, as on one server.
+    let relation = definition.0["relation"].as_str().unwrap_or_default().to_string();
+    // Citus refuses writes to a shard by its name unless told they are intended.
+    let done = sql::with_settings(&[(c"citus.enable_manual_changes_to_shards", "on")], || {
+        batch::execute(&policy, batch, |client, done| {
+            // No policy_state row here (the coordinator keeps it): NULL matches none.
+            let args = [
+                Option::<i32>::None.into(),
+                policy.name.as_str().into(),
+                relation.as_str().into(),
+                action.into(),
+                done.audit_keys(),
+                done.audit_data(),
+                done.sweep_done.into(),
+                Option::<String>::None.into(),
+                done.acted.into(),
+                done.blocked.into(),
+                Option::<i32>::None.into(),
+                pgrx::datum::DatumWithOid::null_oid(pg_sys::JSONBARRAYOID),
+                policy.owner.into(),
+                done.held.into(),
+            ];
+            role::run_as(policy.bookkeeper, false, || sql::run_kept(client, true, BOOKKEEPING, &args, None))?;
+            Ok(json!({
+                "acted": done.acted, "examined": done.examined, "blocked": done.blocked, "held": done.held,
+                "cursor": done.cursor, "sweep_done": done.sweep_done, "micros": done.elapsed.as_micros() as i64,
+            }))
+        })
+    });
+    JsonB(done)
+}
