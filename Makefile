@@ -23,7 +23,7 @@ export PG_FEATURES PG_CONFIG
 # initdb refuses root; the throwaway clusters run as this user.
 PG_USER ?= postgres
 
-.PHONY: setup install demo test test-major lint test-unit test-integration test-package test-citus package bench clean
+.PHONY: setup install demo test test-major lint test-unit test-integration test-package test-citus package bench bench-citus clean
 
 setup:
 	@scripts/setup.sh
@@ -80,6 +80,11 @@ test-citus: setup
 
 bench: install
 	@bench/run.sh
+
+# Citus figures (coordinator + 2 workers vs one server; docs/scaling.md). Needs what test-citus needs.
+bench-citus: setup
+	$(MAKE) --no-print-directory install PG=15
+	@bench/citus.sh
 
 clean:
 	cargo clean

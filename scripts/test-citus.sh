@@ -3,53 +3,21 @@
 # throwaway PostgreSQL 15 of its own, removed afterwards). Builds Citus from ../shared/vendor
 # once (scripts/setup-citus.sh); without ../shared/vendor it says that it skips and exits 0.
 #
-# What runs here today (docs/scaling.md): CREATE EXTENSION and ALTER EXTENSION UPDATE from the
+# What runs here (docs/scaling.md): CREATE EXTENSION and ALTER EXTENSION UPDATE from the
 # coordinator reach every node (Citus's two-phase commit); the activity tables distributed as
 # the docs say; record_activity routed to the worker that owns the user; a multi-shard delete of
-# activity rows (two-phase on every worker) invalidates the workers' caches. Reaping distributed
-# tables (issue 16) is not built yet.
+# activity rows (two-phase on every worker) invalidates the workers' caches; a shard move; and
+# policies on distributed tables (Mattermost's and MAS's, composite keys, colocated children)
+# reaped shard by shard to the same rows and audit counts as on plain tables, with a batch
+# killed on a worker and two reapers at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PG_BIN=/usr/lib/postgresql/15/bin
 source scripts/cluster.sh
 
-set +e
-scripts/setup-citus.sh
-rc=$?
-set -e
-if [ "$rc" -eq 3 ]; then
-    echo "test-citus: skipped (no ../shared/vendor to build Citus from)"
-    exit 0
-elif [ "$rc" -ne 0 ]; then
-    exit "$rc"
-fi
-
-NODES=()
-PORTS=()
-stop_all() {
-    local dir
-    for dir in "${NODES[@]}"; do
-        as_pg_user "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
-        rm -rf "$dir"
-    done
-}
-[ -n "${KEEP_CITUS:-}" ] || trap stop_all EXIT
-
-for _ in coordinator worker1 worker2; do
-    # Citus first; two-phase commit needs prepared transactions.
-    cluster_start "shared_preload_libraries = 'citus,pg_cron,pg_lifecycle'" \
-        "max_prepared_transactions = 20" "lifecycle.activity_cache_entries = 10000"
-    NODES+=("$CLUSTER_DIR")
-    PORTS+=("$CLUSTER_PORT")
-    CLUSTER_DIR=
-done
-on() { local port=$1; shift; psql_q -q -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"; }
-value() { local port=$1; shift; psql_q -qtA -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "$1"; }
-COORD=${PORTS[0]}
-for port in "${PORTS[@]}"; do on "$port" -c "CREATE EXTENSION citus"; done
-on "$COORD" -c "SELECT citus_set_coordinator_host('127.0.0.1', $COORD)" >/dev/null
-for port in "${PORTS[@]:1}"; do on "$COORD" -c "SELECT citus_add_node('127.0.0.1', $port)" >/dev/null; done
-echo "test-citus: coordinator on $COORD, workers on ${PORTS[1]} and ${PORTS[2]}"
+source scripts/citus-cluster.sh
+citus_ready test-citus
+citus_start test-citus
 
 fail() { echo "test-citus: FAILED: $*" >&2; exit 1; }
 versions() { local port; for port in "${PORTS[@]}"; do value "$port" "SELECT extversion FROM pg_extension WHERE extname = 'pg_lifecycle'"; done | sort -u | tr '\n' ' '; }
@@ -117,7 +85,10 @@ SELECT create_distributed_table('dist.useraccesstokens', 'userid');
 SELECT create_distributed_table('dist.user_sessions', 'user_id');
 SELECT create_distributed_table('dist.user_session_authentications', 'user_id', colocate_with => 'dist.user_sessions');
 SELECT create_distributed_table('dist.compat_sessions', 'user_id', colocate_with => 'dist.user_sessions');
-SELECT truncate_local_data_after_distributing_table(t) FROM unnest('{dist.useraccesstokens, dist.user_sessions, dist.user_session_authentications, dist.compat_sessions}'::regclass[]) t;
+SELECT create_distributed_table('dist.upstream_oauth_authorization_sessions', 'user_id', colocate_with => 'dist.user_sessions');
+SELECT truncate_local_data_after_distributing_table(t)
+  FROM unnest('{dist.useraccesstokens, dist.user_sessions, dist.user_session_authentications, dist.compat_sessions,
+                dist.upstream_oauth_authorization_sessions}'::regclass[]) t;
 SQL
 for s in plain dist; do
     on "$COORD" -v s=$s -f tests/citus/identity_fks.sql
@@ -191,4 +162,29 @@ done
 [ "$(value "$COORD" "SELECT count(*) FROM lifecycle.shard_status WHERE policy = 'dist_pats' AND total_acted > 0")" = 8 ] \
     || fail "shard_status does not show progress on every shard"
 echo "test-citus: ok: two reapers on the coordinator reaped the distributed tables shard by shard to the same rows and audit counts as the plain ones ($(audited dist_pats) tokens, $(audited dist_user_sessions) sessions)"
+
+# 9. A link between colocated tables: backfilled shard by shard on the workers (positions per
+#    shard, saved each round) to the same links as on the plain tables, and kept by its trigger
+#    on the shards for new rows.
+for s in plain dist; do
+    on "$COORD" -c "SET citus.enable_unsafe_triggers = on" \
+        -c "SELECT lifecycle.add_link('${s}_upstream', '$s.upstream_oauth_authorization_sessions', 'upstream_oauth_authorization_session_id',
+                'user_session_id', '$s.user_session_authentications', 'upstream_oauth_authorization_session_id', 'user_session_id')" >/dev/null
+done
+on "$COORD" -c "CALL lifecycle.backfill_link('plain_upstream', 50)" 2>/dev/null
+on "$COORD" -c "CALL lifecycle.backfill_link('dist_upstream', 50)" 2>"${NODES[0]}/backfill.log" || fail "backfill on the shards: $(cat "${NODES[0]}/backfill.log")"
+grep -q "links filled so far on the shards" "${NODES[0]}/backfill.log" || fail "the backfill did not run in rounds on the shards"
+links() { rows "$1" "(upstream_oauth_authorization_session_id, user_session_id)" upstream_oauth_authorization_sessions; }
+filled() { value "$COORD" "SELECT count(user_session_id) FROM $1.upstream_oauth_authorization_sessions"; }
+[ "$(filled dist)" -gt 0 ] && [ "$(links plain)" = "$(links dist)" ] || fail "the backfill on the shards filled other links ($(filled dist)) than on the plain tables ($(filled plain))"
+[ "$(value "$COORD" "SELECT backfill_cursor IS NULL AND backfilled_at IS NOT NULL AND backfill_done = $(filled dist) FROM lifecycle.links WHERE name = 'dist_upstream'")" = t ] \
+    || fail "the finished backfill's state: $(value "$COORD" "SELECT backfill_cursor, backfill_done FROM lifecycle.links WHERE name = 'dist_upstream'")"
+for s in plain dist; do
+    on "$COORD" -c "INSERT INTO $s.upstream_oauth_authorization_sessions VALUES (md5('user7')::uuid, md5('up-new')::uuid, NULL, now())" \
+        -c "INSERT INTO $s.user_sessions VALUES (md5('user7')::uuid, md5('us-new')::uuid, now(), NULL)" \
+        -c "INSERT INTO $s.user_session_authentications VALUES (md5('user7')::uuid, md5('au-new')::uuid, md5('us-new')::uuid, md5('up-new')::uuid, now())"
+done
+[ "$(links plain)" = "$(links dist)" ] && [ "$(value "$COORD" "SELECT user_session_id = md5('us-new')::uuid FROM dist.upstream_oauth_authorization_sessions WHERE upstream_oauth_authorization_session_id = md5('up-new')::uuid")" = t ] \
+    || fail "the link trigger on the shards did not fill a new row"
+echo "test-citus: ok: a link backfilled shard by shard ($(filled dist) links, the same as on plain tables) and kept by its trigger on the shards"
 echo "test-citus: passed"

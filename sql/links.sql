@@ -26,7 +26,10 @@ CREATE TABLE lifecycle.links (
 );
 SELECT pg_catalog.pg_extension_config_dump('lifecycle.links', '');
 
--- The trigger behind every link: one function for all links, told which by its argument.
+-- The trigger behind every link: one function for all links, told which by its arguments (the
+-- link's name, and since 0.3.0 the link itself, which a Citus worker needs: its lifecycle.links
+-- is empty). On a shard of a distributed source it fills the colocated shard of the target,
+-- matching within the row's user (the tables' distribution columns), as a backfill does there.
 CREATE FUNCTION lifecycle._link_trigger()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -35,13 +38,26 @@ AS $$
 DECLARE
     l lifecycle.links;
     row_json jsonb := to_jsonb(NEW);
+    target text;
+    same_user text := '';
 BEGIN
     SELECT * INTO l FROM lifecycle.links WHERE name = TG_ARGV[0];
-    IF NOT FOUND OR row_json ->> l.source_link IS NULL OR row_json ->> l.source_key IS NULL THEN
+    IF NOT FOUND AND TG_NARGS > 1 THEN
+        l := jsonb_populate_record(NULL::lifecycle.links, TG_ARGV[1]::jsonb);
+    ELSIF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    EXECUTE format('UPDATE %s SET %I = $2::%s WHERE %I = $1::%s AND (%L::boolean OR %I IS NULL)',
-                   l.target, l.target_link, l.link_type, l.target_key, l.key_type, l.overwrite, l.target_link)
+    IF row_json ->> l.source_link IS NULL OR row_json ->> l.source_key IS NULL THEN
+        RETURN NULL;
+    END IF;
+    target := l.target::text;
+    IF TG_RELID <> l.source THEN
+        target := lifecycle._colocated_shard(l.target::text, substring(TG_TABLE_NAME FROM '_(\d+)$')::bigint);
+        same_user := format(' AND %I::text = %L', lifecycle._distribution_column(l.target::oid),
+                            row_json ->> lifecycle._distribution_column(l.source::oid));
+    END IF;
+    EXECUTE format('UPDATE %s SET %I = $2::%s WHERE %I = $1::%s AND (%L::boolean OR %I IS NULL)%s',
+                   target, l.target_link, l.link_type, l.target_key, l.key_type, l.overwrite, l.target_link, same_user)
       USING row_json ->> l.source_key, row_json ->> l.source_link;
     RETURN NULL;
 END
@@ -86,8 +102,8 @@ BEGIN
     l.created_at := now();
     l.backfill_done := 0;
     INSERT INTO lifecycle.links SELECT l.*;
-    EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OF %I, %I ON %s FOR EACH ROW EXECUTE FUNCTION lifecycle._link_trigger(%L)',
-                   'lifecycle_link_' || name, source_key, source_link, source, name);
+    EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OF %I, %I ON %s FOR EACH ROW EXECUTE FUNCTION lifecycle._link_trigger(%L, %L)',
+                   'lifecycle_link_' || name, source_key, source_link, source, name, to_jsonb(l));
     RETURN l;
 END
 $$;
@@ -136,6 +152,31 @@ AS $$
       FROM lifecycle.links l WHERE l.name = link_name
 $$;
 
+-- One backfill batch of link `l` as a statement over `target` filled from `source`: the link's
+-- tables, or on Citus two colocated shards of them, matched also on their distribution columns
+-- `target_dist` and `source_dist` (a link matches within one user there). $1 is the last
+-- target key done (NULL: the start), $2 the batch size; it returns the rows examined, the
+-- links filled and the new last key.
+CREATE FUNCTION lifecycle._backfill_step(l lifecycle.links, target text, source text,
+                                         target_dist name DEFAULT NULL, source_dist name DEFAULT NULL)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.format(
+        'WITH batch AS (SELECT t.%1$I AS k%8$s FROM %2$s t WHERE t.%3$I IS NULL AND ($1::text IS NULL OR t.%1$I > $1::%4$s)
+                         ORDER BY t.%1$I LIMIT $2),
+              fill AS (SELECT b.k, (SELECT s.%5$I FROM %6$s s WHERE s.%7$I = b.k%9$s AND s.%5$I IS NOT NULL
+                                    ORDER BY s.%5$I DESC LIMIT 1) AS v FROM batch b),
+              done AS (UPDATE %2$s t SET %3$I = f.v FROM fill f
+                        WHERE t.%1$I = f.k AND f.v IS NOT NULL AND t.%3$I IS NULL RETURNING 1)
+         SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM done),
+                (SELECT b.k::text FROM batch b ORDER BY b.k DESC LIMIT 1)',
+        l.target_key, target, l.target_link, l.key_type, l.source_link, source, l.source_key,
+        CASE WHEN target_dist IS NOT NULL THEN pg_catalog.format(', t.%I AS d', target_dist) ELSE '' END,
+        CASE WHEN source_dist IS NOT NULL THEN pg_catalog.format(' AND s.%I = b.d', source_dist) ELSE '' END)
+$$;
+
 -- Fills existing target rows in batches of `batch`, in target-key order, committing after each
 -- batch. The position is saved with each batch, so a backfill that is interrupted (killed,
 -- crashed, cancelled) continues where it stopped when called again. Each batch locks only the
@@ -156,6 +197,7 @@ DECLARE
     started timestamptz := pg_catalog.clock_timestamp();
     total_filled bigint := 0;
     step text;
+    r jsonb;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
     PERFORM lifecycle._require_batch(batch, 'batch');
@@ -166,40 +208,57 @@ BEGIN
       LEFT JOIN pg_catalog.pg_stats s ON s.schemaname = (SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = c.relnamespace)
                                      AND s.tablename = c.relname AND s.attname = l.target_link
      WHERE c.oid = l.target;
-    step := pg_catalog.format(
-        'WITH batch AS (SELECT t.%1$I AS k FROM %2$s t WHERE t.%3$I IS NULL AND ($1::text IS NULL OR t.%1$I > $1::%4$s)
-                         ORDER BY t.%1$I LIMIT $2),
-              fill AS (SELECT b.k, (SELECT s.%5$I FROM %6$s s WHERE s.%7$I = b.k AND s.%5$I IS NOT NULL
-                                    ORDER BY s.%5$I DESC LIMIT 1) AS v FROM batch b),
-              done AS (UPDATE %2$s t SET %3$I = f.v FROM fill f
-                        WHERE t.%1$I = f.k AND f.v IS NOT NULL AND t.%3$I IS NULL RETURNING 1)
-         SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM done),
-                (SELECT b.k::text FROM batch b ORDER BY b.k DESC LIMIT 1)',
-        l.target_key, l.target, l.target_link, l.key_type, l.source_link, l.source, l.source_key);
+    step := lifecycle._backfill_step(l, l.target::text, l.source::text);
     RAISE NOTICE 'pg_lifecycle: backfill % from %: %', link_name, coalesce(l.backfill_cursor, 'the start'),
         CASE WHEN estimate >= 0 THEN pg_catalog.format('about %s rows with a NULL link', estimate)
              ELSE 'no statistics yet for an estimate (ANALYZE the table for one)' END;
-    LOOP
-        EXECUTE step INTO examined, filled, last_key USING l.backfill_cursor, batch;
-        total_filled := total_filled + filled;
-        IF examined < batch THEN
-            UPDATE lifecycle.links SET backfill_cursor = NULL, backfill_done = backfill_done + filled,
-                                       backfilled_at = pg_catalog.now()
+    IF lifecycle._distributed(l.target::oid) THEN
+        -- Citus: rounds of one batch per shard on the workers (src/links.rs), the per-shard
+        -- positions saved with each round.
+        LOOP
+            r := lifecycle._backfill_round(link_name, batch);
+            total_filled := total_filled + (r ->> 'filled')::bigint;
+            UPDATE lifecycle.links
+               SET backfill_cursor = CASE WHEN (r ->> 'done')::boolean THEN NULL ELSE r ->> 'cursor' END,
+                   backfill_done = backfill_done + (r ->> 'filled')::bigint,
+                   backfilled_at = CASE WHEN (r ->> 'done')::boolean THEN pg_catalog.now() ELSE backfilled_at END
              WHERE name = link_name;
             COMMIT;
             PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
-            RAISE NOTICE 'pg_lifecycle: backfill % finished: % links filled in %', link_name, total_filled,
-                pg_catalog.clock_timestamp() - started;
-            EXIT;
-        END IF;
-        UPDATE lifecycle.links SET backfill_cursor = last_key, backfill_done = backfill_done + filled
-         WHERE name = link_name;
-        l.backfill_cursor := last_key;
-        COMMIT;
-        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
-        RAISE NOTICE 'pg_lifecycle: backfill %: % links filled so far%', link_name, total_filled,
-            CASE WHEN estimate >= 0 THEN pg_catalog.format(' (of about %s)', estimate) ELSE '' END;
-    END LOOP;
+            IF r ->> 'error' IS NOT NULL THEN
+                RAISE EXCEPTION 'pg_lifecycle: backfill % stopped on %', link_name, r ->> 'error'
+                    USING ERRCODE = 'XX000', HINT = 'What was filled is saved; call backfill_link again to continue.';
+            END IF;
+            IF (r ->> 'done')::boolean THEN
+                RAISE NOTICE 'pg_lifecycle: backfill % finished: % links filled in %', link_name, total_filled,
+                    pg_catalog.clock_timestamp() - started;
+                EXIT;
+            END IF;
+            RAISE NOTICE 'pg_lifecycle: backfill %: % links filled so far on the shards', link_name, total_filled;
+        END LOOP;
+    ELSE
+        LOOP
+            EXECUTE step INTO examined, filled, last_key USING l.backfill_cursor, batch;
+            total_filled := total_filled + filled;
+            IF examined < batch THEN
+                UPDATE lifecycle.links SET backfill_cursor = NULL, backfill_done = backfill_done + filled,
+                                           backfilled_at = pg_catalog.now()
+                 WHERE name = link_name;
+                COMMIT;
+                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
+                RAISE NOTICE 'pg_lifecycle: backfill % finished: % links filled in %', link_name, total_filled,
+                    pg_catalog.clock_timestamp() - started;
+                EXIT;
+            END IF;
+            UPDATE lifecycle.links SET backfill_cursor = last_key, backfill_done = backfill_done + filled
+             WHERE name = link_name;
+            l.backfill_cursor := last_key;
+            COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
+            RAISE NOTICE 'pg_lifecycle: backfill %: % links filled so far%', link_name, total_filled,
+                CASE WHEN estimate >= 0 THEN pg_catalog.format(' (of about %s)', estimate) ELSE '' END;
+        END LOOP;
+    END IF;
     PERFORM pg_catalog.set_config('search_path', saved_search_path, true);
 END
 $$;

@@ -1282,8 +1282,8 @@ BEGIN
     l.created_at := now();
     l.backfill_done := 0;
     INSERT INTO lifecycle.links SELECT l.*;
-    EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OF %I, %I ON %s FOR EACH ROW EXECUTE FUNCTION lifecycle._link_trigger(%L)',
-                   'lifecycle_link_' || name, source_key, source_link, source, name);
+    EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OF %I, %I ON %s FOR EACH ROW EXECUTE FUNCTION lifecycle._link_trigger(%L, %L)',
+                   'lifecycle_link_' || name, source_key, source_link, source, name, to_jsonb(l));
     RETURN l;
 END
 $$;
@@ -1304,6 +1304,7 @@ DECLARE
     started timestamptz := pg_catalog.clock_timestamp();
     total_filled bigint := 0;
     step text;
+    r jsonb;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
     PERFORM lifecycle._require_batch(batch, 'batch');
@@ -1314,40 +1315,57 @@ BEGIN
       LEFT JOIN pg_catalog.pg_stats s ON s.schemaname = (SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = c.relnamespace)
                                      AND s.tablename = c.relname AND s.attname = l.target_link
      WHERE c.oid = l.target;
-    step := pg_catalog.format(
-        'WITH batch AS (SELECT t.%1$I AS k FROM %2$s t WHERE t.%3$I IS NULL AND ($1::text IS NULL OR t.%1$I > $1::%4$s)
-                         ORDER BY t.%1$I LIMIT $2),
-              fill AS (SELECT b.k, (SELECT s.%5$I FROM %6$s s WHERE s.%7$I = b.k AND s.%5$I IS NOT NULL
-                                    ORDER BY s.%5$I DESC LIMIT 1) AS v FROM batch b),
-              done AS (UPDATE %2$s t SET %3$I = f.v FROM fill f
-                        WHERE t.%1$I = f.k AND f.v IS NOT NULL AND t.%3$I IS NULL RETURNING 1)
-         SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM done),
-                (SELECT b.k::text FROM batch b ORDER BY b.k DESC LIMIT 1)',
-        l.target_key, l.target, l.target_link, l.key_type, l.source_link, l.source, l.source_key);
+    step := lifecycle._backfill_step(l, l.target::text, l.source::text);
     RAISE NOTICE 'pg_lifecycle: backfill % from %: %', link_name, coalesce(l.backfill_cursor, 'the start'),
         CASE WHEN estimate >= 0 THEN pg_catalog.format('about %s rows with a NULL link', estimate)
              ELSE 'no statistics yet for an estimate (ANALYZE the table for one)' END;
-    LOOP
-        EXECUTE step INTO examined, filled, last_key USING l.backfill_cursor, batch;
-        total_filled := total_filled + filled;
-        IF examined < batch THEN
-            UPDATE lifecycle.links SET backfill_cursor = NULL, backfill_done = backfill_done + filled,
-                                       backfilled_at = pg_catalog.now()
+    IF lifecycle._distributed(l.target::oid) THEN
+        -- Citus: rounds of one batch per shard on the workers (src/links.rs), the per-shard
+        -- positions saved with each round.
+        LOOP
+            r := lifecycle._backfill_round(link_name, batch);
+            total_filled := total_filled + (r ->> 'filled')::bigint;
+            UPDATE lifecycle.links
+               SET backfill_cursor = CASE WHEN (r ->> 'done')::boolean THEN NULL ELSE r ->> 'cursor' END,
+                   backfill_done = backfill_done + (r ->> 'filled')::bigint,
+                   backfilled_at = CASE WHEN (r ->> 'done')::boolean THEN pg_catalog.now() ELSE backfilled_at END
              WHERE name = link_name;
             COMMIT;
             PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
-            RAISE NOTICE 'pg_lifecycle: backfill % finished: % links filled in %', link_name, total_filled,
-                pg_catalog.clock_timestamp() - started;
-            EXIT;
-        END IF;
-        UPDATE lifecycle.links SET backfill_cursor = last_key, backfill_done = backfill_done + filled
-         WHERE name = link_name;
-        l.backfill_cursor := last_key;
-        COMMIT;
-        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
-        RAISE NOTICE 'pg_lifecycle: backfill %: % links filled so far%', link_name, total_filled,
-            CASE WHEN estimate >= 0 THEN pg_catalog.format(' (of about %s)', estimate) ELSE '' END;
-    END LOOP;
+            IF r ->> 'error' IS NOT NULL THEN
+                RAISE EXCEPTION 'pg_lifecycle: backfill % stopped on %', link_name, r ->> 'error'
+                    USING ERRCODE = 'XX000', HINT = 'What was filled is saved; call backfill_link again to continue.';
+            END IF;
+            IF (r ->> 'done')::boolean THEN
+                RAISE NOTICE 'pg_lifecycle: backfill % finished: % links filled in %', link_name, total_filled,
+                    pg_catalog.clock_timestamp() - started;
+                EXIT;
+            END IF;
+            RAISE NOTICE 'pg_lifecycle: backfill %: % links filled so far on the shards', link_name, total_filled;
+        END LOOP;
+    ELSE
+        LOOP
+            EXECUTE step INTO examined, filled, last_key USING l.backfill_cursor, batch;
+            total_filled := total_filled + filled;
+            IF examined < batch THEN
+                UPDATE lifecycle.links SET backfill_cursor = NULL, backfill_done = backfill_done + filled,
+                                           backfilled_at = pg_catalog.now()
+                 WHERE name = link_name;
+                COMMIT;
+                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
+                RAISE NOTICE 'pg_lifecycle: backfill % finished: % links filled in %', link_name, total_filled,
+                    pg_catalog.clock_timestamp() - started;
+                EXIT;
+            END IF;
+            UPDATE lifecycle.links SET backfill_cursor = last_key, backfill_done = backfill_done + filled
+             WHERE name = link_name;
+            l.backfill_cursor := last_key;
+            COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
+            RAISE NOTICE 'pg_lifecycle: backfill %: % links filled so far%', link_name, total_filled,
+                CASE WHEN estimate >= 0 THEN pg_catalog.format(' (of about %s)', estimate) ELSE '' END;
+        END LOOP;
+    END IF;
     PERFORM pg_catalog.set_config('search_path', saved_search_path, true);
 END
 $$;
@@ -1482,6 +1500,125 @@ $$;
 CREATE EVENT TRIGGER lifecycle_activity_shard_dropped ON sql_drop
     EXECUTE FUNCTION lifecycle._activity_shard_dropped();
 
+CREATE OR REPLACE FUNCTION lifecycle._link_trigger()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    l lifecycle.links;
+    row_json jsonb := to_jsonb(NEW);
+    target text;
+    same_user text := '';
+BEGIN
+    SELECT * INTO l FROM lifecycle.links WHERE name = TG_ARGV[0];
+    IF NOT FOUND AND TG_NARGS > 1 THEN
+        l := jsonb_populate_record(NULL::lifecycle.links, TG_ARGV[1]::jsonb);
+    ELSIF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF row_json ->> l.source_link IS NULL OR row_json ->> l.source_key IS NULL THEN
+        RETURN NULL;
+    END IF;
+    target := l.target::text;
+    IF TG_RELID <> l.source THEN
+        target := lifecycle._colocated_shard(l.target::text, substring(TG_TABLE_NAME FROM '_(\d+)$')::bigint);
+        same_user := format(' AND %I::text = %L', lifecycle._distribution_column(l.target::oid),
+                            row_json ->> lifecycle._distribution_column(l.source::oid));
+    END IF;
+    EXECUTE format('UPDATE %s SET %I = $2::%s WHERE %I = $1::%s AND (%L::boolean OR %I IS NULL)%s',
+                   target, l.target_link, l.link_type, l.target_key, l.key_type, l.overwrite, l.target_link, same_user)
+      USING row_json ->> l.source_key, row_json ->> l.source_link;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION lifecycle._backfill_step(l lifecycle.links, target text, source text,
+                                         target_dist name DEFAULT NULL, source_dist name DEFAULT NULL)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.format(
+        'WITH batch AS (SELECT t.%1$I AS k%8$s FROM %2$s t WHERE t.%3$I IS NULL AND ($1::text IS NULL OR t.%1$I > $1::%4$s)
+                         ORDER BY t.%1$I LIMIT $2),
+              fill AS (SELECT b.k, (SELECT s.%5$I FROM %6$s s WHERE s.%7$I = b.k%9$s AND s.%5$I IS NOT NULL
+                                    ORDER BY s.%5$I DESC LIMIT 1) AS v FROM batch b),
+              done AS (UPDATE %2$s t SET %3$I = f.v FROM fill f
+                        WHERE t.%1$I = f.k AND f.v IS NOT NULL AND t.%3$I IS NULL RETURNING 1)
+         SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM done),
+                (SELECT b.k::text FROM batch b ORDER BY b.k DESC LIMIT 1)',
+        l.target_key, target, l.target_link, l.key_type, l.source_link, source, l.source_key,
+        CASE WHEN target_dist IS NOT NULL THEN pg_catalog.format(', t.%I AS d', target_dist) ELSE '' END,
+        CASE WHEN source_dist IS NOT NULL THEN pg_catalog.format(' AND s.%I = b.d', source_dist) ELSE '' END)
+$$;
+
+CREATE OR REPLACE PROCEDURE lifecycle._backfill_shards(link jsonb, shards jsonb, batch integer, INOUT outcome jsonb DEFAULT NULL)
+LANGUAGE plpgsql
+-- No SET clause: a procedure with one cannot COMMIT. Everything below is schema-qualified.
+AS $$
+DECLARE
+    l lifecycle.links := pg_catalog.jsonb_populate_record(NULL::lifecycle.links, link);
+    shard jsonb;
+    id bigint;
+    examined bigint;
+    filled bigint;
+    last_key text;
+    done jsonb;
+BEGIN
+    outcome := '[]';
+    FOR shard IN SELECT e.value FROM pg_catalog.jsonb_array_elements(shards) AS e LOOP
+        -- Citus refuses writes to a shard by its name unless told they are intended.
+        PERFORM pg_catalog.set_config('citus.enable_manual_changes_to_shards', 'on', true);
+        id := (shard ->> 'shardid')::bigint;
+        BEGIN
+            EXECUTE lifecycle._backfill_step(l, lifecycle._colocated_shard(l.target::text, id), lifecycle._colocated_shard(l.source::text, id),
+                                             link ->> 'target_dist', link ->> 'source_dist')
+               INTO examined, filled, last_key USING shard ->> 'cursor', batch;
+            done := pg_catalog.jsonb_build_object('examined', examined, 'filled', filled, 'cursor', last_key);
+        EXCEPTION WHEN OTHERS THEN
+            done := pg_catalog.jsonb_build_object('error', SQLSTATE || ': ' || SQLERRM);
+        END;
+        outcome := outcome || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('shardid', shard -> 'shardid') || done);
+        COMMIT;
+    END LOOP;
+END
+$$;
+
+CREATE  FUNCTION lifecycle."_backfill_round"(
+	"link_name" TEXT, /* & str */
+	"batch" INT /* i32 */
+) RETURNS jsonb /* JsonB */
+STRICT  
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'backfill_round_wrapper';
+
+CREATE  FUNCTION lifecycle."_distributed"(
+	"relation" oid /* pg_sys :: Oid */
+) RETURNS bool /* bool */
+STRICT STABLE  
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'distributed_sql_wrapper';
+
+CREATE  FUNCTION lifecycle."_colocated_shard"(
+	"relation" TEXT, /* & str */
+	"shardid" bigint /* i64 */
+) RETURNS TEXT /* String */
+STRICT STABLE  
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'colocated_shard_sql_wrapper';
+
+CREATE  FUNCTION lifecycle."_distribution_column"(
+	"relation" oid /* pg_sys :: Oid */
+) RETURNS TEXT /* Option < String > */
+STRICT STABLE  
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'distribution_column_sql_wrapper';
+
 -- Rights, as sql/privileges.sql gives them to the objects this step created.
 REVOKE ALL ON lifecycle.policy_children, lifecycle.policy_status, lifecycle.reaper_state, lifecycle.shard_state, lifecycle.shard_status FROM PUBLIC;
 REVOKE ALL ON lifecycle.audit_log, lifecycle.history, lifecycle.history_state, lifecycle.retention, lifecycle.holds, lifecycle.live_holds, lifecycle.events,
@@ -1499,7 +1636,10 @@ REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text
     lifecycle.take_events(text, integer, text), lifecycle.create_archive(regclass, text, name[]),
     lifecycle.distribute(), lifecycle._activity_shard_dropped(),
     lifecycle._reap_shard(jsonb, bigint, jsonb, integer) FROM PUBLIC;
-REVOKE EXECUTE ON PROCEDURE lifecycle._reap_shards(jsonb, jsonb, integer, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE lifecycle._reap_shards(jsonb, jsonb, integer, jsonb), lifecycle._backfill_shards(jsonb, jsonb, integer, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION lifecycle._backfill_round(text, integer), lifecycle._distributed(oid),
+    lifecycle._backfill_step(lifecycle.links, text, text, name, name) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lifecycle._colocated_shard(text, bigint), lifecycle._distribution_column(oid) TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION lifecycle._column(regclass, name), lifecycle._leads_an_index(regclass, name[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lifecycle._is_plain_name(text), lifecycle._require_plain_name(text, text),
     lifecycle._require_batch(integer, text) TO PUBLIC;

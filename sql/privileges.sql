@@ -45,6 +45,8 @@ GRANT EXECUTE ON FUNCTION
     lifecycle._require_batch(integer, text)
 TO PUBLIC;
 GRANT SELECT ON lifecycle.links TO PUBLIC;
+-- ... and, on a Citus worker, the shard lookups it makes there (catalog reads, nothing more).
+GRANT EXECUTE ON FUNCTION lifecycle._colocated_shard(text, bigint), lifecycle._distribution_column(oid) TO PUBLIC;
 
 -- The app: record activity, check and reject tokens, forget a deleted account, read counters.
 GRANT EXECUTE ON FUNCTION

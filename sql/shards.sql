@@ -63,3 +63,38 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- On a worker: one backfill batch of a link (src/links.rs sends it, with the link and the
+-- target's distribution column and the source's) on each of this node's shards in `shards`,
+-- each in its own transaction, with the caller's rights as backfill_link has them.
+CREATE PROCEDURE lifecycle._backfill_shards(link jsonb, shards jsonb, batch integer, INOUT outcome jsonb DEFAULT NULL)
+LANGUAGE plpgsql
+-- No SET clause: a procedure with one cannot COMMIT. Everything below is schema-qualified.
+AS $$
+DECLARE
+    l lifecycle.links := pg_catalog.jsonb_populate_record(NULL::lifecycle.links, link);
+    shard jsonb;
+    id bigint;
+    examined bigint;
+    filled bigint;
+    last_key text;
+    done jsonb;
+BEGIN
+    outcome := '[]';
+    FOR shard IN SELECT e.value FROM pg_catalog.jsonb_array_elements(shards) AS e LOOP
+        -- Citus refuses writes to a shard by its name unless told they are intended.
+        PERFORM pg_catalog.set_config('citus.enable_manual_changes_to_shards', 'on', true);
+        id := (shard ->> 'shardid')::bigint;
+        BEGIN
+            EXECUTE lifecycle._backfill_step(l, lifecycle._colocated_shard(l.target::text, id), lifecycle._colocated_shard(l.source::text, id),
+                                             link ->> 'target_dist', link ->> 'source_dist')
+               INTO examined, filled, last_key USING shard ->> 'cursor', batch;
+            done := pg_catalog.jsonb_build_object('examined', examined, 'filled', filled, 'cursor', last_key);
+        EXCEPTION WHEN OTHERS THEN
+            done := pg_catalog.jsonb_build_object('error', SQLSTATE || ': ' || SQLERRM);
+        END;
+        outcome := outcome || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('shardid', shard -> 'shardid') || done);
+        COMMIT;
+    END LOOP;
+END
+$$;

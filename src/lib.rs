@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 
 mod activity;
 mod check;
+mod citus;
 mod error;
 mod expiry;
 mod limits;

@@ -3,7 +3,7 @@
 //! modules, core modules use only each other. A capability never reaches into another.
 use std::path::Path;
 
-const CORE: &[&str] = &["error", "limits", "role", "sql", "shmem", "time"];
+const CORE: &[&str] = &["citus", "error", "limits", "role", "sql", "shmem", "time"];
 const CAPABILITIES: &[&str] = &["activity", "expiry", "reap", "links", "schedule", "check"];
 
 /// The top-level module a file under src/ belongs to (`src/reap/batch.rs` -> `reap`).

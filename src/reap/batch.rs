@@ -672,7 +672,7 @@ pub fn run(id: i32, cap: Option<i32>) -> Outcome {
     if !try_lock(id) {
         return Outcome { acted: 0, examined: 0, sweep_done: true };
     }
-    if let Some(distribution) = shards::distribution(policy.relid) {
+    if let Some(distribution) = crate::citus::distribution(policy.relid) {
         return shards::run(&policy, &distribution, limit);
     }
     let action = policy.action();

@@ -189,6 +189,6 @@ pgrx::extension_sql_file!(
         "core"
     ]
 );
-pgrx::extension_sql_file!("../../sql/shards.sql", name = "shards", requires = ["reap", shards::reap_shard]);
+pgrx::extension_sql_file!("../../sql/shards.sql", name = "shards", requires = ["reap", "links", shards::reap_shard]);
 pgrx::extension_sql_file!("../../sql/history.sql", name = "history", requires = ["expiry"]);
 pgrx::extension_sql_file!("../../sql/compliance.sql", name = "compliance", requires = ["reap", holds::add_hold, holds::release_hold]);

@@ -511,7 +511,7 @@ fn register_policy(
     if nullify.is_none() {
         check_deletes_can_succeed(id, &relation);
     }
-    if let Some(table) = shards::distribution(relid) {
+    if let Some(table) = crate::citus::distribution(relid) {
         shards::check(&Policy::load(id), &table);
     }
     id

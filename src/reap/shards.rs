@@ -12,42 +12,14 @@
 //! shards or nodes, and a killed batch loses only itself.
 
 use super::batch::{self, adapt_batch_size, Handling, Outcome, Policy, BOOKKEEPING};
+use crate::citus::{colocated_shard, distribution, on_workers, Distribution};
 use crate::error::{self, Code};
 use crate::role;
 use crate::sql;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::time::Duration;
-
-/// How Citus distributes a table: `h` (hash), `n` (reference or Citus-local), ...
-pub struct Distribution {
-    method: String,
-    colocation: i32,
-    column: Option<String>,
-}
-
-/// Whether Citus is installed in this database.
-fn citus_installed() -> bool {
-    // SAFETY: a catalog lookup by name; missing_ok returns InvalidOid instead of raising.
-    unsafe { pg_sys::get_extension_oid(c"citus".as_ptr(), true) != pg_sys::InvalidOid }
-}
-
-/// How Citus distributes table `relid`; None for a table Citus does not manage (or no Citus).
-pub fn distribution(relid: pg_sys::Oid) -> Option<Distribution> {
-    if !citus_installed() {
-        return None;
-    }
-    sql::optional_row(
-        "SELECT partmethod::text, colocationid, pg_catalog.column_to_column_name(logicalrelid, partkey)
-           FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1",
-        &[relid.into()],
-        |row| {
-            Ok(Distribution { method: row.get(1)?.unwrap_or_default(), colocation: row.get(2)?.unwrap_or_default(), column: row.get(3)? })
-        },
-    )
-}
 
 /// Refuses what a batch on the shards cannot do as it does on one server (registration
 /// checks it, and every round again: tables can be distributed after a policy was added).
@@ -174,51 +146,13 @@ impl ShardOutcome {
 /// sweep is not done, all workers at once. `sweep_done` when every shard has finished its sweep.
 pub fn run(policy: &Policy, table: &Distribution, limit: i32) -> Outcome {
     check(policy, table);
-    let definition = policy.definition().to_string();
-    let mut by_node: BTreeMap<(String, i32), Vec<Value>> = BTreeMap::new();
-    for shard in pending_shards(policy) {
-        let cursor = shard.cursor.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok());
-        by_node.entry((shard.node, shard.port)).or_default().push(json!({"shardid": shard.id, "cursor": cursor}));
-    }
-    let (mut nodes, mut ports, mut commands) = (Vec::new(), Vec::new(), Vec::new());
-    for ((node, port), shards) in &by_node {
-        nodes.push(node.clone());
-        ports.push(*port);
-        commands.push(format!(
-            "CALL lifecycle._reap_shards({}::jsonb, {}::jsonb, {limit})",
-            sql::literal(&definition),
-            sql::literal(&Value::from(shards.clone()).to_string())
-        ));
-    }
-    // As the caller: Citus connects to the workers as the current user, whose right to act
-    // for the policy's owner each worker checks again.
-    let replies = Spi::connect(|client| {
-        client
-            .select(
-                "SELECT success, result FROM pg_catalog.master_run_on_worker($1, $2, $3, true)",
-                None,
-                &[nodes.into(), ports.into(), commands.into()],
-            )?
-            .map(|row| Ok((row.get::<bool>(1)?.unwrap_or(false), row.get::<String>(2)?.unwrap_or_default())))
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-    })
-    .unwrap_or_else(|e| error::internal(e));
-    let mut outcomes = Vec::new();
-    for (((node, port), shards), (success, result)) in by_node.iter().zip(replies) {
-        let parsed = if success { serde_json::from_str::<Value>(&result).ok() } else { None };
-        match parsed.as_ref().and_then(Value::as_array) {
-            Some(list) => outcomes.extend(list.iter().map(ShardOutcome::parse)),
-            // The whole call failed (the node is down, the session was killed): what it
-            // committed before is done, and this round's cursors are not known; those shards
-            // try again in the next sweep.
-            None => outcomes.extend(
-                shards
-                    .iter()
-                    .map(|s| ShardOutcome::failed(s["shardid"].as_i64().unwrap_or_default(), format!("on {node}:{port}: {result}"))),
-            ),
-        }
-    }
-    record(policy, &outcomes, limit)
+    let definition = sql::literal(&policy.definition().to_string());
+    let shards = pending_shards(policy).into_iter().map(|s| {
+        let cursor = s.cursor.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok());
+        (s.node, s.port, json!({"shardid": s.id, "cursor": cursor}))
+    });
+    let outcomes = on_workers(shards, |list| format!("CALL lifecycle._reap_shards({definition}::jsonb, {list}::jsonb, {limit})"));
+    record(policy, &outcomes.iter().map(ShardOutcome::parse).collect::<Vec<_>>(), limit)
 }
 
 /// Per-shard progress on the coordinator: cursors, sweep marks and totals.
@@ -299,33 +233,6 @@ fn record(policy: &Policy, outcomes: &[ShardOutcome], limit: i32) -> Outcome {
             .unwrap_or_else(|e| error::internal(e));
     }
     Outcome { acted, examined, sweep_done }
-}
-
-/// The name of the shard of `relation` that is colocated with shard `shardid` (the shard itself
-/// when it is `relation`'s), as this worker's Citus metadata says; 42P01 when there is none.
-fn colocated_shard(relation: &str, shardid: i64) -> String {
-    sql::optional_row(
-        // shard_name leaves out the schema when it is public, which this search_path lacks.
-        "SELECT CASE WHEN n.nspname = 'public' THEN 'public.' ELSE '' END || pg_catalog.shard_name(c.logicalrelid, c.shardid)
-           FROM pg_catalog.pg_dist_shard p
-           JOIN pg_catalog.pg_dist_partition pp ON pp.logicalrelid = p.logicalrelid
-           JOIN pg_catalog.pg_dist_partition cp ON cp.colocationid = pp.colocationid AND cp.logicalrelid = $2::regclass
-           JOIN pg_catalog.pg_dist_shard c ON c.logicalrelid = cp.logicalrelid AND c.shardminvalue = p.shardminvalue
-           JOIN pg_catalog.pg_class cc ON cc.oid = c.logicalrelid
-           JOIN pg_catalog.pg_namespace n ON n.oid = cc.relnamespace
-          WHERE p.shardid = $1",
-        &[shardid.into(), relation.into()],
-        |row| row.get::<String>(1),
-    )
-    .flatten()
-    .unwrap_or_else(|| {
-        error::raise(
-            Code::ERRCODE_UNDEFINED_TABLE,
-            format!("no shard of {relation} is colocated with shard {shardid}"),
-            None,
-            Some("The shard was split or dropped since the coordinator listed it; the next round lists the shards again."),
-        )
-    })
 }
 
 /// One batch of a distributed table's policy on one shard of this worker (sent by the

@@ -19,6 +19,7 @@ CREATE TABLE user_sessions (user_id uuid, user_session_id uuid, created_at times
                             PRIMARY KEY (user_id, user_session_id));
 CREATE INDEX ON user_sessions (finished_at);
 CREATE TABLE user_session_authentications (user_id uuid, user_session_authentication_id uuid, user_session_id uuid NOT NULL,
+                                           upstream_oauth_authorization_session_id uuid,
                                            created_at timestamptz NOT NULL, PRIMARY KEY (user_id, user_session_authentication_id));
 CREATE INDEX ON user_session_authentications (user_id, user_session_id);
 CREATE TABLE compat_sessions (user_id uuid, compat_session_id uuid, user_session_id uuid, created_at timestamptz NOT NULL,
@@ -29,9 +30,17 @@ SELECT md5('user' || (g % 1500))::uuid, md5('us' || g)::uuid, '2026-01-01',
        CASE WHEN g % 3 <> 0 THEN now() - interval '40 days' + g * interval '1 second' END
   FROM generate_series(1, 6000) g;
 INSERT INTO user_session_authentications
-SELECT md5('user' || (g % 1500))::uuid, md5('au' || g)::uuid, md5('us' || g)::uuid, '2026-01-01'
+SELECT md5('user' || (g % 1500))::uuid, md5('au' || g)::uuid, md5('us' || g)::uuid,
+       CASE WHEN g % 3 = 0 THEN md5('up' || g)::uuid END, '2026-01-01'
   FROM generate_series(1, 6000) g WHERE g % 2 = 0;
 INSERT INTO compat_sessions
 SELECT md5('user' || (g % 1500))::uuid, md5('cs' || g)::uuid, md5('us' || g)::uuid, '2026-01-01'
   FROM generate_series(1, 6000) g WHERE g % 7 = 0;
+-- MAS's upstream OAuth sessions, whose link to the user session (user_session_id) is filled
+-- from the authentications that used them (docs/links.md).
+CREATE TABLE upstream_oauth_authorization_sessions (user_id uuid, upstream_oauth_authorization_session_id uuid, user_session_id uuid,
+                                                    created_at timestamptz NOT NULL, PRIMARY KEY (user_id, upstream_oauth_authorization_session_id));
+CREATE INDEX ON upstream_oauth_authorization_sessions (upstream_oauth_authorization_session_id);
+INSERT INTO upstream_oauth_authorization_sessions
+SELECT md5('user' || (g % 1500))::uuid, md5('up' || g)::uuid, NULL, '2026-01-01' FROM generate_series(1, 6000) g WHERE g % 3 = 0;
 RESET search_path;
