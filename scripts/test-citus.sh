@@ -31,8 +31,11 @@ want=$(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)
 echo "test-citus: ok: CREATE EXTENSION (0.2.0) and ALTER EXTENSION UPDATE ($want) from the coordinator reached every node"
 
 # 2. The docs/scaling.md recipe, as written; a second call does nothing.
-sed -n '/^```sql$/,/^```$/p' docs/scaling.md | grep -v '^```' | grep -v '^--' > "${NODES[0]}/scaling.sql"
-on "$COORD" -f "${NODES[0]}/scaling.sql" >/dev/null
+# doc_block NAME: the SQL block of docs/scaling.md marked "make test-citus runs this block (NAME)".
+doc_block() { awk -v tag="make test-citus runs this block ($1)" 'index($0, tag) {on = 1; next} on && /^```sql$/ {inside = 1; next}
+                                                               inside && /^```$/ {exit} inside' docs/scaling.md; }
+[ -n "$(doc_block distribute)" ] || fail "docs/scaling.md has no block marked (distribute)"
+doc_block distribute | on "$COORD" >/dev/null
 [ "$(value "$COORD" "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text LIKE 'lifecycle.%'")" = 3 ] \
     || fail "docs/scaling.md did not distribute the activity tables"
 [ "$(value "$COORD" "SELECT count(*) FROM pg_dist_object WHERE distribution_argument_index IS NOT NULL AND objid IN ('lifecycle.record_activity(text,text,text[],timestamptz)'::regprocedure, 'lifecycle.forget_user(text)'::regprocedure)")" = 2 ] \
@@ -79,13 +82,9 @@ echo "test-citus: ok: a shard moved away and back: calls follow it, and the old 
 # 6. Reaping distributed tables: Mattermost's and MAS's tables with composite keys, once plain
 #    on the coordinator and once distributed by user (children colocated), the same policies.
 for s in plain dist; do on "$COORD" -v s=$s -f tests/citus/identity.sql; done
+doc_block "app tables" | on "$COORD" >/dev/null 2>&1
+[ "$(value "$COORD" "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text LIKE 'dist.%'")" = 5 ] || fail "docs/scaling.md did not distribute the app tables"
 on "$COORD" >/dev/null <<'SQL'
-SET citus.shard_count = 8;
-SELECT create_distributed_table('dist.useraccesstokens', 'userid');
-SELECT create_distributed_table('dist.user_sessions', 'user_id');
-SELECT create_distributed_table('dist.user_session_authentications', 'user_id', colocate_with => 'dist.user_sessions');
-SELECT create_distributed_table('dist.compat_sessions', 'user_id', colocate_with => 'dist.user_sessions');
-SELECT create_distributed_table('dist.upstream_oauth_authorization_sessions', 'user_id', colocate_with => 'dist.user_sessions');
 SELECT truncate_local_data_after_distributing_table(t)
   FROM unnest('{dist.useraccesstokens, dist.user_sessions, dist.user_session_authentications, dist.compat_sessions,
                 dist.upstream_oauth_authorization_sessions}'::regclass[]) t;
@@ -161,6 +160,8 @@ done
     || fail "no session was kept by its compat session"
 [ "$(value "$COORD" "SELECT count(*) FROM lifecycle.shard_status WHERE policy = 'dist_pats' AND total_acted > 0")" = 8 ] \
     || fail "shard_status does not show progress on every shard"
+[ "$(doc_block audit | on "$COORD" -tA | awk -F'|' '{n += $3} END {print n}')" = "$(audited dist_pats)" ] || fail "docs/scaling.md's audit query"
+[ "$(doc_block "shard status" | on "$COORD" -tA | grep -c '^dist_')" = 16 ] || fail "docs/scaling.md's shard_status query"
 echo "test-citus: ok: two reapers on the coordinator reaped the distributed tables shard by shard to the same rows and audit counts as the plain ones ($(audited dist_pats) tokens, $(audited dist_user_sessions) sessions)"
 
 # 9. A link between colocated tables: backfilled shard by shard on the workers (positions per

@@ -1117,10 +1117,13 @@ DECLARE
     shard jsonb;
     done  jsonb;
 BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
     PERFORM lifecycle._maintain_history();
     COMMIT;
     outcome := '[]';
     FOR shard IN SELECT e.value FROM pg_catalog.jsonb_array_elements(shards) AS e LOOP
+        -- Pinned per transaction, as in CALL lifecycle.reap (a procedure cannot SET it).
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
         -- As on the coordinator (CALL lifecycle.reap): a lost commit is redone next run.
         PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
         BEGIN
@@ -1568,6 +1571,8 @@ DECLARE
 BEGIN
     outcome := '[]';
     FOR shard IN SELECT e.value FROM pg_catalog.jsonb_array_elements(shards) AS e LOOP
+        -- Pinned per transaction, as in CALL lifecycle.reap (a procedure cannot SET it).
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
         -- Citus refuses writes to a shard by its name unless told they are intended.
         PERFORM pg_catalog.set_config('citus.enable_manual_changes_to_shards', 'on', true);
         id := (shard ->> 'shardid')::bigint;

@@ -31,6 +31,8 @@ fn public_gets_only_what_is_documented() {
          ) x ORDER BY 1",
     );
     let documented = [
+        "function lifecycle._colocated_shard(text,bigint) EXECUTE",
+        "function lifecycle._distribution_column(oid) EXECUTE",
         "function lifecycle._is_plain_name(text) EXECUTE",
         "function lifecycle._require_batch(integer,text) EXECUTE",
         "function lifecycle._require_plain_name(text,text) EXECUTE",
