@@ -101,13 +101,23 @@ on "$COORD" >/dev/null <<'SQL'
 CREATE TABLE dist.loose (id uuid PRIMARY KEY, user_id uuid NOT NULL, user_session_id uuid NOT NULL);
 SELECT create_distributed_table('dist.loose', 'id');
 CREATE TABLE dist.ref (id bigint PRIMARY KEY, expires_at timestamptz NOT NULL);
+CREATE INDEX ON dist.ref (expires_at);
 SELECT create_reference_table('dist.ref');
+CREATE TABLE dist.ref_notes (ref_id bigint REFERENCES dist.ref, note integer, PRIMARY KEY (ref_id, note));
+SELECT create_reference_table('dist.ref_notes');
+CREATE TABLE dist.ref_uses (id bigint PRIMARY KEY, ref_id bigint NOT NULL REFERENCES dist.ref);
+SELECT create_distributed_table('dist.ref_uses', 'id');
+INSERT INTO dist.ref SELECT g, now() + (g - 2000) * interval '1 minute' FROM generate_series(1, 3000) g;
+INSERT INTO dist.ref_notes SELECT g, 1 FROM generate_series(1, 3000, 4) g;
 SQL
 refused "is not colocated with dist.user_sessions" \
     "SELECT lifecycle.add_policy('loose', 'dist.user_sessions', 'finished_at', dependents => 'block', delete_from => '{dist.loose(user_id, user_session_id)}')"
-refused "is a Citus reference or local table" "SELECT lifecycle.add_policy('ref', 'dist.ref', 'expires_at')"
+refused "is a reference table, and its child dist.ref_uses is not" \
+    "SELECT lifecycle.add_policy('ref', 'dist.ref', 'expires_at', delete_from => '{dist.ref_notes(ref_id), dist.ref_uses(ref_id)}')"
 refused "archive and events are not supported" "SELECT lifecycle.add_policy('ev', 'dist.useraccesstokens', 'expiresat', time_kind => 'unix_ms', events => true)"
-echo "test-citus: ok: non-colocated children, reference tables and archive/events on distributed tables are refused with 0A000"
+echo "test-citus: ok: non-colocated children, a reference table's distributed child and archive/events on Citus tables are refused with 0A000"
+on "$COORD" -c "DROP TABLE dist.ref_uses" \
+    -c "SELECT lifecycle.add_policy('dist_ref', 'dist.ref', 'expires_at', delete_from => '{dist.ref_notes(ref_id)}', audit => '{id}', batch_size => 300, target_batch_time => NULL)" >/dev/null
 
 # Audit rows of a policy: on the coordinator for a plain table, summed over the workers for a
 # distributed one (each worker keeps those of its shards).
@@ -160,9 +170,14 @@ done
     || fail "no session was kept by its compat session"
 [ "$(value "$COORD" "SELECT count(*) FROM lifecycle.shard_status WHERE policy = 'dist_pats' AND total_acted > 0")" = 8 ] \
     || fail "shard_status does not show progress on every shard"
+# The reference table: every copy lost the same rows (the 2000 due ones, with their notes), each audited once.
+copies() { value "$COORD" "SELECT string_agg(DISTINCT result, ',') FROM run_command_on_placements('$1', 'SELECT count(*) FROM %s')"; }
+[ "$(copies dist.ref)" = 1000 ] && [ "$(copies dist.ref_notes)" = 250 ] \
+    && [ "$(value "$COORD" "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'dist_ref'")" = 2000 ] \
+    || fail "reference table: copies keep $(copies dist.ref) rows and $(copies dist.ref_notes) notes, $(value "$COORD" "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'dist_ref'") audit rows"
 [ "$(doc_block audit | on "$COORD" -tA | awk -F'|' '{n += $3} END {print n}')" = "$(audited dist_pats)" ] || fail "docs/scaling.md's audit query"
 [ "$(doc_block "shard status" | on "$COORD" -tA | grep -c '^dist_')" = 16 ] || fail "docs/scaling.md's shard_status query"
-echo "test-citus: ok: two reapers on the coordinator reaped the distributed tables shard by shard to the same rows and audit counts as the plain ones ($(audited dist_pats) tokens, $(audited dist_user_sessions) sessions)"
+echo "test-citus: ok: two reapers on the coordinator reaped the distributed tables shard by shard to the same rows and audit counts as the plain ones ($(audited dist_pats) tokens, $(audited dist_user_sessions) sessions), and a reference table alike on every copy"
 
 # 9. A link between colocated tables: backfilled shard by shard on the workers (positions per
 #    shard, saved each round) to the same links as on the plain tables, and kept by its trigger

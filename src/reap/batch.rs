@@ -104,6 +104,8 @@ pub struct Policy {
     holds: Vec<HoldSet>,
     /// The extension's owner, who writes the bookkeeping.
     pub(super) bookkeeper: pg_sys::Oid,
+    /// A Citus reference (or local) table: batches take two statements (`reference_statements`).
+    pub(super) reference: bool,
 }
 
 /// One row per batch.
@@ -219,6 +221,7 @@ impl Policy {
                     },
                     events: if row.get::<bool>(25)?.unwrap_or(false) { Some(row.get(26)?.unwrap_or_default()) } else { None },
                     holds: Vec::new(),
+                    reference: false,
                 },
                 row.get::<bool>(20)?.unwrap_or(false),
             ))
@@ -332,6 +335,7 @@ impl Policy {
             archive: None,
             events: None,
             bookkeeper: role::extension_owner(),
+            reference: false,
         }
     }
 
@@ -404,7 +408,7 @@ impl Policy {
 
     /// Columns of the policy's table that a batch carries from its candidates to its actions:
     /// the key, then whatever else a deleted child references. Aliased `v0, v1, ...`.
-    fn carried(&self) -> Vec<String> {
+    pub(super) fn carried(&self) -> Vec<String> {
         let mut carried: Vec<String> = self.keys.iter().map(|k| k.name.clone()).collect();
         for child in self.children.iter().filter(|c| c.handling == Handling::Delete) {
             for p in &child.parent_columns {
@@ -579,6 +583,17 @@ impl Policy {
         // The last row in keyset order is found first and only then turned into jsonb, so
         // the cursor costs one jsonb value per batch, not one per row. The audit rows leave
         // as two arrays in the same order (one aggregate pass), to be written by `run`.
+        sql.push_str(&format!(
+            " SELECT a.acted, (SELECT count(*) FROM batch), {blocked}, {cursor}, a.keys, a.data, a.events, {held}
+                FROM (SELECT count(*) AS acted, {keys} AS keys, {data} AS data, {events} AS events FROM done d) a",
+            cursor = self.new_cursor()
+        ));
+        sql
+    }
+
+    /// The new cursor, as jsonb text: the last row of CTE `batch` in keyset order. It is found
+    /// first and only then turned into jsonb, so the cursor costs one jsonb value per batch.
+    fn new_cursor(&self) -> String {
         let position = self.keys.iter().enumerate().map(|(i, _)| format!("b.v{i}")).collect::<Vec<_>>().join(", ");
         let batch_name = |i: usize, _: &Column| {
             if self.same_time_and_key() {
@@ -589,14 +604,69 @@ impl Policy {
                 format!("v{}", i - 1)
             }
         };
-        sql.push_str(&format!(
-            " SELECT a.acted, (SELECT count(*) FROM batch), {blocked},
-                     (SELECT jsonb_build_array(b.tm, {position})::text FROM (SELECT * FROM batch b ORDER BY {order} LIMIT 1) b),
-                     a.keys, a.data, a.events, {held}
-                FROM (SELECT count(*) AS acted, {keys} AS keys, {data} AS data, {events} AS events FROM done d) a",
+        format!(
+            "(SELECT jsonb_build_array(b.tm, {position})::text FROM (SELECT * FROM batch b ORDER BY {order} LIMIT 1) b)",
             order = self.order("b", batch_name, true)
+        )
+    }
+
+    /// A batch on a Citus reference table, in two statements, because Citus plans a
+    /// modification of a reference table only alone, and without non-immutable functions in
+    /// its RETURNING: (1) the candidates, locked, as on one server, returned as one array per
+    /// carried column of the rows to act on, with the counts and the new cursor; (2) the
+    /// children's deletes and the action matched by those arrays (`$8...`), which Citus applies
+    /// to every copy of the table, returning what [`Policy::statement`] returns (`$4`..`$7`
+    /// carry the first statement's counts and cursor through).
+    fn reference_statements(&self) -> (String, String) {
+        let n = self.carried().len();
+        let arrays: Vec<String> = (0..n).map(|i| format!("array_agg(b.v{i}) FILTER (WHERE NOT b.blocked AND NOT b.held)")).collect();
+        let select = format!(
+            "WITH batch AS ({}) SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM batch WHERE blocked AND NOT held),
+                    {}, (SELECT count(*) FROM batch WHERE held), {} FROM batch b",
+            self.candidates(false),
+            self.new_cursor(),
+            arrays.join(", ")
+        );
+        let params: Vec<String> = (0..n).map(|i| format!("${}", 8 + i)).collect();
+        let names: Vec<String> = (0..n).map(|i| format!("v{i}")).collect();
+        let mut action = format!("WITH acted AS (SELECT * FROM unnest({}) AS k({}))", params.join(", "), names.join(", "));
+        for (i, child) in self.children.iter().filter(|c| c.handling == Handling::Delete).enumerate() {
+            let (using, cond) = self.matching("c", "acted", &child.columns, &child.parent_columns);
+            let using = if using.is_empty() { String::new() } else { format!(" USING {using}") };
+            action.push_str(&format!(", child_{i} AS (DELETE FROM {} c{using} WHERE {cond})", child.relation));
+        }
+        let key_names: Vec<String> = self.keys.iter().map(|k| k.name.clone()).collect();
+        let (from, target) = self.matching("t", "acted", &key_names, &key_names);
+        let mut returned: Vec<String> = key_names.clone();
+        returned.extend(self.audit.iter().flatten().filter(|c| !key_names.contains(c)).cloned());
+        let returning: Vec<String> = returned.iter().map(|c| col("t", c)).collect();
+        match &self.nullify {
+            None => {
+                let using = if from.is_empty() { String::new() } else { format!(" USING {from}") };
+                action.push_str(&format!(", done AS (DELETE FROM {} t{using} WHERE {target} AND {}", self.relation, self.due()));
+            }
+            Some(columns) => {
+                let from = if from.is_empty() { String::new() } else { format!(" FROM {from}") };
+                let sets: Vec<String> = columns.iter().map(|c| format!("{} = NULL", ident(c))).collect();
+                action.push_str(&format!(
+                    ", done AS (UPDATE {} t SET {}{from} WHERE {target} AND {}",
+                    self.relation,
+                    sets.join(", "),
+                    self.due()
+                ));
+            }
+        }
+        let data = if self.audit.is_some() {
+            format!("array_agg({})", sql::jsonb_of_columns("d", self.audit.as_deref().unwrap_or_default()))
+        } else {
+            "NULL::jsonb[]".into()
+        };
+        let keys = if self.audit.is_some() { format!("array_agg({})", self.row_key("d")) } else { "NULL::text[]".into() };
+        action.push_str(&format!(
+            " RETURNING {}) SELECT count(*), $4::bigint, $5::bigint, $6::text, {keys}, {data}, NULL::jsonb[], $7::bigint FROM done d",
+            returning.join(", ")
         ));
-        sql
+        (select, action)
     }
 
     /// The audit columns of row `t` as jsonb (NULL without audit).
@@ -672,8 +742,13 @@ pub fn run(id: i32, cap: Option<i32>) -> Outcome {
     if !try_lock(id) {
         return Outcome { acted: 0, examined: 0, sweep_done: true };
     }
+    let mut policy = policy;
     if let Some(distribution) = crate::citus::distribution(policy.relid) {
-        return shards::run(&policy, &distribution, limit);
+        shards::check(&policy, &distribution);
+        if distribution.method == "h" {
+            return shards::run(&policy, limit);
+        }
+        policy.reference = true;
     }
     let action = policy.action();
     execute(&policy, limit, |client, done| {
@@ -749,11 +824,40 @@ impl Done {
 /// in the same SPI connection: the audit arrays go from the statement to the bookkeeping as
 /// the binary values they are (they live until the connection ends), not through text.
 pub fn execute<R>(policy: &Policy, limit: i32, record: impl FnOnce(&mut SpiClient<'_>, &Done) -> Result<R, pgrx::spi::Error>) -> R {
-    let statement = policy.statement();
     Spi::connect_mut(|client| {
         let started = Instant::now();
+        // The first statement's result of a two-statement batch, kept until the end: the
+        // second takes its arrays as the values they are.
+        let mut _chosen = None;
         let row = with_batch_plan_shape(|| {
-            role::run_as(policy.owner, true, || sql::run_kept(client, true, &statement, &policy.args(limit), Some(1)))
+            role::run_as(policy.owner, true, || {
+                if !policy.reference {
+                    return sql::run_kept(client, true, &policy.statement(), &policy.args(limit), Some(1));
+                }
+                let (select, action) = policy.reference_statements();
+                let chosen = sql::run_kept(client, true, &select, &policy.args(limit), Some(1))?.first();
+                // $1, $2 are the first statement's (cursor, limit); $3 older_than; $4 examined,
+                // $5 blocked, $6 cursor, $7 held, passed through; then the arrays.
+                let mut args = vec![
+                    Option::<String>::None.into(),
+                    Option::<i64>::None.into(),
+                    policy.older_than.into(),
+                    chosen.get::<i64>(1)?.into(),
+                    chosen.get::<i64>(2)?.into(),
+                    chosen.get::<String>(3)?.into(),
+                    chosen.get::<i64>(4)?.into(),
+                ];
+                for ordinal in 5..5 + policy.carried().len() {
+                    args.push(raw_arg(chosen.get_datum_by_ordinal(ordinal)?, chosen.column_type_oid(ordinal)?.value()));
+                }
+                // Planned with its values: Citus plans no generic plan of a modification
+                // with parameters in a CTE ("could not create distributed plan").
+                let action = sql::with_settings(&[(c"plan_cache_mode", "force_custom_plan")], || {
+                    sql::run_kept(client, true, &action, &args, Some(1))
+                });
+                _chosen = Some(chosen);
+                action
+            })
         })?
         .first();
         let examined = row.get::<i64>(2)?.unwrap_or(0);

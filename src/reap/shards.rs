@@ -21,35 +21,40 @@ use pgrx::JsonB;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// Refuses what a batch on the shards cannot do as it does on one server (registration
-/// checks it, and every round again: tables can be distributed after a policy was added).
+/// Refuses what a batch on Citus cannot do as it does on one server (registration checks it,
+/// and every round again: tables can be distributed after a policy was added). A hash-
+/// distributed table's children must be colocated with it on the referencing column; a
+/// reference table's must be reference tables too; neither can archive or send events.
 pub fn check(policy: &Policy, table: &Distribution) {
     let refuse = |message: String, hint: &str| -> ! { error::raise(Code::ERRCODE_FEATURE_NOT_SUPPORTED, message, None, Some(hint)) };
-    if table.method != "h" {
-        refuse(
-            format!("{} is a Citus reference or local table; pg_lifecycle reaps hash-distributed and plain tables", policy.relation),
-            "A reference table's rows are copied to every node, and a batch's SKIP LOCKED picks may differ per copy: keep it a plain table on the coordinator to reap it.",
-        );
-    }
     if policy.archive.is_some() || policy.events.is_some() {
         refuse(
-            format!("archive and events are not supported for {}, a distributed table", policy.relation),
-            "A batch runs on a worker, and the archive and event tables are on the coordinator: leave them out (the audit log is kept on each worker).",
+            format!("archive and events are not supported for {}, a Citus table", policy.relation),
+            "A batch acts on every node, and the archive and event tables are on the coordinator: leave them out (audit rows are kept).",
         );
     }
     let column = table.column.as_deref().unwrap_or_default();
     for child in policy.children.iter().filter(|c| c.handling != Handling::Cascade) {
-        // The child's rows of a parent row are in the colocated shard only if the child's
-        // distribution column is the one that references the parent's.
-        let colocated = distribution(child.relid).is_some_and(|d| {
-            d.method == "h"
-                && d.colocation == table.colocation
-                && child.parent_columns.iter().position(|p| p == column).is_some_and(|i| Some(&child.columns[i]) == d.column.as_ref())
-        });
-        if !colocated {
+        let child_table = distribution(child.relid);
+        let fits = match table.method.as_str() {
+            // The child's rows of a parent row are in the colocated shard only if the child's
+            // distribution column is the one that references the parent's.
+            "h" => child_table.is_some_and(|d| {
+                d.method == "h"
+                    && d.colocation == table.colocation
+                    && child.parent_columns.iter().position(|p| p == column).is_some_and(|i| Some(&child.columns[i]) == d.column.as_ref())
+            }),
+            _ => child_table.is_some_and(|d| d.method == "n"),
+        };
+        if !fits && table.method == "h" {
             refuse(
                 format!("{} is not colocated with {} on the column that references {}", child.relation, policy.relation, sql::literal(column)),
                 "Distribute the child on that column with colocate_with => the policy's table: a batch deletes or checks children in the shard beside the parent's.",
+            );
+        } else if !fits {
+            refuse(
+                format!("{} is a reference table, and its child {} is not", policy.relation, child.relation),
+                "A batch on a reference table deletes or checks its children on every node: make them reference tables too.",
             );
         }
     }
@@ -144,8 +149,7 @@ impl ShardOutcome {
 
 /// One round of `policy` on its shards: one batch of at most `limit` rows on every shard whose
 /// sweep is not done, all workers at once. `sweep_done` when every shard has finished its sweep.
-pub fn run(policy: &Policy, table: &Distribution, limit: i32) -> Outcome {
-    check(policy, table);
+pub fn run(policy: &Policy, limit: i32) -> Outcome {
     let definition = sql::literal(&policy.definition().to_string());
     let shards = pending_shards(policy).into_iter().map(|s| {
         let cursor = s.cursor.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok());
