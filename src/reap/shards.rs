@@ -182,11 +182,13 @@ UPDATE lifecycle.policy_state
  WHERE policy_id = $1";
 
 /// A sweep is over on every shard: the next round starts a new one (and forgets shards that
-/// a split or a drop took away).
+/// a split or a drop took away; the two touch different rows).
 const NEW_SWEEP: &str = "
 WITH gone AS (DELETE FROM lifecycle.shard_state st
-               WHERE st.policy_id = $1 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_shard s WHERE s.shardid = st.shardid))
-UPDATE lifecycle.shard_state SET swept = false, cursor = NULL WHERE policy_id = $1";
+               WHERE st.policy_id = $1 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_shard s WHERE s.shardid = st.shardid)),
+     sweep AS (UPDATE lifecycle.policy_state SET sweep_started_at = NULL WHERE policy_id = $1)
+UPDATE lifecycle.shard_state st SET swept = false, cursor = NULL
+ WHERE st.policy_id = $1 AND EXISTS (SELECT 1 FROM pg_catalog.pg_dist_shard s WHERE s.shardid = st.shardid)";
 
 /// Writes down a round's outcomes; the round's `Outcome` for lifecycle._reap_round.
 fn record(policy: &Policy, outcomes: &[ShardOutcome], limit: i32) -> Outcome {
