@@ -442,7 +442,12 @@ impl Policy {
             for child in self.children.iter().filter(removed) {
                 let pairs: Vec<String> =
                     child.columns.iter().zip(&child.parent_columns).map(|(c, p)| format!("{} = {}", col("h", c), col("t", p))).collect();
-                tests.push(format!("EXISTS (SELECT 1 FROM {} h WHERE {} AND {})", child.relation, pairs.join(" AND "), set.matches("h")));
+                tests.push(format!(
+                    "EXISTS (SELECT 1 FROM {} h WHERE {} AND {} OFFSET 0)",
+                    child.relation,
+                    pairs.join(" AND "),
+                    set.matches("h")
+                ));
             }
         }
         if tests.is_empty() {
@@ -452,7 +457,10 @@ impl Policy {
         }
     }
 
-    /// Whether a blocking child still references row `t`.
+    /// Whether a blocking child still references row `t`. `OFFSET 0` keeps each test an index
+    /// probe per candidate: without it the planner may hash the whole child table once per
+    /// batch instead (it did, at 10k blocking rows: 2.5 ms of each 1000-row batch), which is
+    /// O(child table), not O(batch). The same holds for the hold tests above.
     fn blocked(&self) -> String {
         let checks: Vec<String> = self
             .children
@@ -461,7 +469,7 @@ impl Policy {
             .map(|child| {
                 let pairs: Vec<String> =
                     child.columns.iter().zip(&child.parent_columns).map(|(c, p)| format!("{} = {}", col("c", c), col("t", p))).collect();
-                format!("EXISTS (SELECT 1 FROM {} c WHERE {})", child.relation, pairs.join(" AND "))
+                format!("EXISTS (SELECT 1 FROM {} c WHERE {} OFFSET 0)", child.relation, pairs.join(" AND "))
             })
             .collect();
         if checks.is_empty() {
