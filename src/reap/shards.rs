@@ -12,13 +12,14 @@
 //! shards or nodes, and a killed batch loses only itself.
 
 use super::batch::{self, adapt_batch_size, Handling, Outcome, Policy, BOOKKEEPING};
-use crate::citus::{colocated_shard, distribution, on_workers, Distribution};
+use crate::citus::{colocated_shard, distribution, on_workers, shards_of, Distribution};
 use crate::error::{self, Code};
 use crate::role;
 use crate::sql;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// Refuses what a batch on Citus cannot do as it does on one server (registration checks it,
@@ -70,32 +71,22 @@ struct Shard {
 
 /// The shards of the policy's table that have not finished the current sweep.
 fn pending_shards(policy: &Policy) -> Vec<Shard> {
-    role::run_as(policy.bookkeeper, false, || {
+    let states: HashMap<i64, (bool, Option<String>)> = role::run_as(policy.bookkeeper, false, || {
         Spi::connect(|client| {
             client
-                .select(
-                    "SELECT s.shardid, n.nodename::text, n.nodeport, st.cursor::text
-                       FROM pg_catalog.pg_dist_shard s
-                       JOIN pg_catalog.pg_dist_placement pl ON pl.shardid = s.shardid
-                       JOIN pg_catalog.pg_dist_node n ON n.groupid = pl.groupid AND n.noderole = 'primary' AND n.isactive
-                       LEFT JOIN lifecycle.shard_state st ON st.policy_id = $1 AND st.shardid = s.shardid
-                      WHERE s.logicalrelid = $2 AND NOT coalesce(st.swept, false)
-                      ORDER BY s.shardid",
-                    None,
-                    &[policy.id.into(), policy.relid.into()],
-                )?
-                .map(|row| {
-                    Ok(Shard {
-                        id: row.get(1)?.unwrap_or_default(),
-                        node: row.get(2)?.unwrap_or_default(),
-                        port: row.get(3)?.unwrap_or_default(),
-                        cursor: row.get(4)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+                .select("SELECT shardid, swept, cursor::text FROM lifecycle.shard_state WHERE policy_id = $1", None, &[policy.id.into()])?
+                .map(|row| Ok((row.get::<i64>(1)?.unwrap_or_default(), (row.get::<bool>(2)?.unwrap_or(false), row.get::<String>(3)?))))
+                .collect::<Result<HashMap<_, _>, pgrx::spi::Error>>()
         })
     })
-    .unwrap_or_else(|e| error::internal(e))
+    .unwrap_or_else(|e| error::internal(e));
+    shards_of(policy.relid)
+        .into_iter()
+        .filter_map(|(node, port, id)| match states.get(&id) {
+            Some((true, _)) => None,
+            state => Some(Shard { id, node, port, cursor: state.and_then(|(_, cursor)| cursor.clone()) }),
+        })
+        .collect()
 }
 
 /// What one shard's batch did, or the error it failed with.
