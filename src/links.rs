@@ -46,12 +46,11 @@ fn backfill_round(link_name: &str, batch: i32) -> JsonB {
     // A cursor saved by a backfill before the table was distributed is no per-shard position.
     let mut positions: Map<String, Value> =
         saved.and_then(|c| serde_json::from_str::<Value>(&c).ok()).and_then(|v| v.as_object().cloned()).unwrap_or_default();
-    let pending = shards_of(target).into_iter().filter(|(_, _, id)| positions.get(&id.to_string()) != Some(&Value::Bool(true))).map(
-        |(node, port, id)| {
-            let cursor = positions.get(&id.to_string()).cloned().unwrap_or(Value::Null);
-            (node, port, json!({"shardid": id, "cursor": cursor}))
-        },
-    );
+    let shards = shards_of(target);
+    let pending = shards.iter().filter(|(_, _, id)| positions.get(&id.to_string()) != Some(&Value::Bool(true))).map(|(node, port, id)| {
+        let cursor = positions.get(&id.to_string()).cloned().unwrap_or(Value::Null);
+        (node.clone(), *port, json!({"shardid": id, "cursor": cursor}))
+    });
     let definition = sql::literal(&link.to_string());
     let outcomes = on_workers(pending, |list| format!("CALL lifecycle._backfill_shards({definition}::jsonb, {list}::jsonb, {batch})"));
     let (mut filled, mut first_error) = (0, None);
@@ -65,8 +64,7 @@ fn backfill_round(link_name: &str, batch: i32) -> JsonB {
         let finished = o["examined"].as_i64().unwrap_or_default() < i64::from(batch);
         positions.insert(id, if finished { Value::Bool(true) } else { o["cursor"].clone() });
     }
-    let done =
-        first_error.is_none() && shards_of(target).iter().all(|(_, _, id)| positions.get(&id.to_string()) == Some(&Value::Bool(true)));
+    let done = first_error.is_none() && shards.iter().all(|(_, _, id)| positions.get(&id.to_string()) == Some(&Value::Bool(true)));
     JsonB(json!({"filled": filled, "done": done, "cursor": Value::Object(positions).to_string(), "error": first_error}))
 }
 

@@ -745,12 +745,11 @@ pub struct Outcome {
 /// Skips (examined = 0) when another reaper holds the policy's lock. A policy on a Citus
 /// distributed table runs one batch per shard on the workers instead (shards.rs).
 pub fn run(id: i32, cap: Option<i32>) -> Outcome {
-    let policy = Policy::load(id);
+    let mut policy = Policy::load(id);
     let limit = policy.next_size().min(cap.unwrap_or(BATCH_MAX));
     if !try_lock(id) {
         return Outcome { acted: 0, examined: 0, sweep_done: true };
     }
-    let mut policy = policy;
     if let Some(distribution) = crate::citus::distribution(policy.relid) {
         shards::check(&policy, &distribution);
         if distribution.method == "h" {

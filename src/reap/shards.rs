@@ -196,9 +196,12 @@ fn record(policy: &Policy, outcomes: &[ShardOutcome], limit: i32) -> Outcome {
     }
     // Adaptive sizes follow the slowest shard: every shard's batch has the same size.
     let slowest = outcomes.iter().map(|o| o.elapsed).max().unwrap_or_default();
-    let full = outcomes.iter().any(|o| !o.swept);
-    let next_size = policy.target_batch_time.filter(|_| !slowest.is_zero()).map(|target| adapt_batch_size(limit, slowest, target, full));
-    let sweep_done = role::run_as(policy.bookkeeper, false, || {
+    // The round covered every shard whose sweep was not done: if each has finished it now,
+    // the sweep is over (a shard added meanwhile waits for the next one).
+    let sweep_done = outcomes.iter().all(|o| o.swept);
+    let next_size =
+        policy.target_batch_time.filter(|_| !slowest.is_zero()).map(|target| adapt_batch_size(limit, slowest, target, !sweep_done));
+    role::run_as(policy.bookkeeper, false, || {
         Spi::run_with_args(
             SHARD_BOOKKEEPING,
             &[
@@ -221,14 +224,12 @@ fn record(policy: &Policy, outcomes: &[ShardOutcome], limit: i32) -> Outcome {
                 next_size.or(policy.current_batch).into(),
             ],
         )?;
+        if sweep_done {
+            Spi::run_with_args(NEW_SWEEP, &[policy.id.into()])?;
+        }
         Ok::<_, pgrx::spi::Error>(())
     })
-    .map(|()| pending_shards(policy).is_empty())
     .unwrap_or_else(|e| error::internal(e));
-    if sweep_done {
-        role::run_as(policy.bookkeeper, false, || Spi::run_with_args(NEW_SWEEP, &[policy.id.into()]))
-            .unwrap_or_else(|e| error::internal(e));
-    }
     Outcome { acted, examined, sweep_done }
 }
 
