@@ -129,8 +129,8 @@ BEGIN
 END
 $$;
 
--- What every reaping round runs first (lifecycle._reap_round): _maintain_history_at(now()),
--- as the extension's owner, who owns the history tables.
+-- What CALL lifecycle.reap (once a minute) and reap_expired run before their rounds:
+-- _maintain_history_at(now()), as the extension's owner, who owns the history tables.
 CREATE FUNCTION lifecycle._maintain_history()
 RETURNS void
 LANGUAGE sql SECURITY DEFINER

@@ -304,48 +304,30 @@ BEGIN
 END
 $$;
 
--- `batch` caps every policy's batch; NULL: each policy's own (fixed or adaptive) size.
-CREATE OR REPLACE FUNCTION lifecycle._reap_round(batch integer, skip integer[] DEFAULT '{}', only_policy text DEFAULT NULL)
-RETURNS TABLE (policy_id integer, acted bigint, examined bigint, sweep_done boolean)
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    p record;
-    r record;
-BEGIN
-    PERFORM lifecycle._require_primary();
-    -- The partitions this round's audit and event rows go to, and the history retention.
-    PERFORM lifecycle._maintain_history();
-    IF batch IS NOT NULL THEN
-        PERFORM lifecycle._require_batch(batch, 'batch');  -- NULL: each policy's own size
-    END IF;
-    FOR p IN SELECT id, name FROM lifecycle.policies
-              WHERE enabled AND id <> ALL (coalesce(skip, '{}'))
-                AND (only_policy IS NULL OR name = only_policy)
-                AND pg_has_role(current_user, owner, 'USAGE')
-              ORDER BY id
-    LOOP
-        BEGIN
-            SELECT * INTO r FROM lifecycle._reap_batch(p.id, batch);
-            policy_id := p.id; acted := r.acted; examined := r.examined; sweep_done := r.sweep_done;
-            RETURN NEXT;
-        EXCEPTION WHEN OTHERS THEN
-            PERFORM lifecycle._note_policy_error(p.id, SQLSTATE, SQLERRM);
-            RAISE WARNING 'pg_lifecycle: policy % failed: % (SQLSTATE %)', p.name, SQLERRM, SQLSTATE
-                USING HINT = 'See lifecycle.policy_status; the batch was rolled back and is retried next run.';
-            policy_id := p.id; acted := 0; examined := 0; sweep_done := true;
-            RETURN NEXT;
-        END;
-    END LOOP;
-END
-$$;
+-- The round is Rust now (src/reap/mod.rs): per round, plpgsql and the history upkeep cost a
+-- sixth of a 1000-row batch.
+CREATE OR REPLACE FUNCTION lifecycle."_reap_round"(
+	"batch" INT, /* Option < i32 > */
+	"skip" INT[] DEFAULT '{}', /* Option < Vec < i32 > > */
+	"only_policy" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS TABLE (
+	"policy_id" INT,  /* i32 */
+	"acted" bigint,  /* i64 */
+	"examined" bigint,  /* i64 */
+	"sweep_done" bool  /* bool */
+)
+CALLED ON NULL INPUT
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'reap_round_wrapper';
 
 CREATE OR REPLACE FUNCTION lifecycle.reap_expired(batch integer DEFAULT NULL)
 RETURNS bigint
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
+    SELECT lifecycle._require_primary();
+    SELECT lifecycle._maintain_history();
     SELECT coalesce(sum(acted), 0)::bigint FROM lifecycle._reap_round(batch)
 $$;
 
@@ -366,6 +348,8 @@ DECLARE
     rounds    integer := 0;
     total     bigint := 0;
     round_acted bigint;
+    all_done  boolean;
+    maintained timestamptz;
     r record;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
@@ -387,12 +371,21 @@ BEGIN
         -- rounds need not wait for a WAL flush (transaction-local; the caller's setting is
         -- untouched).
         PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+        -- The partitions the rounds' audit and event rows go to (this period's and the
+        -- next), and the history retention: once a minute is enough for both.
+        IF maintained IS NULL OR pg_catalog.clock_timestamp() - maintained >= interval '1 minute' THEN
+            PERFORM lifecycle._maintain_history();
+            maintained := pg_catalog.clock_timestamp();
+        END IF;
         round_acted := 0;
+        all_done := true;
         FOR r IN SELECT * FROM lifecycle._reap_round(batch, finished, policy_name) LOOP
             round_acted := round_acted + r.acted;
             -- Swept to the end (or failed, or busy in another reaper): done for this call.
             IF r.sweep_done THEN
                 finished := finished || r.policy_id;
+            ELSE
+                all_done := false;
             END IF;
         END LOOP;
         COMMIT;
@@ -401,10 +394,9 @@ BEGIN
         total := total + round_acted;
         RAISE NOTICE 'pg_lifecycle: round %: % rows acted on (% total), % policies done, %',
             rounds, round_acted, total, pg_catalog.cardinality(finished), pg_catalog.clock_timestamp() - started;
-        EXIT WHEN NOT EXISTS (SELECT 1 FROM lifecycle.policies p
-                               WHERE enabled AND id <> ALL (finished)
-                                 AND (policy_name IS NULL OR p.name = policy_name)
-                                 AND pg_catalog.pg_has_role(current_user, owner, 'USAGE'));
+        -- The round ran every policy not done yet (a policy added meanwhile waits for the
+        -- next run).
+        EXIT WHEN all_done;
         IF rounds >= max_batches THEN
             RAISE NOTICE 'pg_lifecycle: stopping after max_batches = % rounds; the rest is done next run', max_batches;
             EXIT;
@@ -749,8 +741,8 @@ BEGIN
 END
 $$;
 
--- What every reaping round runs first (lifecycle._reap_round): _maintain_history_at(now()),
--- as the extension's owner, who owns the history tables.
+-- What CALL lifecycle.reap (once a minute) and reap_expired run before their rounds:
+-- _maintain_history_at(now()), as the extension's owner, who owns the history tables.
 CREATE FUNCTION lifecycle._maintain_history()
 RETURNS void
 LANGUAGE sql SECURITY DEFINER

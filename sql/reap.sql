@@ -169,9 +169,6 @@ AS $$
      WHERE p.name = policy_name
 $$;
 
--- One bounded batch for every enabled policy the caller may act for (its own, or those of
--- roles it is a member of). Each policy runs in its own subtransaction: a failing policy is
--- rolled back alone, its error recorded in policy_state and raised as a WARNING.
 -- Raises 25006 on a standby: policies delete and update, so they run on the primary.
 CREATE FUNCTION lifecycle._require_primary()
 RETURNS void
@@ -187,48 +184,13 @@ BEGIN
 END
 $$;
 
--- `batch` caps every policy's batch; NULL: each policy's own (fixed or adaptive) size.
-CREATE FUNCTION lifecycle._reap_round(batch integer, skip integer[] DEFAULT '{}', only_policy text DEFAULT NULL)
-RETURNS TABLE (policy_id integer, acted bigint, examined bigint, sweep_done boolean)
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    p record;
-    r record;
-BEGIN
-    PERFORM lifecycle._require_primary();
-    -- The partitions this round's audit and event rows go to, and the history retention.
-    PERFORM lifecycle._maintain_history();
-    IF batch IS NOT NULL THEN
-        PERFORM lifecycle._require_batch(batch, 'batch');  -- NULL: each policy's own size
-    END IF;
-    FOR p IN SELECT id, name FROM lifecycle.policies
-              WHERE enabled AND id <> ALL (coalesce(skip, '{}'))
-                AND (only_policy IS NULL OR name = only_policy)
-                AND pg_has_role(current_user, owner, 'USAGE')
-              ORDER BY id
-    LOOP
-        BEGIN
-            SELECT * INTO r FROM lifecycle._reap_batch(p.id, batch);
-            policy_id := p.id; acted := r.acted; examined := r.examined; sweep_done := r.sweep_done;
-            RETURN NEXT;
-        EXCEPTION WHEN OTHERS THEN
-            PERFORM lifecycle._note_policy_error(p.id, SQLSTATE, SQLERRM);
-            RAISE WARNING 'pg_lifecycle: policy % failed: % (SQLSTATE %)', p.name, SQLERRM, SQLSTATE
-                USING HINT = 'See lifecycle.policy_status; the batch was rolled back and is retried next run.';
-            policy_id := p.id; acted := 0; examined := 0; sweep_done := true;
-            RETURN NEXT;
-        END;
-    END LOOP;
-END
-$$;
-
 CREATE FUNCTION lifecycle.reap_expired(batch integer DEFAULT NULL)
 RETURNS bigint
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
+    SELECT lifecycle._require_primary();
+    SELECT lifecycle._maintain_history();
     SELECT coalesce(sum(acted), 0)::bigint FROM lifecycle._reap_round(batch)
 $$;
 
@@ -284,6 +246,8 @@ DECLARE
     rounds    integer := 0;
     total     bigint := 0;
     round_acted bigint;
+    all_done  boolean;
+    maintained timestamptz;
     r record;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
@@ -305,12 +269,21 @@ BEGIN
         -- rounds need not wait for a WAL flush (transaction-local; the caller's setting is
         -- untouched).
         PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+        -- The partitions the rounds' audit and event rows go to (this period's and the
+        -- next), and the history retention: once a minute is enough for both.
+        IF maintained IS NULL OR pg_catalog.clock_timestamp() - maintained >= interval '1 minute' THEN
+            PERFORM lifecycle._maintain_history();
+            maintained := pg_catalog.clock_timestamp();
+        END IF;
         round_acted := 0;
+        all_done := true;
         FOR r IN SELECT * FROM lifecycle._reap_round(batch, finished, policy_name) LOOP
             round_acted := round_acted + r.acted;
             -- Swept to the end (or failed, or busy in another reaper): done for this call.
             IF r.sweep_done THEN
                 finished := finished || r.policy_id;
+            ELSE
+                all_done := false;
             END IF;
         END LOOP;
         COMMIT;
@@ -319,10 +292,9 @@ BEGIN
         total := total + round_acted;
         RAISE NOTICE 'pg_lifecycle: round %: % rows acted on (% total), % policies done, %',
             rounds, round_acted, total, pg_catalog.cardinality(finished), pg_catalog.clock_timestamp() - started;
-        EXIT WHEN NOT EXISTS (SELECT 1 FROM lifecycle.policies p
-                               WHERE enabled AND id <> ALL (finished)
-                                 AND (policy_name IS NULL OR p.name = policy_name)
-                                 AND pg_catalog.pg_has_role(current_user, owner, 'USAGE'));
+        -- The round ran every policy not done yet (a policy added meanwhile waits for the
+        -- next run).
+        EXIT WHEN all_done;
         IF rounds >= max_batches THEN
             RAISE NOTICE 'pg_lifecycle: stopping after max_batches = % rounds; the rest is done next run', max_batches;
             EXIT;

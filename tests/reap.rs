@@ -545,6 +545,50 @@ fn batches_in_one_session_follow_table_and_policy_changes() {
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE row_key <> data ->> 'id'"), 0, "keys and data out of step");
 }
 
+#[test]
+fn a_sessions_batches_follow_foreign_keys_and_renames_made_by_others() {
+    // A policy's children are kept for the session (src/reap/children.rs) and forgotten when
+    // the catalog changes: here every change comes from another session, between batches.
+    let db = Cluster::shared().fresh_db();
+    let (mut c, _) = mattermost_with_policy(&db, 500);
+    c.batch_execute(
+        "SELECT lifecycle.drop_policy('mm_pats');
+         SELECT lifecycle.add_policy('mm_pats', 'mattermost.useraccesstokens', 'expiresat', time_kind => 'unix_ms',
+                                     delete_from => '{mattermost.sessions(useraccesstokenid)}', dependents => 'block',
+                                     batch_size => 20, target_batch_time => NULL);",
+    )
+    .unwrap();
+    let status = |c: &mut postgres::Client| {
+        let row = c.query_one("SELECT total_blocked, coalesce(last_error, '') FROM lifecycle.policy_status", &[]).unwrap();
+        (row.get::<_, i64>(0), row.get::<_, String>(1))
+    };
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired()"), 20, "no blocking child yet: the batch deletes");
+
+    // A new child whose NO ACTION key references every due token, in a schema of its own.
+    let mut other = db.connect();
+    other
+        .batch_execute(
+            "CREATE SCHEMA holders;
+             CREATE TABLE holders.refs (token_id text REFERENCES mattermost.useraccesstokens (id));
+             INSERT INTO holders.refs SELECT id FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat);
+             CREATE INDEX ON holders.refs (token_id);",
+        )
+        .unwrap();
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired()"), 0, "a child added by another session was not seen");
+    assert_eq!(status(&mut c), (20, String::new()), "the new child blocks, rather than failing the delete");
+
+    // The child's table and then its schema renamed: the batch names them as they are now.
+    other.batch_execute("ALTER TABLE holders.refs RENAME TO token_refs").unwrap();
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired()"), 0);
+    other.batch_execute("ALTER SCHEMA holders RENAME TO keepers").unwrap();
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired()"), 0);
+    assert_eq!(status(&mut c), (60, String::new()), "a renamed child was named by its old name");
+
+    // The key dropped: the rows are free again.
+    other.batch_execute("ALTER TABLE keepers.token_refs DROP CONSTRAINT refs_token_id_fkey").unwrap();
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired()"), 20, "a dropped child still blocked");
+}
+
 /// Keys of several columns work wherever one does: cursor, children to delete (a foreign key
 /// of two columns), children that block (no foreign key at all), cascades left to their key,
 /// preview, audit row keys (a JSON array in key order) and adaptive batches.
