@@ -8,10 +8,14 @@ PG_USER=${PG_USER:-postgres}
 
 as_pg_user() { if [ "$(id -u)" -eq 0 ]; then sudo -n -u "$PG_USER" -- "$@"; else "$@"; fi; }
 
+# A port nothing listens on, below the kernel's ephemeral range: a port in that range can be
+# the local end of a client connection, or of one in TIME_WAIT after a test suite, and then
+# nothing answers on it but the postmaster's bind fails (EADDRINUSE).
 free_port() {
-    local port
+    local low port
+    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
     for _ in $(seq 1 200); do
-        port=$((20000 + RANDOM % 20000))
+        port=$((20000 + RANDOM % (low - 20000)))
         # Nothing answers on it: free (bash opens the TCP connection itself).
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return; fi
     done
@@ -23,11 +27,9 @@ cluster_start() {
     CLUSTER_DIR=$(mktemp -d /tmp/pg_lifecycle-cluster.XXXXXX)
     chmod 755 "$CLUSTER_DIR"
     [ "$(id -u)" -eq 0 ] && chown "$PG_USER" "$CLUSTER_DIR"
-    CLUSTER_PORT=$(free_port)
     as_pg_user "$PG_BIN/initdb" -D "$CLUSTER_DIR/data" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
     as_pg_user mkdir "$CLUSTER_DIR/sock"
     {
-        echo "port = $CLUSTER_PORT"
         echo "listen_addresses = '127.0.0.1'"
         echo "unix_socket_directories = '$CLUSTER_DIR/sock'"
         echo "shared_preload_libraries = 'pg_cron,pg_lifecycle'"
@@ -36,8 +38,23 @@ cluster_start() {
         local line
         for line in "$@"; do echo "$line"; done
     } | as_pg_user tee -a "$CLUSTER_DIR/data/postgresql.conf" >/dev/null
-    as_pg_user "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_DIR/server.log" -w -t 60 start >/dev/null
-    export PGHOST=127.0.0.1 PGPORT=$CLUSTER_PORT PGUSER=postgres
+    # Between free_port and the postmaster's bind another process can take the port: then
+    # another one is tried. Any other failure shows the server's log.
+    local attempt
+    for attempt in 1 2 3; do
+        CLUSTER_PORT=$(free_port)
+        # The last port line wins.
+        echo "port = $CLUSTER_PORT" | as_pg_user tee -a "$CLUSTER_DIR/data/postgresql.conf" >/dev/null
+        if as_pg_user "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_DIR/server.log" -w -t 60 start >/dev/null; then
+            export PGHOST=127.0.0.1 PGPORT=$CLUSTER_PORT PGUSER=postgres
+            return 0
+        fi
+        as_pg_user grep -q "could not bind" "$CLUSTER_DIR/server.log" 2>/dev/null || break
+        echo "port $CLUSTER_PORT was taken meanwhile (attempt $attempt), trying another" >&2
+    done
+    echo "--- $CLUSTER_DIR/server.log:" >&2
+    as_pg_user tail -n 40 "$CLUSTER_DIR/server.log" >&2 || true
+    return 1
 }
 
 cluster_stop() {
