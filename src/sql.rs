@@ -73,8 +73,9 @@ pub fn run_kept<'conn>(
 
 /// Runs `work` in a subtransaction. When it raises a Postgres error, the subtransaction is
 /// rolled back (its writes, locks and role switches with it) and the error comes back as
-/// (SQLSTATE, message) instead of failing the caller, as a plpgsql EXCEPTION block would:
-/// a cancel (statement_timeout, pg_cancel_backend) and Rust panics are raised again.
+/// (SQLSTATE, message) instead of failing the caller, as a plpgsql EXCEPTION block would,
+/// whether PostgreSQL raised it or this library did (error::raise). A cancel
+/// (statement_timeout, pg_cancel_backend) and Rust panics (a bug here) are raised again.
 pub fn in_subtransaction<R>(work: impl FnOnce() -> R) -> Result<R, (String, String)> {
     // SAFETY: the begin/release/rollback protocol of PL/Python's subtransactions: back to the
     // caller's memory context and resource owner after each step.
@@ -98,7 +99,9 @@ pub fn in_subtransaction<R>(work: impl FnOnce() -> R) -> Result<R, (String, Stri
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
             restore();
             match caught {
-                CaughtError::PostgresError(report) if report.sql_error_code() != PgSqlErrorCode::ERRCODE_QUERY_CANCELED => {
+                CaughtError::PostgresError(report) | CaughtError::ErrorReport(report)
+                    if report.sql_error_code() != PgSqlErrorCode::ERRCODE_QUERY_CANCELED =>
+                {
                     Err((sqlstate(report.sql_error_code()), report.message().to_owned()))
                 }
                 other => other.rethrow(),

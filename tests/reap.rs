@@ -348,17 +348,26 @@ fn preview_touches_nothing_and_a_broken_policy_does_not_stop_the_others() {
          INSERT INTO a SELECT g, now() - interval '1 day' FROM generate_series(1, 5) g;
          INSERT INTO b SELECT g, now() - interval '1 day', 'n' FROM generate_series(1, 5) g;
          SELECT lifecycle.add_policy('a', 'a', 't');
-         SELECT lifecycle.add_policy('b', 'b', 't', audit => '{note}');",
+         SELECT lifecycle.add_policy('b', 'b', 't', audit => '{note}');
+         CREATE TABLE gone (id int PRIMARY KEY, t timestamptz);
+         SELECT lifecycle.add_policy('gone', 'gone', 't');",
     )
     .unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.preview('a', 3)"), 3);
     assert_eq!(count(&mut c, "SELECT count(*) FROM a"), 5);
-    // Break policy b: its audit column vanishes.
-    c.batch_execute("ALTER TABLE b DROP COLUMN note").unwrap();
+    // Break policy b in its statement (its audit column vanishes), and policy gone before
+    // its statement (the check that its table exists fails).
+    c.batch_execute("ALTER TABLE b DROP COLUMN note; DROP TABLE gone").unwrap();
     assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired()"), 5);
     assert_eq!(count(&mut c, "SELECT count(*) FROM b"), 5);
-    let err: String = c.query_one("SELECT last_error FROM lifecycle.policy_status WHERE name = 'b'", &[]).unwrap().get(0);
-    assert!(err.starts_with("42703"), "{err}");
+    let error_of = |c: &mut postgres::Client, name: &str| -> String {
+        c.query_one("SELECT last_error FROM lifecycle.policy_status WHERE name = $1", &[&name]).unwrap().get(0)
+    };
+    assert!(error_of(&mut c, "b").starts_with("42703"), "{}", error_of(&mut c, "b"));
+    assert!(error_of(&mut c, "gone").starts_with("42P01"), "{}", error_of(&mut c, "gone"));
+    c.batch_execute("INSERT INTO a SELECT g, now() - interval '1 day' FROM generate_series(6, 8) g").unwrap();
+    c.batch_execute("CALL lifecycle.reap()").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM a"), 0);
 }
 
 #[test]

@@ -67,6 +67,21 @@ pub enum Handling {
     Cascade,
 }
 
+impl Handling {
+    /// Its name, as lifecycle._policy_children and a policy's definition write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handling::Delete => "delete",
+            Handling::Block => "block",
+            Handling::Cascade => "cascade",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Handling> {
+        [Handling::Delete, Handling::Block, Handling::Cascade].into_iter().find(|h| h.as_str() == name)
+    }
+}
+
 /// A table whose rows reference the policy's rows: `columns` (of the child) equal
 /// `parent_columns` (of the policy's table).
 #[derive(Clone)]
@@ -235,7 +250,7 @@ impl Policy {
                 "relid": c.relid.to_u32(),
                 "columns": c.columns,
                 "parent_columns": c.parent_columns,
-                "handling": match c.handling { Handling::Delete => "delete", Handling::Block => "block", Handling::Cascade => "cascade" },
+                "handling": c.handling.as_str(),
             })).collect::<Vec<_>>(),
             "holds": self.holds.iter().map(HoldSet::definition).collect::<Vec<_>>(),
         })
@@ -284,11 +299,7 @@ impl Policy {
                     relid: oid(&c["relid"]),
                     columns: texts(&c["columns"]).unwrap_or_else(|| bad()),
                     parent_columns: texts(&c["parent_columns"]).unwrap_or_else(|| bad()),
-                    handling: match c["handling"].as_str() {
-                        Some("block") => Handling::Block,
-                        Some("cascade") => Handling::Cascade,
-                        _ => Handling::Delete,
-                    },
+                    handling: Handling::parse(&text(&c["handling"])).unwrap_or_else(|| bad()),
                 })
                 .collect(),
             holds: definition["holds"]
@@ -313,6 +324,11 @@ impl Policy {
         self.keys.len() == 1 && self.keys[0].name == self.time.name
     }
 
+    /// A ULID time stored as uuid: it has its own floor function, and no max().
+    fn time_is_uuid(&self) -> bool {
+        self.time.type_name == "uuid"
+    }
+
     /// The due predicate over alias `t`: rule, time kind, "never" values, nullify, filter.
     /// `$3` is `older_than`.
     pub fn due(&self) -> String {
@@ -324,7 +340,7 @@ impl Policy {
             TimeKind::Timestamp => format!("{t} {op} ({reference} AT TIME ZONE pg_catalog.current_setting('TimeZone'))"),
             TimeKind::UnixMs => format!("{t} > 0 AND {t} {op} pg_catalog.floor(extract(epoch FROM {reference}) * 1000)::bigint"),
             TimeKind::UnixS => format!("{t} > 0 AND {t} {op} pg_catalog.floor(extract(epoch FROM {reference}))::bigint"),
-            TimeKind::Ulid if self.time.type_name == "uuid" => format!("{t} < lifecycle.ulid_floor({reference})"),
+            TimeKind::Ulid if self.time_is_uuid() => format!("{t} < lifecycle.ulid_floor({reference})"),
             TimeKind::Ulid => format!("{t} < lifecycle.ulid_floor_text({reference})"),
         };
         if let Some(columns) = &self.nullify {
@@ -574,7 +590,7 @@ impl Policy {
         let held = if self.holds.is_empty() { "0::bigint" } else { "count(*) FILTER (WHERE held)" };
         let more: String = more.iter().map(|m| format!(", {m}")).collect();
         // PostgreSQL has no max(uuid) (a ULID key as uuid): there the last time is looked up.
-        let last = if self.time.type_name == "uuid" { "(SELECT b.tm FROM batch b ORDER BY b.tm DESC LIMIT 1)" } else { "max(tm)" };
+        let last = if self.time_is_uuid() { "(SELECT b.tm FROM batch b ORDER BY b.tm DESC LIMIT 1)" } else { "max(tm)" };
         format!(", seen AS (SELECT count(*) AS examined, {blocked} AS blocked, {held} AS held, {last} AS last{more} FROM batch)")
     }
 
@@ -602,9 +618,8 @@ impl Policy {
     /// carry the first statement's counts and cursor through).
     fn reference_statements(&self) -> (String, String) {
         let n = self.carried().len();
-        let arrays: Vec<String> = (0..n).map(|i| format!("array_agg(v{i}) FILTER (WHERE NOT blocked AND NOT held)")).collect();
+        let arrays: Vec<String> = (0..n).map(|i| format!("array_agg(v{i}) FILTER (WHERE NOT blocked AND NOT held) AS a{i}")).collect();
         let columns: Vec<String> = (0..n).map(|i| format!("s.a{i}")).collect();
-        let arrays: Vec<String> = arrays.into_iter().enumerate().map(|(i, a)| format!("{a} AS a{i}")).collect();
         let select = format!(
             "WITH batch AS ({}){} SELECT s.examined, s.blocked, {}, s.held, {} FROM seen s",
             self.candidates(false),

@@ -69,11 +69,11 @@ fn read(id: i32) -> Vec<Child> {
                     relation: row.get(1)?.unwrap_or_default(),
                     columns: row.get(2)?.unwrap_or_default(),
                     parent_columns: row.get(3)?.unwrap_or_default(),
-                    handling: match row.get::<String>(4)?.as_deref() {
-                        Some("block") => Handling::Block,
-                        Some("cascade") => Handling::Cascade,
-                        _ => Handling::Delete,
-                    },
+                    handling: row
+                        .get::<String>(4)?
+                        .as_deref()
+                        .and_then(Handling::parse)
+                        .unwrap_or_else(|| error::internal("unknown child handling")),
                     relid: row.get(5)?.unwrap_or_default(),
                 })
             })
