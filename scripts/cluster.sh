@@ -14,6 +14,8 @@ as_pg_user() { if [ "$(id -u)" -eq 0 ]; then sudo -n -u "$PG_USER" -- "$@"; else
 free_port() {
     local low port
     low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    # A range that starts low leaves no room below it: then any port from 20000 to 40000.
+    [ "$low" -gt 21000 ] || low=40000
     for _ in $(seq 1 200); do
         port=$((20000 + RANDOM % (low - 20000)))
         # Nothing answers on it: free (bash opens the TCP connection itself).

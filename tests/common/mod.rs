@@ -87,8 +87,21 @@ fn run(mut cmd: Command, what: &str) {
     assert!(out.status.success(), "{what} failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
+/// A port that can be bound now, below the kernel's ephemeral range (as scripts/cluster.sh
+/// picks one): between now and the postmaster's bind (initdb runs in between), a port in
+/// that range can become the local end of one of the tests' client connections.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+    use std::hash::{BuildHasher, RandomState};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|low| *low > 21000)
+        .unwrap_or(40000);
+    let random = RandomState::new();
+    (0..200u64)
+        .map(|i| 20000 + (random.hash_one(i) % u64::from(low - 20000)) as u16)
+        .find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("no free port")
 }
 
 impl Cluster {
