@@ -1,6 +1,6 @@
 -- Reaping: declarative retention policies. See docs/reaping.md.
 -- Definitions are written only through lifecycle.add_policy (validated, src/reap/policy.rs);
--- batches are run by lifecycle._reap_batch (src/reap/batch.rs) under the loops below.
+-- batches are run by lifecycle._reap_round (src/reap/mod.rs, src/reap/batch.rs) under the loops below.
 
 CREATE TABLE lifecycle.policies (
     id              serial PRIMARY KEY,

@@ -25,7 +25,9 @@ pub fn init() {
     children::init();
 }
 
-/// One batch of one policy (called per policy by lifecycle._reap_round).
+/// One batch of one policy. Since 0.3.0 the round runs batches itself (`reap_round`); this
+/// stays because the 0.1.0 and 0.2.0 install scripts bind to its symbol (an install or an
+/// upgrade from them needs it), and it is the owner-checked way to run one batch by hand.
 #[pg_extern(schema = "lifecycle", name = "_reap_batch")]
 #[search_path(pg_catalog, pg_temp)]
 fn reap_batch(
