@@ -676,6 +676,14 @@ BEGIN
     IF to_regclass('lifecycle.' || p.partition_name) IS NOT NULL THEN
         RETURN;
     END IF;
+    -- One maker at a time, until its transaction ends; the next then finds the partition.
+    -- Two at once deadlock: CREATE TABLE ... PARTITION OF locks the parent lightly while it
+    -- is parsed and exclusively after. Key: the reaper's class (src/reap/batch.rs), and -1,
+    -- which no policy id is.
+    PERFORM pg_catalog.pg_advisory_xact_lock(1279490403, -1);
+    IF to_regclass('lifecycle.' || p.partition_name) IS NOT NULL THEN
+        RETURN;
+    END IF;
     BEGIN
         EXECUTE format('CREATE TABLE lifecycle.%I PARTITION OF lifecycle.%I (PRIMARY KEY (id)) FOR VALUES FROM (%L) TO (%L)',
                        p.partition_name, name, p.lower_bound, p.upper_bound);

@@ -397,6 +397,45 @@ fn history_retention_drops_whole_partitions() {
 }
 
 #[test]
+fn reapers_making_the_same_history_partitions_at_once_neither_deadlock_nor_fail() {
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    // Retention off: each call makes partitions for a future month and drops nothing.
+    c.batch_execute("SELECT lifecycle.set_retention('audit_log', NULL), lifecycle.set_retention('events', NULL)").unwrap();
+    // Each CALL lifecycle.reap makes the partitions of this period and the next before its
+    // first round: four reapers started together find the same ones missing, month after month.
+    const REAPERS: usize = 4;
+    const MONTHS: i32 = 12;
+    let start = std::sync::Barrier::new(REAPERS);
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let reapers: Vec<_> = (0..REAPERS)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut reaper = db.connect();
+                    // A failure is kept, not raised: the others would wait at the barrier forever.
+                    (0..MONTHS)
+                        .filter_map(|month| {
+                            start.wait();
+                            let sql =
+                                format!("SELECT lifecycle._maintain_history_at(now() + interval '10 years' + interval '{month} months')");
+                            reaper.batch_execute(&sql).err().map(|e| format!("month {month}: {e:?}"))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        reapers.into_iter().flat_map(|r| r.join().unwrap()).collect()
+    });
+    assert!(failures.is_empty(), "{failures:#?}");
+    let future_audit_partitions = count(
+        &mut c,
+        "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhrelid
+          WHERE i.inhparent = 'lifecycle.audit_log'::regclass AND p.relname >= 'audit_log_p' || to_char(now() + interval '10 years', 'YYYY')",
+    );
+    assert_eq!(future_audit_partitions, i64::from(MONTHS) + 1, "one partition per month (and the next), each made once");
+}
+
+#[test]
 fn the_examples_in_docs_compliance_run_as_written() {
     let db = Cluster::shared().fresh_db();
     db.load_example("mattermost.sql");

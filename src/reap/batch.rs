@@ -23,6 +23,8 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 /// Distinguishes our advisory locks from the application's (two-int4 key space: "LCyc").
+/// With a policy's id: its reaper; with -1: the maker of a history partition (sql/history.sql,
+/// lifecycle._create_history_partition, spells it 1279490403).
 const ADVISORY_LOCK_CLASS: i32 = 0x4c43_7963;
 
 /// The plan every batch statement gets, whatever the planner's estimates say. Left to its
