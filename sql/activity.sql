@@ -94,15 +94,30 @@ AS $$
 DECLARE
     scopes bigint;
     clients bigint;
+    caller_lock_timeout text := current_setting('lock_timeout');
 BEGIN
     IF forget_user.user_id IS NULL THEN
         RAISE EXCEPTION 'user_id must not be NULL'
             USING ERRCODE = '22004', HINT = 'Pass the id of the account being deleted.';
     END IF;
-    DELETE FROM lifecycle.activity_scopes s WHERE s.user_id = forget_user.user_id;
-    GET DIAGNOSTICS scopes = ROW_COUNT;
-    DELETE FROM lifecycle.activity a WHERE a.user_id = forget_user.user_id;
-    GET DIAGNOSTICS clients = ROW_COUNT;
+    -- An account deletion must not hang behind a transaction that holds the user's rows (a
+    -- long one, or a prepared one in doubt): wait at most lifecycle.activity_lock_timeout.
+    -- Set inside the block, so an error restores the caller's value with the block.
+    BEGIN
+        PERFORM set_config('lock_timeout', coalesce(lifecycle._activity_lock_timeout(), caller_lock_timeout), true);
+        DELETE FROM lifecycle.activity_scopes s WHERE s.user_id = forget_user.user_id;
+        GET DIAGNOSTICS scopes = ROW_COUNT;
+        DELETE FROM lifecycle.activity a WHERE a.user_id = forget_user.user_id;
+        GET DIAGNOSTICS clients = ROW_COUNT;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION 'forget_user could not lock the activity rows of user %: another transaction holds them',
+                        quote_literal(forget_user.user_id)
+            USING ERRCODE = '55P03',
+                  DETAIL = format('Waited lock_timeout %s.', coalesce(lifecycle._activity_lock_timeout(), caller_lock_timeout)),
+                  HINT = 'Nothing was deleted; retry. A transaction that stays in the way shows in pg_locks and '
+                         'pg_stat_activity, or in pg_prepared_xacts if prepared; lifecycle.activity_lock_timeout sets the wait.';
+    END;
+    PERFORM set_config('lock_timeout', caller_lock_timeout, true);
     RETURN scopes + clients;
 END
 $$;

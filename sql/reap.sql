@@ -39,7 +39,11 @@ CREATE TABLE lifecycle.policy_children (
     relation   regclass NOT NULL,
     columns    name[] NOT NULL CHECK (cardinality(columns) >= 1),
     handling   text NOT NULL CHECK (handling IN ('delete', 'block')),
-    PRIMARY KEY (policy_id, position)
+    -- The policy table's columns that `columns` match, pairwise: those the child's foreign key
+    -- references (a unique key need not be the primary key), or those the entry named.
+    parent_columns name[] NOT NULL,
+    PRIMARY KEY (policy_id, position),
+    CONSTRAINT policy_children_parent_columns_check CHECK (cardinality(parent_columns) = cardinality(columns))
 );
 COMMENT ON TABLE lifecycle.policy_children IS 'Children named by a policy''s delete_from and block_on.';
 
@@ -124,12 +128,13 @@ BEGIN
           FROM pg_constraint f JOIN p ON f.confrelid = p.relation
          WHERE f.contype = 'f'),
     named AS (
-        SELECT c.relation, c.columns, p.key_columns AS parent_columns, c.handling, c.position
+        SELECT c.relation, c.columns, c.parent_columns, c.handling, c.position
           FROM lifecycle.policy_children c JOIN p ON c.policy_id = p.id)
     SELECT k.relation, k.columns, k.parent_columns, k.on_delete, k.handling, k.named FROM (
         SELECT n.relation, n.columns, n.parent_columns,
                (SELECT fk.on_delete FROM fk
-                 WHERE fk.relation = n.relation AND fk.columns @> n.columns AND fk.columns <@ n.columns LIMIT 1) AS on_delete,
+                 WHERE fk.relation = n.relation AND fk.columns @> n.columns AND fk.columns <@ n.columns
+                   AND fk.parent_columns @> n.parent_columns AND fk.parent_columns <@ n.parent_columns LIMIT 1) AS on_delete,
                n.handling, true AS named, n.position::bigint AS ord
           FROM named n
         UNION ALL
@@ -150,7 +155,8 @@ $$;
 
 -- The children of a policy's table and what deleting a row does to each (docs/reaping.md).
 CREATE FUNCTION lifecycle.policy_children(policy_name text)
-RETURNS TABLE (child regclass, child_column text, on_delete text, handled_by text, child_column_indexed boolean)
+RETURNS TABLE (child regclass, child_column text, on_delete text, handled_by text, child_column_indexed boolean,
+               parent_column text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -164,7 +170,8 @@ AS $$
                 WHEN 'untouched' THEN 'untouched: the policy nullifies columns, it deletes nothing'
                 ELSE 'NOTHING: deleting a referenced row fails' END
            || CASE WHEN k.named THEN ' (named by the policy)' ELSE '' END,
-           lifecycle._leads_an_index(k.relation, k.columns)
+           lifecycle._leads_an_index(k.relation, k.columns),
+           array_to_string(k.parent_columns, ', ')
       FROM lifecycle.policies p, lifecycle._policy_children(p.id) k
      WHERE p.name = policy_name
 $$;

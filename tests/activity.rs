@@ -123,6 +123,9 @@ fn deleting_or_moving_rows_back_invalidates_the_cache() {
     for (outcome, wrote) in [("COMMIT PREPARED", true), ("ROLLBACK PREPARED", false)] {
         other.batch_execute("BEGIN; SELECT lifecycle.forget_user('u1'); PREPARE TRANSACTION 'forget_u1'").unwrap();
         let mut caller = db.connect();
+        // Waiting for the outcome, not giving up after lifecycle.activity_lock_timeout
+        // (tests/faults.rs has that), so that the write after the doubt is seen.
+        caller.batch_execute("SET lifecycle.activity_lock_timeout = 0").unwrap();
         let call = std::thread::spawn(move || rec(&mut caller, "u1", "c1", "{s}", &at(" + interval '9 minutes'")));
         let mut waited = false;
         for _ in 0..100 {

@@ -5,7 +5,7 @@
 //! makes the soak longer.
 mod common;
 use common::data::{mattermost_tokens, unfilled, upstream_history, ADD_LINK};
-use common::{count, pg_bin, Cluster, ClusterOptions};
+use common::{count, pg_bin, sqlstate, Cluster, ClusterOptions};
 use postgres::Client;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -297,4 +297,89 @@ fn soak_reapers_backfill_and_activity_under_load_keep_every_invariant() {
          ({recorded} wrote, {write_failed} swallowed failures), {app_transactions} app transactions, {issued} tokens issued \
          ({due_issued} due, all reaped and audited once), {reaper_rounds} reaper rounds, {samples} activity samples; failures: 0"
     );
+}
+
+/// Times `calls` calls of `sql` (each returning one bool) on `c`: (p99, max, how many returned true).
+fn timed_calls(c: &mut Client, sql: &str, calls: usize) -> (Duration, Duration, usize) {
+    let mut times = Vec::with_capacity(calls);
+    let mut wrote = 0;
+    for _ in 0..calls {
+        let started = Instant::now();
+        wrote += usize::from(c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get::<_, bool>(0));
+        times.push(started.elapsed());
+    }
+    times.sort();
+    (times[(calls * 99).div_ceil(100) - 1], times[calls - 1], wrote)
+}
+
+/// The app's calls wait for another transaction's row lock at most
+/// lifecycle.activity_lock_timeout: behind a transaction prepared and left in doubt across a
+/// restart (Citus's two-phase commit after a coordinator crash) and behind a long open one.
+/// Before 0.4.0, record_activity waited until the other transaction ended (10 minutes, in the
+/// report); statement_timeout here turns such a wait into a failure instead of a hang.
+#[test]
+fn the_apps_calls_never_wait_long_for_a_row_lock() {
+    let cluster = Cluster::private(ClusterOptions::default());
+    let db = cluster.fresh_db();
+    let mut c = db.connect();
+    // Separate statements: in one multi-statement query, the rows would be the prepared transaction's own.
+    for sql in [
+        "SELECT lifecycle.record_activity('u1', 'c1', '{s}', now() - interval '2 days')",
+        "SELECT lifecycle.record_activity('u2', 'c1', '{s}', now() - interval '2 days')",
+        "BEGIN",
+        "SELECT lifecycle.forget_user('u1')",
+        "PREPARE TRANSACTION 'forget_u1'",
+    ] {
+        c.batch_execute(sql).unwrap();
+    }
+    drop(c);
+    cluster.stop("fast");
+    cluster.start();
+    let mut app = db.connect();
+    app.batch_execute("SET statement_timeout = '20s'").unwrap();
+    let failed_before = count(&mut app, "SELECT write_failed FROM lifecycle.activity_stats");
+    let calls = 100;
+    let (p99, max, wrote) = timed_calls(&mut app, "SELECT lifecycle.record_activity('u1', 'c1', '{s}')", calls);
+    println!("record_activity behind a prepared transaction in doubt: p99 {p99:?}, max {max:?} over {calls} calls");
+    assert_eq!(wrote, 0, "a write behind the prepared delete cannot succeed");
+    assert!(max < Duration::from_secs(2), "record_activity waited {max:?} for a prepared transaction's lock");
+    assert_eq!(
+        count(&mut app, "SELECT write_failed FROM lifecycle.activity_stats") - failed_before,
+        calls as i64,
+        "every given-up write counted"
+    );
+    let started = Instant::now();
+    let (code, message, hint) = sqlstate(app.batch_execute("SELECT lifecycle.forget_user('u1')"));
+    assert_eq!(code, "55P03", "{message}");
+    assert!(message.contains("forget_user could not lock"), "{message}");
+    assert!(hint.is_some_and(|h| h.contains("pg_prepared_xacts")));
+    assert!(started.elapsed() < Duration::from_secs(2), "forget_user waited {:?}", started.elapsed());
+    // The caller's lock_timeout comes back after each call, and a shorter one is kept.
+    assert_eq!(app.query_one("SHOW lock_timeout", &[]).unwrap().get::<_, String>(0), "0");
+    app.batch_execute("SET lock_timeout = '7ms'").unwrap();
+    app.query_one("SELECT lifecycle.record_activity('u1', 'c1', '{s}')", &[]).unwrap();
+    let _ = app.batch_execute("SELECT lifecycle.forget_user('u1')");
+    assert_eq!(app.query_one("SHOW lock_timeout", &[]).unwrap().get::<_, String>(0), "7ms");
+
+    // Behind a long open transaction that holds u2's row.
+    let mut holder = db.connect();
+    holder.batch_execute("BEGIN; UPDATE lifecycle.activity SET last_seen_at = last_seen_at WHERE user_id = 'u2'").unwrap();
+    app.batch_execute("RESET lock_timeout").unwrap();
+    let (p99, max, wrote) = timed_calls(&mut app, "SELECT lifecycle.record_activity('u2', 'c1', '{s}')", calls);
+    println!("record_activity behind an open transaction: p99 {p99:?}, max {max:?} over {calls} calls");
+    assert_eq!(wrote, 0);
+    assert!(max < Duration::from_secs(2), "record_activity waited {max:?} for an open transaction's lock");
+    // With the bound off (0), the session's own lock_timeout is what applies.
+    app.batch_execute("SET lifecycle.activity_lock_timeout = 0; SET lock_timeout = '400ms'").unwrap();
+    let started = Instant::now();
+    assert!(!app.query_one("SELECT lifecycle.record_activity('u2', 'c1', '{s}')", &[]).unwrap().get::<_, bool>(0));
+    assert!(started.elapsed() >= Duration::from_millis(400), "the session's lock_timeout did not apply");
+    holder.batch_execute("ROLLBACK").unwrap();
+    app.batch_execute("RESET lifecycle.activity_lock_timeout; RESET lock_timeout").unwrap();
+    assert!(app.query_one("SELECT lifecycle.record_activity('u2', 'c1', '{s}')", &[]).unwrap().get::<_, bool>(0));
+
+    // Once the prepared transaction is resolved, the user's activity is written again.
+    app.batch_execute("COMMIT PREPARED 'forget_u1'").unwrap();
+    assert!(app.query_one("SELECT lifecycle.record_activity('u1', 'c1', '{s}')", &[]).unwrap().get::<_, bool>(0));
+    assert_eq!(count(&mut app, "SELECT lifecycle.forget_user('u1')"), 2);
 }

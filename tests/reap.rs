@@ -746,3 +746,114 @@ fn a_wal_rate_limit_makes_the_reaper_wait_between_rounds() {
         "the limit did not hold the reaper back"
     );
 }
+
+/// Hydra's tokens reference the flow's unique consent_challenge_id, not its primary key
+/// login_challenge (ON DELETE CASCADE), and so do children of composite unique keys named in
+/// another column order. 0.3.0 compared every named child with the primary key: a block_on
+/// entry blocked nothing and the cascade took the live tokens.
+#[test]
+fn children_match_the_unique_key_their_foreign_key_references() {
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE SCHEMA hydra;
+         CREATE TABLE hydra.flow (
+             login_challenge varchar(40) PRIMARY KEY,
+             consent_challenge_id varchar(40) UNIQUE,
+             requested_at timestamp NOT NULL);
+         CREATE TABLE hydra.access (
+             signature varchar(255) PRIMARY KEY,
+             challenge_id varchar(40) REFERENCES hydra.flow (consent_challenge_id) ON DELETE CASCADE,
+             requested_at timestamp NOT NULL DEFAULT now());
+         CREATE INDEX ON hydra.access (challenge_id);
+         CREATE TABLE hydra.code (
+             signature varchar(255) PRIMARY KEY,
+             challenge_id varchar(40) REFERENCES hydra.flow (consent_challenge_id));
+         CREATE TABLE hydra.unlinked (id int PRIMARY KEY, challenge varchar(40));
+         -- 10 old flows; the first 5 have a live access token, 2 of those a code too.
+         INSERT INTO hydra.flow SELECT 'l' || g, 'c' || g, now() - interval '2 days' FROM generate_series(1, 10) g;
+         INSERT INTO hydra.access (signature, challenge_id) SELECT 'a' || g, 'c' || g FROM generate_series(1, 5) g;
+         INSERT INTO hydra.code SELECT 's' || g, 'c' || g FROM generate_series(1, 2) g;
+         INSERT INTO hydra.unlinked VALUES (1, 'c3'), (2, 'c9');",
+    )
+    .unwrap();
+    let flows = |c: &mut postgres::Client| -> Vec<String> {
+        c.query("SELECT login_challenge FROM hydra.flow ORDER BY length(login_challenge), 1", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    // block_on: the referenced flows stay, and so do their tokens.
+    c.batch_execute(
+        "SELECT lifecycle.add_policy('f', 'hydra.flow', 'requested_at', older_than => '1 day',
+                block_on => '{hydra.access(challenge_id), hydra.code(challenge_id), hydra.unlinked(challenge) REFERENCES (consent_challenge_id)}');
+         SELECT lifecycle.reap_expired();",
+    )
+    .unwrap();
+    assert_eq!(flows(&mut c), ["l1", "l2", "l3", "l4", "l5", "l9"]);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM hydra.access"), 5, "the cascade took live tokens");
+    let shown: Vec<String> = c
+        .query(
+            "SELECT child::text || '(' || child_column || ') -> (' || parent_column || ')' FROM lifecycle.policy_children('f') ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "hydra.access(challenge_id) -> (consent_challenge_id)",
+            "hydra.code(challenge_id) -> (consent_challenge_id)",
+            "hydra.unlinked(challenge) -> (consent_challenge_id)"
+        ]
+    );
+    // delete_from on a NO ACTION key: the flows go with their codes (0.3.0 failed every batch).
+    c.batch_execute(
+        "SELECT lifecycle.drop_policy('f');
+         DELETE FROM hydra.unlinked;
+         SELECT lifecycle.add_policy('f', 'hydra.flow', 'requested_at', older_than => '1 day',
+                delete_from => '{hydra.code(challenge_id)}', block_on => '{hydra.access(challenge_id)}');
+         UPDATE hydra.access SET challenge_id = NULL WHERE signature IN ('a1', 'a5');
+         SELECT lifecycle.reap_expired();",
+    )
+    .unwrap();
+    assert_eq!(flows(&mut c), ["l2", "l3", "l4"]);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM hydra.code"), 1, "the code of flow 1 goes with it; flow 2's stays");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.policy_status WHERE name = 'f' AND last_error IS NULL"), 1);
+
+    // Composite unique keys, the child naming its columns in another order than its key.
+    c.batch_execute(
+        "CREATE TABLE kc_session (id bigint PRIMARY KEY, realm text NOT NULL, session text NOT NULL,
+                                  expires_at timestamptz NOT NULL, UNIQUE (realm, session));
+         CREATE TABLE kc_note (note_id int PRIMARY KEY, s text, r text,
+                               FOREIGN KEY (r, s) REFERENCES kc_session (realm, session));
+         INSERT INTO kc_session SELECT g, 'realm' || (g % 2), 's' || g, now() - interval '1 hour' FROM generate_series(1, 6) g;
+         INSERT INTO kc_note VALUES (1, 's1', 'realm1'), (2, 's4', 'realm0');
+         SELECT lifecycle.add_policy('kc', 'kc_session', 'expires_at', delete_from => '{kc_note(s, r)}');",
+    )
+    .unwrap();
+    let shown: String =
+        c.query_one("SELECT child_column || ' -> ' || parent_column FROM lifecycle.policy_children('kc')", &[]).unwrap().get(0);
+    assert_eq!(shown, "s, r -> session, realm");
+    c.batch_execute("SELECT lifecycle.reap_expired()").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM kc_session") + count(&mut c, "SELECT count(*) FROM kc_note"), 0);
+
+    // An entry that contradicts its foreign key, or names no unique key, is refused: 42830.
+    for (sql, want) in [
+        ("SELECT lifecycle.add_policy('x', 'hydra.flow', 'requested_at', block_on => '{hydra.access(challenge_id) REFERENCES (login_challenge)}')", "42830"),
+        ("SELECT lifecycle.add_policy('x', 'hydra.flow', 'requested_at', block_on => '{hydra.unlinked(challenge) REFERENCES (requested_at)}')", "42830"),
+        ("SELECT lifecycle.add_policy('x', 'hydra.flow', 'requested_at', block_on => '{hydra.unlinked(challenge) REFERENCES (consent_challenge_id, login_challenge)}')", "42804"),
+        ("SELECT lifecycle.add_policy('x', 'hydra.flow', 'requested_at', block_on => '{hydra.unlinked(id) REFERENCES (consent_challenge_id)}')", "42804"),
+        ("SELECT lifecycle.add_policy('x', 'hydra.flow', 'requested_at', block_on => '{hydra.unlinked(challenge) REFERENCES (nope)}')", "42703"),
+        ("SELECT lifecycle.add_policy('x', 'hydra.flow', 'requested_at', block_on => '{hydra.unlinked(challenge) REFERENCE (consent_challenge_id)}')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'hydra.flow', 'requested_at', block_on => '{hydra.unlinked(challenge) REFERENCES ()}')", "22023"),
+    ] {
+        let (code, message, hint) = sqlstate(c.batch_execute(sql));
+        assert_eq!(code, want, "{sql}: {message}");
+        assert!(hint.is_some(), "{sql}: no hint");
+    }
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.policies WHERE name = 'x'"), 0);
+}

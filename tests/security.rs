@@ -68,6 +68,7 @@ fn elevated_and_sql_running_functions_pin_search_path() {
         "lifecycle._activity_counters()",
         "lifecycle._activity_forget_all_cached()",
         "lifecycle._activity_forget_cached(text)",
+        "lifecycle._activity_lock_timeout()",
         "lifecycle._count_token_rejection()",
         "lifecycle._expiry_counters()",
         // Only schema-qualified calls; unpinned so that the tables named in delete_from and

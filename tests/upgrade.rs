@@ -1,4 +1,4 @@
-//! Upgrades: install 0.1.0 or 0.2.0 from its frozen script, load data, ALTER EXTENSION ...
+//! Upgrades: install 0.1.0, 0.2.0 or 0.3.0 from its frozen script, load data, ALTER EXTENSION ...
 #![cfg(not(feature = "pg_test"))]
 //! UPDATE, and check that data, policies, links and schedules survive and work with unchanged
 //! meaning, and that the upgraded catalog is exactly what a fresh install of the crate's
@@ -208,13 +208,68 @@ fn upgrade_keeps_data_policies_links_and_schedules(from: &str) {
     assert!(c.query_one("SELECT lifecycle.record_activity('u1', 'c1', '{sync}')", &[]).unwrap().get::<_, bool>(0));
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.check(false) WHERE problem <> 'activity_scope_unmapped'"), 0);
 
-    // The upgraded catalog is exactly a fresh install's.
+    assert_catalog_is_a_fresh_installs(&cluster, &mut c);
+}
+
+/// The upgraded catalog is exactly a fresh install's.
+fn assert_catalog_is_a_fresh_installs(cluster: &Cluster, c: &mut Client) {
     let fresh = cluster.fresh_db();
-    let (upgraded, installed) = (catalog(&mut c), catalog(&mut fresh.connect()));
+    let (upgraded, installed) = (catalog(c), catalog(&mut fresh.connect()));
     let only_upgraded: Vec<_> = upgraded.iter().filter(|x| !installed.contains(x)).collect();
     let only_fresh: Vec<_> = installed.iter().filter(|x| !upgraded.contains(x)).collect();
     assert!(
         only_upgraded.is_empty() && only_fresh.is_empty(),
         "upgrade script and fresh install differ:\nonly after upgrade: {only_upgraded:#?}\nonly in a fresh install: {only_fresh:#?}"
     );
+}
+
+/// 0.3.0 stored a named child without its parent columns and compared it with the primary
+/// key. The upgrade takes them from the child's foreign key (Hydra's tokens reference the
+/// flow's unique consent_challenge_id), says so, and keeps the primary key for the others.
+#[test]
+fn upgrade_from_0_3_0_matches_named_children_by_their_foreign_keys() {
+    let cluster = Cluster::private(ClusterOptions::default());
+    let db = cluster.empty_db();
+    let (mut c, notices) = cluster.connect_collecting(&db.name);
+    c.batch_execute("CREATE EXTENSION pg_lifecycle VERSION '0.3.0'").unwrap();
+    db.load_example("mattermost.sql");
+    c.batch_execute(
+        "CREATE SCHEMA hydra;
+         CREATE TABLE hydra.flow (login_challenge varchar(40) PRIMARY KEY, consent_challenge_id varchar(40) UNIQUE,
+                                  requested_at timestamp NOT NULL);
+         CREATE TABLE hydra.access (signature varchar(255) PRIMARY KEY,
+                                    challenge_id varchar(40) REFERENCES hydra.flow (consent_challenge_id) ON DELETE CASCADE);
+         INSERT INTO hydra.flow SELECT 'l' || g, 'c' || g, now() - interval '2 days' FROM generate_series(1, 4) g;
+         INSERT INTO hydra.access VALUES ('a1', 'c1'), ('a2', 'c2');
+         -- As 0.3.0's add_policy stored them.
+         INSERT INTO lifecycle.policies (name, relation, key_columns, key_types, time_column, time_type, time_kind, older_than,
+                                         action, dependents, batch_size, owner)
+         VALUES ('f', 'hydra.flow', '{login_challenge}', '{character varying}', 'requested_at', 'timestamp without time zone',
+                 'timestamp', '1 day', 'delete', 'none', 100, current_user::regrole),
+                ('mm_pats', 'mattermost.useraccesstokens', '{id}', '{character varying}', 'expiresat', 'bigint', 'unix_ms', NULL,
+                 'delete', 'delete', 100, current_user::regrole);
+         INSERT INTO lifecycle.policy_state (policy_id) SELECT id FROM lifecycle.policies;
+         INSERT INTO lifecycle.policy_children (policy_id, position, relation, columns, handling)
+         SELECT id, 1, 'hydra.access'::regclass, '{challenge_id}'::name[], 'block' FROM lifecycle.policies WHERE name = 'f'
+         UNION ALL
+         SELECT id, 1, 'mattermost.sessions'::regclass, '{useraccesstokenid}'::name[], 'delete' FROM lifecycle.policies WHERE name = 'mm_pats';",
+    )
+    .unwrap();
+    c.batch_execute("ALTER EXTENSION pg_lifecycle UPDATE").unwrap();
+    assert_eq!(version(&mut c), env!("CARGO_PKG_VERSION"));
+    let said = notices.lock().unwrap().join("\n");
+    assert!(said.contains("policy f: hydra.access(challenge_id) now matches (consent_challenge_id)"), "{said}");
+    assert!(!said.contains("policy mm_pats"), "{said}");
+    let parents: Vec<String> =
+        c.query("SELECT parent_column FROM lifecycle.policy_children('f') UNION ALL SELECT parent_column FROM lifecycle.policy_children('mm_pats') WHERE child::text = 'mattermost.sessions'", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    assert_eq!(parents, ["consent_challenge_id", "id"]);
+    c.batch_execute("SELECT lifecycle.reap_expired()").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM hydra.flow"), 2, "the referenced flows are kept");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM hydra.access"), 2, "the cascade took live tokens");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mattermost.sessions s WHERE NOT EXISTS (SELECT 1 FROM mattermost.useraccesstokens t WHERE t.id = s.useraccesstokenid)"), 0);
+    assert_catalog_is_a_fresh_installs(&cluster, &mut c);
 }

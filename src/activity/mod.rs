@@ -31,6 +31,7 @@ static THROTTLE_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(86_400);
 static SAMPLE_RATE: GucSetting<f64> = GucSetting::<f64>::new(1.0);
 static MAX_NEW_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
 static CACHE_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(262_144);
+static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(50);
 
 /// Defines the GUCs (the cache size only while preloading, when it sizes the shared region)
 /// and asks for the region.
@@ -94,6 +95,34 @@ fn define_gucs() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"lifecycle.activity_lock_timeout",
+        c"Longest wait of record_activity and forget_user for a row lock another transaction holds (0 = the session's lock_timeout).",
+        c"record_activity then gives up its write (false, counted in write_failed); forget_user raises 55P03. \
+          A shorter lock_timeout of the session is kept.",
+        &LOCK_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+}
+
+/// The lock_timeout the app's calls wait under: lifecycle.activity_lock_timeout, unless the
+/// session's own lock_timeout is already shorter (None: keep the session's). A lock held by a
+/// long transaction, or by a prepared one in doubt after a Citus coordinator crash, would
+/// otherwise hold the app's token endpoint for that user until it ends.
+fn app_lock_timeout() -> Option<String> {
+    let bound = LOCK_TIMEOUT_MS.get();
+    // SAFETY: reads the backend's own lock_timeout setting (milliseconds, 0 = none).
+    let session = unsafe { pg_sys::LockTimeout };
+    (bound > 0 && (session == 0 || session > bound)).then(|| format!("{bound}ms"))
+}
+
+/// For forget_user (sql/activity.sql): the lock_timeout to delete under, NULL to keep the session's.
+#[pg_extern(schema = "lifecycle", volatile, name = "_activity_lock_timeout")]
+fn activity_lock_timeout() -> Option<String> {
+    app_lock_timeout()
 }
 
 /// Slots of the shared cache, a whole number of sets (read at shared-memory request time).
@@ -347,5 +376,12 @@ fn activity_forget_all_cached() {
 pgrx::extension_sql_file!(
     "../../sql/activity.sql",
     name = "activity",
-    requires = [record_activity, activity_counters, reset_activity_stats, activity_forget_cached, activity_forget_all_cached]
+    requires = [
+        record_activity,
+        activity_counters,
+        reset_activity_stats,
+        activity_forget_cached,
+        activity_forget_all_cached,
+        activity_lock_timeout
+    ]
 );

@@ -10,7 +10,8 @@
 //! are created only when the storm guard allows; scope rows only under an existing or new
 //! parent (FK). Operational errors (a lock timeout, a deadlock, a full disk) roll the
 //! subtransaction back and are returned, never raised: activity is a side signal and must not
-//! fail a token grant.
+//! fail a token grant. Nor may it hold one up: the statements wait for a row lock at most
+//! lifecycle.activity_lock_timeout (a lock_timeout set for the subtransaction alone).
 //!
 //! Why not SQL: the same statements behind a plpgsql SECURITY DEFINER function cost a fifth
 //! more per new row (interpreter, SET clauses, a function scan), and plpgsql cannot send a
@@ -99,7 +100,11 @@ pub fn write(user_id: &str, client_id: &str, scopes: &[&str], at: TimestampWithT
     let throttle = Interval::new(0, 0, throttle_micros).unwrap_or_else(|e| error::internal(e));
     let owner = role::owner_of("lifecycle.activity");
     let call = Call { user_id, client_id, scopes, at, throttle, throttle_micros, allow_new };
-    let result = crate::sql::in_subtransaction(|| role::run_as(owner, false, || Spi::connect_mut(|client| call.run(client))));
+    let lock_timeout = super::app_lock_timeout();
+    let settings: Vec<(&std::ffi::CStr, &str)> = lock_timeout.iter().map(|t| (c"lock_timeout", t.as_str())).collect();
+    let result = crate::sql::in_subtransaction(|| {
+        crate::sql::with_settings(&settings, || role::run_as(owner, false, || Spi::connect_mut(|client| call.run(client))))
+    });
     match result {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(e)) => error::internal(e),

@@ -79,7 +79,6 @@ pub(super) fn check_relation(relid: pg_sys::Oid, purpose: &str) -> String {
 pub(super) struct KeyColumn {
     pub name: String,
     pub type_name: String,
-    type_oid: pg_sys::Oid,
 }
 
 /// The primary key's columns in index order: the batch's keyset tiebreak and row identity.
@@ -87,7 +86,7 @@ pub(super) fn primary_key(relid: pg_sys::Oid, relation: &str) -> Vec<KeyColumn> 
     let key = Spi::connect(|client| {
         client
             .select(
-                "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, NULL), a.atttypid
+                "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, NULL)
                    FROM pg_catalog.pg_index i
                    CROSS JOIN LATERAL unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY AS k(attnum, ord)
                    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
@@ -96,13 +95,7 @@ pub(super) fn primary_key(relid: pg_sys::Oid, relation: &str) -> Vec<KeyColumn> 
                 None,
                 &[relid.into()],
             )?
-            .map(|row| {
-                Ok(KeyColumn {
-                    name: row.get(1)?.unwrap_or_default(),
-                    type_name: row.get(2)?.unwrap_or_default(),
-                    type_oid: row.get(3)?.unwrap_or_default(),
-                })
-            })
+            .map(|row| Ok(KeyColumn { name: row.get(1)?.unwrap_or_default(), type_name: row.get(2)?.unwrap_or_default() }))
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| error::internal(e));
@@ -170,24 +163,26 @@ fn names(list: Option<Vec<Option<String>>>, what: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
-/// A child the policy names: `relation(columns)` referencing the primary key, in key order.
+/// A child the policy names: `relation(columns)` matching `parent_columns` of the policy's
+/// table, pairwise: the columns its foreign key references, those the entry names after
+/// REFERENCES, or else the primary key.
 struct Child {
     relid: pg_sys::Oid,
     columns: Vec<String>,
+    parent_columns: Vec<String>,
     handling: &'static str,
 }
 
-/// Parses `table(column, ...)`; the table resolves in `search_path` (the caller's), as a
-/// regclass argument does. `option` names the option for messages.
-fn parse_child(spec: &str, option: &str, search_path: &str) -> (pg_sys::Oid, Vec<String>) {
-    let bad = || -> ! {
-        error::invalid_argument(
-            format!("invalid {option} entry {}", sql::literal(spec)),
-            "Write each entry as 'table(column)' or 'schema.table(column1, column2)', the columns in the order of the policy table's primary key.",
-        )
-    };
-    let (relation, rest) = spec.rsplit_once('(').unwrap_or_else(|| bad());
-    let list = rest.trim_end().strip_suffix(')').unwrap_or_else(|| bad());
+/// A delete_from / block_on entry as written: `table(columns)`, optionally followed by
+/// `REFERENCES (parent columns)` for a child without a foreign key.
+struct Entry {
+    relid: pg_sys::Oid,
+    columns: Vec<String>,
+    references: Option<Vec<String>>,
+}
+
+/// A comma-separated list of column names, each plain or double-quoted; None if one is empty.
+fn column_list(list: &str) -> Option<Vec<String>> {
     let columns: Vec<String> = list
         .split(',')
         .map(|c| {
@@ -195,11 +190,51 @@ fn parse_child(spec: &str, option: &str, search_path: &str) -> (pg_sys::Oid, Vec
             c.strip_prefix('"').and_then(|c| c.strip_suffix('"')).map(|c| c.replace("\"\"", "\"")).unwrap_or_else(|| c.to_string())
         })
         .collect();
-    if relation.trim().is_empty() || columns.iter().any(|c| c.is_empty()) {
+    (!columns.iter().any(|c| c.is_empty())).then_some(columns)
+}
+
+/// Byte offsets of the first parenthesis outside double quotes and of the one closing it.
+fn parenthesized(text: &str) -> Option<(usize, usize)> {
+    let (mut quoted, mut open) = (false, None);
+    for (i, ch) in text.char_indices() {
+        match ch {
+            '"' => quoted = !quoted,
+            '(' if !quoted && open.is_none() => open = Some(i),
+            ')' if !quoted => return open.map(|o| (o, i)),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Parses `table(column, ...) [REFERENCES (column, ...)]`; the table resolves in
+/// `search_path` (the caller's), as a regclass argument does. `option` names the option for
+/// messages.
+fn parse_child(spec: &str, option: &str, search_path: &str) -> Entry {
+    let bad = || -> ! {
+        error::invalid_argument(
+            format!("invalid {option} entry {}", sql::literal(spec)),
+            "Write each entry as 'table(column)' or 'schema.table(column1, column2)', the columns in the order of the policy table's primary key; \
+             a child without a foreign key to another unique key adds its columns: 'table(column) REFERENCES (parent_column)'.",
+        )
+    };
+    let (open, close) = parenthesized(spec).unwrap_or_else(|| bad());
+    let relation = spec[..open].trim();
+    let columns = column_list(&spec[open + 1..close]).unwrap_or_else(|| bad());
+    let rest = spec[close + 1..].trim();
+    let references = if rest.is_empty() {
+        None
+    } else {
+        let keyword = rest.get(..10).filter(|k| k.eq_ignore_ascii_case("references")).unwrap_or_else(|| bad());
+        let list = rest[keyword.len()..].trim();
+        let inner = list.strip_prefix('(').and_then(|l| l.strip_suffix(')')).unwrap_or_else(|| bad());
+        Some(column_list(inner).unwrap_or_else(|| bad()))
+    };
+    if relation.is_empty() {
         bad();
     }
-    let relid = resolve_table(relation.trim(), search_path).unwrap_or_else(|| bad());
-    (relid, columns)
+    let relid = resolve_table(relation, search_path).unwrap_or_else(|| bad());
+    Entry { relid, columns, references }
 }
 
 /// A table named in an option, resolved in `search_path` (the caller's) as a regclass argument
@@ -219,43 +254,136 @@ pub(super) fn kind_and_name(relid: pg_sys::Oid) -> (String, String) {
     .unwrap_or_default()
 }
 
-/// Checks a named child against the policy's table and key; `option` is delete_from or block_on.
-fn child(relid: pg_sys::Oid, columns: Vec<String>, option: &str, policy_relid: pg_sys::Oid, key: &[KeyColumn]) -> Child {
-    let (kind, name) = kind_and_name(relid);
+/// The foreign keys from `child` (on exactly `columns`, in any order) to `parent`: each one's
+/// name and the parent columns it references, paired with `columns` in the order given.
+const FOREIGN_KEYS_ON: &str = "
+SELECT f.conname::text,
+       ARRAY(SELECT pa.attname::text
+               FROM unnest($3::text[]) WITH ORDINALITY AS n(col, i)
+               JOIN unnest(f.conkey, f.confkey) AS m(child_att, parent_att) ON true
+               JOIN pg_catalog.pg_attribute ca ON ca.attrelid = f.conrelid AND ca.attnum = m.child_att AND ca.attname::text = n.col
+               JOIN pg_catalog.pg_attribute pa ON pa.attrelid = f.confrelid AND pa.attnum = m.parent_att
+              ORDER BY n.i)
+  FROM pg_catalog.pg_constraint f
+ WHERE f.contype = 'f' AND f.conrelid = $1 AND f.confrelid = $2
+   AND cardinality(f.conkey) = cardinality($3::text[])
+   AND NOT EXISTS (SELECT 1 FROM unnest(f.conkey) k JOIN pg_catalog.pg_attribute a ON a.attrelid = f.conrelid AND a.attnum = k
+                    WHERE a.attname::text <> ALL ($3::text[]))
+ ORDER BY f.oid";
+
+/// Whether a valid unique index (or constraint) without predicate or expressions has exactly
+/// `columns` as its key, in any order: only then does a value name one parent row.
+const IS_UNIQUE_KEY: &str = "
+SELECT EXISTS (
+  SELECT 1 FROM pg_catalog.pg_index i
+   WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+     AND i.indnkeyatts = cardinality($2::text[])
+     AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey[0:i.indnkeyatts - 1]) k
+                       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k
+                      WHERE a.attname::text <> ALL ($2::text[])))";
+
+/// The parent columns a named child matches, pairwise with its columns. A foreign key on the
+/// child's columns decides (0.3.0 compared them with the primary key whatever the key
+/// referenced: a block_on entry on a child of a unique column blocked nothing, and its
+/// cascade took the live children); an entry that says otherwise is refused. Without one,
+/// the columns after REFERENCES, or the primary key, which must be a unique key.
+fn parent_columns(entry: &Entry, child_name: &str, policy_relid: pg_sys::Oid, key: &[KeyColumn]) -> Vec<String> {
+    let spec = format!("{child_name}({})", entry.columns.join(", "));
+    let foreign_keys: Vec<(String, Vec<String>)> = Spi::connect(|client| {
+        client
+            .select(FOREIGN_KEYS_ON, None, &[entry.relid.into(), policy_relid.into(), entry.columns.clone().into()])?
+            .map(|row| Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<Vec<String>>(2)?.unwrap_or_default())))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error::internal(e));
+    let contradicts = |detail: String, hint: &str| -> ! { error::raise(Code::ERRCODE_INVALID_FOREIGN_KEY, detail, None, Some(hint)) };
+    if let Some((fk, referenced)) = foreign_keys.first() {
+        return match &entry.references {
+            Some(named) => match foreign_keys.iter().find(|(_, r)| r == named) {
+                Some((_, r)) => r.clone(),
+                None => contradicts(
+                    format!(
+                        "{spec} REFERENCES ({}) contradicts foreign key {fk}, which references ({})",
+                        named.join(", "),
+                        referenced.join(", ")
+                    ),
+                    "Leave REFERENCES out: the foreign key says which parent columns the child matches.",
+                ),
+            },
+            None if foreign_keys.iter().any(|(_, r)| r != referenced) => contradicts(
+                format!("{spec} has several foreign keys to the policy's table, on different parent columns"),
+                "Say which with REFERENCES (parent columns).",
+            ),
+            None => referenced.clone(),
+        };
+    }
+    let Some(named) = entry.references.clone() else { return key.iter().map(|k| k.name.clone()).collect() };
+    if named.len() != entry.columns.len() {
+        error::raise(
+            Code::ERRCODE_DATATYPE_MISMATCH,
+            format!("{spec} names {} column(s) and REFERENCES {}", entry.columns.len(), named.len()),
+            None,
+            Some("Name one parent column per child column, in the same order."),
+        );
+    }
+    for p in &named {
+        column(policy_relid, p);
+    }
+    let unique = Spi::get_one_with_args::<bool>(IS_UNIQUE_KEY, &[policy_relid.into(), named.clone().into()])
+        .unwrap_or_else(|e| error::internal(e))
+        .unwrap_or(false);
+    if !unique {
+        contradicts(
+            format!("{spec} REFERENCES ({}), which is not a unique key of the policy's table", named.join(", ")),
+            "Name the columns of its primary key or of a unique constraint or index (without predicate), as a foreign key would.",
+        );
+    }
+    named
+}
+
+/// Checks a named child against the policy's table; `option` is delete_from or block_on.
+fn child(entry: Entry, option: &str, policy_relid: pg_sys::Oid, key: &[KeyColumn]) -> Child {
+    let (kind, name) = kind_and_name(entry.relid);
     if !matches!(kind.as_str(), "r" | "p") {
         error::invalid_argument(
             format!("{option} names {name}, which is not a table"),
             "Name the tables whose rows reference the policy's rows.",
         );
     }
-    if relid == policy_relid && columns.iter().eq(key.iter().map(|k| &k.name)) {
+    let parent_columns = parent_columns(&entry, &name, policy_relid, key);
+    if entry.relid == policy_relid && entry.columns == parent_columns {
         error::invalid_argument(
-            format!("{option} names the primary key of {name} itself, not a child"),
+            format!("{option} names the key of {name} itself, not a child"),
             "Name the tables whose rows reference the policy's rows, with their referencing columns.",
         );
     }
-    if columns.len() != key.len() {
+    if entry.columns.len() != parent_columns.len() {
         error::raise(
             Code::ERRCODE_DATATYPE_MISMATCH,
-            format!("{option} entry {name}({}) has {} column(s); the primary key has {}", columns.join(", "), columns.len(), key.len()),
+            format!(
+                "{option} entry {name}({}) has {} column(s); the primary key has {}",
+                entry.columns.join(", "),
+                entry.columns.len(),
+                key.len()
+            ),
             None,
-            Some("Name one child column per primary-key column, in the key's order."),
+            Some("Name one child column per primary-key column, in the key's order, or add REFERENCES (parent columns)."),
         );
     }
-    for (c, k) in columns.iter().zip(key) {
-        let col = column(relid, c);
-        if col.type_oid != k.type_oid {
+    for (c, p) in entry.columns.iter().zip(&parent_columns) {
+        let (child_col, parent_col) = (column(entry.relid, c), column(policy_relid, p));
+        if child_col.type_oid != parent_col.type_oid {
             error::raise(
                 Code::ERRCODE_DATATYPE_MISMATCH,
-                format!("{name}.{c} ({}) cannot reference the policy table's key column {} ({})", col.type_name, k.name, k.type_name),
+                format!("{name}.{c} ({}) cannot reference the policy table's column {p} ({})", child_col.type_name, parent_col.type_name),
                 None,
-                Some("A child column must have the type of the primary-key column it references, in the key's order."),
+                Some("A child column must have the type of the parent column it matches, pairwise in the order given."),
             );
         }
     }
     let handling = if option == "delete_from" { "delete" } else { "block" };
     let privileges = if handling == "delete" { "SELECT, DELETE" } else { "SELECT" };
-    let allowed = Spi::get_one_with_args::<bool>("SELECT pg_catalog.has_table_privilege($1, $2)", &[relid.into(), privileges.into()])
+    let allowed = Spi::get_one_with_args::<bool>("SELECT pg_catalog.has_table_privilege($1, $2)", &[entry.relid.into(), privileges.into()])
         .unwrap_or_else(|e| error::internal(e))
         .unwrap_or(false);
     if !allowed {
@@ -266,7 +394,7 @@ fn child(relid: pg_sys::Oid, columns: Vec<String>, option: &str, policy_relid: p
             Some("The policy's owner needs SELECT on every child it names, and DELETE on those in delete_from."),
         );
     }
-    Child { relid, columns, handling }
+    Child { relid: entry.relid, columns: entry.columns, parent_columns, handling }
 }
 
 /// The entries of a delete_from / block_on array. An array literal splits at every comma,
@@ -306,8 +434,7 @@ fn named_children(
     let mut children: Vec<Child> = Vec::new();
     for (option, list) in [("delete_from", delete_from), ("block_on", block_on)] {
         for spec in child_specs(names(list, option).unwrap_or_default()) {
-            let (relid, columns) = parse_child(&spec, option, search_path);
-            let named = child(relid, columns, option, policy_relid, key);
+            let named = child(parse_child(&spec, option, search_path), option, policy_relid, key);
             if children.iter().any(|c| c.relid == named.relid && c.columns == named.columns) {
                 error::invalid_argument(
                     format!("{option} entry {} names a child already named", sql::literal(&spec)),
@@ -500,9 +627,16 @@ fn register_policy(
         .unwrap_or_else(|| error::internal("policy insert returned nothing"));
         for (position, c) in children.iter().enumerate() {
             Spi::run_with_args(
-                "INSERT INTO lifecycle.policy_children (policy_id, position, relation, columns, handling)
-                 VALUES ($1, $2, $3::oid::regclass, $4::name[], $5)",
-                &[id.into(), (position as i32 + 1).into(), c.relid.into(), c.columns.clone().into(), c.handling.into()],
+                "INSERT INTO lifecycle.policy_children (policy_id, position, relation, columns, handling, parent_columns)
+                 VALUES ($1, $2, $3::oid::regclass, $4::name[], $5, $6::name[])",
+                &[
+                    id.into(),
+                    (position as i32 + 1).into(),
+                    c.relid.into(),
+                    c.columns.clone().into(),
+                    c.handling.into(),
+                    c.parent_columns.clone().into(),
+                ],
             )?;
         }
         Ok::<_, pgrx::spi::Error>(id)

@@ -1,0 +1,178 @@
+-- pg_lifecycle 0.3.0 -> 0.4.0. Only what changed; see CHANGELOG.md.
+--
+-- Change of meaning (a fix): a child named in delete_from / block_on matches the parent
+-- columns its foreign key references. 0.3.0 compared it with the primary key whatever the
+-- key referenced, so a child of another unique key (Hydra's access tokens reference the
+-- flow's consent_challenge_id) blocked nothing and its cascade deleted live children, or, in
+-- delete_from, was never deleted and every batch failed. Existing entries take their parent
+-- columns from such a foreign key now (a WARNING names each one that changes: an extension
+-- script shows nothing less); entries without one keep the primary key.
+--
+-- The app's path never waits long for a row lock: record_activity and forget_user wait at
+-- most lifecycle.activity_lock_timeout (default 50ms).
+
+ALTER TABLE lifecycle.policy_children ADD COLUMN parent_columns name[];
+
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT c.policy_id, c.position, p.name, c.relation, c.columns, p.key_columns,
+               (SELECT ARRAY(SELECT pa.attname
+                               FROM unnest(c.columns) WITH ORDINALITY AS n(col, i)
+                               JOIN unnest(f.conkey, f.confkey) AS m(child_att, parent_att) ON true
+                               JOIN pg_catalog.pg_attribute ca ON ca.attrelid = f.conrelid AND ca.attnum = m.child_att AND ca.attname = n.col
+                               JOIN pg_catalog.pg_attribute pa ON pa.attrelid = f.confrelid AND pa.attnum = m.parent_att
+                              ORDER BY n.i) AS referenced
+                  FROM pg_catalog.pg_constraint f
+                 WHERE f.contype = 'f' AND f.conrelid = c.relation AND f.confrelid = p.relation
+                   AND cardinality(f.conkey) = cardinality(c.columns)
+                   AND NOT EXISTS (SELECT 1 FROM unnest(f.conkey) k
+                                     JOIN pg_catalog.pg_attribute a ON a.attrelid = f.conrelid AND a.attnum = k
+                                    WHERE a.attname <> ALL (c.columns))
+                 ORDER BY f.confkey = ARRAY(SELECT i.indkey[j] FROM pg_catalog.pg_index i, generate_series(0, i.indnkeyatts - 1) j
+                                            WHERE i.indrelid = p.relation AND i.indisprimary ORDER BY j)::int2[] DESC,
+                          f.oid
+                 LIMIT 1) AS referenced
+          FROM lifecycle.policy_children c JOIN lifecycle.policies p ON p.id = c.policy_id
+    LOOP
+        UPDATE lifecycle.policy_children c SET parent_columns = coalesce(r.referenced, r.key_columns)
+         WHERE c.policy_id = r.policy_id AND c.position = r.position;
+        IF r.referenced IS DISTINCT FROM r.key_columns AND r.referenced IS NOT NULL THEN
+            RAISE WARNING 'policy %: %(%) now matches (%) of its table, as its foreign key says (0.3.0 compared it with the primary key (%))',
+                r.name, r.relation, array_to_string(r.columns, ', '), array_to_string(r.referenced, ', '),
+                array_to_string(r.key_columns, ', ');
+        END IF;
+    END LOOP;
+END
+$$;
+
+ALTER TABLE lifecycle.policy_children ALTER COLUMN parent_columns SET NOT NULL;
+ALTER TABLE lifecycle.policy_children
+    ADD CONSTRAINT policy_children_parent_columns_check CHECK (cardinality(parent_columns) = cardinality(columns));
+
+-- Every child of a policy's table and what a batch does about it: the one place that reads
+-- the foreign keys. Children the policy names (delete_from, block_on) come first, as
+-- registered. Every other foreign key follows its ON DELETE action: CASCADE, SET NULL and
+-- SET DEFAULT act on their own ('fk_action'); NO ACTION and RESTRICT would make the delete
+-- fail, so with dependents = 'block' they keep the row ('block'), with 'delete' they are
+-- deleted with it ('delete', except rows of the table itself), and with 'none' the delete
+-- fails ('fails'). A nullify policy deletes nothing, so only blocking applies to it.
+CREATE OR REPLACE FUNCTION lifecycle._policy_children(policy_id integer)
+RETURNS TABLE (relation regclass, columns name[], parent_columns name[], on_delete text, handling text, named boolean)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+-- plpgsql, not sql: it keeps its plan for the session (every batch asks).
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH p AS (SELECT * FROM lifecycle.policies po WHERE po.id = _policy_children.policy_id),
+    fk AS (
+        SELECT f.conrelid AS relation, f.oid,
+               ARRAY(SELECT a.attname FROM unnest(f.conkey) WITH ORDINALITY AS u(n, i)
+                       JOIN pg_attribute a ON a.attrelid = f.conrelid AND a.attnum = u.n ORDER BY u.i) AS columns,
+               ARRAY(SELECT a.attname FROM unnest(f.confkey) WITH ORDINALITY AS u(n, i)
+                       JOIN pg_attribute a ON a.attrelid = f.confrelid AND a.attnum = u.n ORDER BY u.i) AS parent_columns,
+               CASE f.confdeltype WHEN 'a' THEN 'NO ACTION' WHEN 'r' THEN 'RESTRICT' WHEN 'c' THEN 'CASCADE'
+                                  WHEN 'n' THEN 'SET NULL' WHEN 'd' THEN 'SET DEFAULT' END AS on_delete
+          FROM pg_constraint f JOIN p ON f.confrelid = p.relation
+         WHERE f.contype = 'f'),
+    named AS (
+        SELECT c.relation, c.columns, c.parent_columns, c.handling, c.position
+          FROM lifecycle.policy_children c JOIN p ON c.policy_id = p.id)
+    SELECT k.relation, k.columns, k.parent_columns, k.on_delete, k.handling, k.named FROM (
+        SELECT n.relation, n.columns, n.parent_columns,
+               (SELECT fk.on_delete FROM fk
+                 WHERE fk.relation = n.relation AND fk.columns @> n.columns AND fk.columns <@ n.columns
+                   AND fk.parent_columns @> n.parent_columns AND fk.parent_columns <@ n.parent_columns LIMIT 1) AS on_delete,
+               n.handling, true AS named, n.position::bigint AS ord
+          FROM named n
+        UNION ALL
+        SELECT fk.relation::regclass, fk.columns, fk.parent_columns, fk.on_delete,
+               CASE WHEN fk.on_delete NOT IN ('NO ACTION', 'RESTRICT') THEN 'fk_action'
+                    WHEN p.dependents = 'block' THEN 'block'
+                    WHEN p.action = 'nullify' THEN 'untouched'
+                    WHEN p.dependents = 'delete' AND fk.relation <> p.relation THEN 'delete'
+                    ELSE 'fails' END,
+               false, (1::bigint << 32) + fk.oid::bigint
+          FROM fk, p
+         WHERE NOT EXISTS (SELECT 1 FROM named n
+                            WHERE n.relation = fk.relation AND fk.columns @> n.columns AND fk.columns <@ n.columns)
+    ) k
+    ORDER BY k.ord;
+END
+$$;
+
+-- policy_children gains parent_column (a new result column: dropped and made again).
+DROP FUNCTION lifecycle.policy_children(text);
+-- The children of a policy's table and what deleting a row does to each (docs/reaping.md).
+CREATE FUNCTION lifecycle.policy_children(policy_name text)
+RETURNS TABLE (child regclass, child_column text, on_delete text, handled_by text, child_column_indexed boolean,
+               parent_column text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT k.relation,
+           array_to_string(k.columns, ', '),
+           k.on_delete,
+           CASE k.handling
+                WHEN 'delete' THEN 'delete: child rows deleted with the row, same statement'
+                WHEN 'block' THEN 'block: row kept while this child references it'
+                WHEN 'fk_action' THEN 'the foreign key''s own ON DELETE action'
+                WHEN 'untouched' THEN 'untouched: the policy nullifies columns, it deletes nothing'
+                ELSE 'NOTHING: deleting a referenced row fails' END
+           || CASE WHEN k.named THEN ' (named by the policy)' ELSE '' END,
+           lifecycle._leads_an_index(k.relation, k.columns),
+           array_to_string(k.parent_columns, ', ')
+      FROM lifecycle.policies p, lifecycle._policy_children(p.id) k
+     WHERE p.name = policy_name
+$$;
+COMMENT ON FUNCTION lifecycle.policy_children(text) IS 'Every child of a policy''s table and what a batch does about it.';
+REVOKE EXECUTE ON FUNCTION lifecycle.policy_children(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lifecycle.policy_children(text) TO lifecycle_operator;
+
+CREATE FUNCTION lifecycle."_activity_lock_timeout"() RETURNS TEXT /* Option < String > */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'activity_lock_timeout_wrapper';
+REVOKE EXECUTE ON FUNCTION lifecycle._activity_lock_timeout() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lifecycle._activity_lock_timeout() TO lifecycle_operator;
+
+-- Account deletion. Scope rows go with their parent (FK CASCADE); the count covers both.
+CREATE OR REPLACE FUNCTION lifecycle.forget_user(user_id text)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, lifecycle, pg_temp
+AS $$
+DECLARE
+    scopes bigint;
+    clients bigint;
+    caller_lock_timeout text := current_setting('lock_timeout');
+BEGIN
+    IF forget_user.user_id IS NULL THEN
+        RAISE EXCEPTION 'user_id must not be NULL'
+            USING ERRCODE = '22004', HINT = 'Pass the id of the account being deleted.';
+    END IF;
+    -- An account deletion must not hang behind a transaction that holds the user's rows (a
+    -- long one, or a prepared one in doubt): wait at most lifecycle.activity_lock_timeout.
+    -- Set inside the block, so an error restores the caller's value with the block.
+    BEGIN
+        PERFORM set_config('lock_timeout', coalesce(lifecycle._activity_lock_timeout(), caller_lock_timeout), true);
+        DELETE FROM lifecycle.activity_scopes s WHERE s.user_id = forget_user.user_id;
+        GET DIAGNOSTICS scopes = ROW_COUNT;
+        DELETE FROM lifecycle.activity a WHERE a.user_id = forget_user.user_id;
+        GET DIAGNOSTICS clients = ROW_COUNT;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION 'forget_user could not lock the activity rows of user %: another transaction holds them',
+                        quote_literal(forget_user.user_id)
+            USING ERRCODE = '55P03',
+                  DETAIL = format('Waited lock_timeout %s.', coalesce(lifecycle._activity_lock_timeout(), caller_lock_timeout)),
+                  HINT = 'Nothing was deleted; retry. A transaction that stays in the way shows in pg_locks and '
+                         'pg_stat_activity, or in pg_prepared_xacts if prepared; lifecycle.activity_lock_timeout sets the wait.';
+    END;
+    PERFORM set_config('lock_timeout', caller_lock_timeout, true);
+    RETURN scopes + clients;
+END
+$$;
