@@ -9,6 +9,7 @@ source bench/lib.sh
 source bench/reap.sh
 source bench/activity.sh
 source bench/compliance.sh
+source bench/rules.sh
 trap cluster_stop EXIT
 
 # The reap benchmark's tables (1M tokens: ~200 MB with their indexes) fit in shared buffers,
@@ -30,6 +31,7 @@ echo
 case "${BENCH_ONLY:-all}" in all|activity) activity_bench; echo ;; esac
 case "${BENCH_ONLY:-all}" in all|reap) reap_bench ;; reap_scale) reap_scale_bench ;; reap_blocked) per_batch_setup reap1x "$REAP_ROWS"; blocked_bench ;; esac
 case "${BENCH_ONLY:-all}" in all|compliance) echo; compliance_bench ;; esac
+case "${BENCH_ONLY:-all}" in all|rules) echo; rules_bench ;; esac
 
 echo
 echo "bench summary:"

@@ -350,7 +350,7 @@ impl Policy {
             due.push_str(&format!(" AND ({})", any_set.join(" OR ")));
         }
         if let Some(filter) = &self.filter {
-            due.push_str(&format!(" AND ({filter})"));
+            due.push_str(&format!(" AND {}", super::filter::spliced(self.relid, filter)));
         }
         due
     }

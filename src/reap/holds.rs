@@ -6,7 +6,7 @@
 //! table's ownership as well as EXECUTE (lifecycle_operator), and both are audited: an app
 //! role can neither lift a hold nor place one to keep data it was told to delete.
 
-use super::filter::check_filter;
+use super::filter::{check_filter, Reach};
 use super::policy::{check_relation, primary_key};
 use crate::error::{self, Code};
 use crate::role;
@@ -145,7 +145,7 @@ fn add_hold(
     let key = match (key, filter) {
         (Some(k), None) => Some(normalized_key(k, &relation, &key_columns.iter().map(|c| c.type_name.clone()).collect::<Vec<_>>())),
         (None, Some(f)) => {
-            check_filter(relid, &relation, f);
+            check_filter(relid, &relation, f, Reach::Row);
             None
         }
         _ => error::invalid_argument(

@@ -6,7 +6,7 @@
 
 use super::archive;
 use super::batch::Policy;
-use super::filter::check_filter;
+use super::filter::{check_filter, Reach};
 use super::kinds::{Dependents, TimeKind};
 use super::shards;
 use crate::error::{self, Code};
@@ -571,8 +571,14 @@ fn register_policy(
             "Its NOTIFY channel is lifecycle_<name>, at most 63 characters: shorten the name to 53.",
         );
     }
-    if let Some(f) = filter {
-        check_filter(relid, &relation, f);
+    let filter_reads_related = filter.is_some_and(|f| check_filter(relid, &relation, f, Reach::RelatedRows));
+    if filter_reads_related && crate::citus::distribution(relid).is_some() {
+        error::raise(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("the filter of a policy on Citus table {relation} reads other tables"),
+            Some("A Citus table's batches run shard by shard, where other tables are not at hand under their names.".into()),
+            Some("Use a filter over the row's own columns on a Citus table."),
+        );
     }
 
     let exists = Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM lifecycle.policies WHERE name = $1)", &[name.into()])
