@@ -115,7 +115,9 @@ refused "is not colocated with dist.user_sessions" \
 refused "is a reference table, and its child dist.ref_uses is not" \
     "SELECT lifecycle.add_policy('ref', 'dist.ref', 'expires_at', delete_from => '{dist.ref_notes(ref_id), dist.ref_uses(ref_id)}')"
 refused "archive and events are not supported" "SELECT lifecycle.add_policy('ev', 'dist.useraccesstokens', 'expiresat', time_kind => 'unix_ms', events => true)"
-echo "test-citus: ok: non-colocated children, a reference table's distributed child and archive/events on Citus tables are refused with 0A000"
+refused "reads other tables" \
+    "SELECT lifecycle.add_policy('rel', 'dist.user_sessions', 'finished_at', filter => 'NOT EXISTS (SELECT 1 FROM dist.user_session_authentications a WHERE a.user_id = t.user_id AND a.user_session_id = t.user_session_id)')"
+echo "test-citus: ok: non-colocated children, a reference table's distributed child, archive/events and filters reading other tables on Citus tables are refused with 0A000"
 on "$COORD" -c "DROP TABLE dist.ref_uses" \
     -c "SELECT lifecycle.add_policy('dist_ref', 'dist.ref', 'expires_at', delete_from => '{dist.ref_notes(ref_id)}', audit => '{id}', batch_size => 300, target_batch_time => NULL)" >/dev/null
 

@@ -176,3 +176,79 @@ BEGIN
     RETURN scopes + clients;
 END
 $$;
+
+-- A policy's time zone for timestamp columns (add_policy's new last argument time_zone).
+ALTER TABLE lifecycle.policies ADD COLUMN time_zone text
+    CONSTRAINT policies_time_zone_check CHECK (time_zone IS NULL OR time_kind = 'timestamp');
+DROP FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean,
+                                   text[], interval, text, boolean, name[]);
+DROP FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean,
+                                    text[], interval, text, boolean, text[], text);
+CREATE FUNCTION lifecycle."_add_policy"(
+	"name" TEXT, /* Option < & str > */
+	"relation" oid, /* Option < pg_sys :: Oid > */
+	"time_column" TEXT, /* Option < & str > */
+	"older_than" interval, /* Option < Interval > */
+	"time_kind_given" TEXT, /* Option < & str > */
+	"filter" TEXT, /* Option < & str > */
+	"nullify" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"dependents" TEXT, /* Option < & str > */
+	"delete_from" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"audit" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"batch_size" INT, /* Option < i32 > */
+	"enabled" bool, /* Option < bool > */
+	"block_on" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"target_batch_time" interval, /* Option < Interval > */
+	"archive" TEXT, /* Option < & str > */
+	"events" bool, /* Option < bool > */
+	"event_columns" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"time_zone" TEXT, /* Option < & str > */
+	"search_path" TEXT /* Option < & str > */
+) RETURNS INT /* i32 */
+ 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'store_policy_wrapper';
+CREATE FUNCTION lifecycle.add_policy(
+    name         text,
+    relation     regclass,
+    time_column  name,
+    older_than   interval DEFAULT NULL,   -- NULL: rule "expires" (due once the time is past)
+    time_kind    text     DEFAULT NULL,   -- inferred for timestamptz/timestamp; else unix_ms, unix_s, ulid
+    filter       text     DEFAULT NULL,   -- boolean expression over the row
+    nullify      name[]   DEFAULT NULL,   -- NULL: delete rows; else set these columns to NULL
+    dependents   text     DEFAULT 'none', -- what children the policy does not name get: none | block | delete
+    delete_from  text[]   DEFAULT NULL,   -- 'table(column, ...)': deleted with the row, same statement
+    audit        name[]   DEFAULT NULL,   -- columns copied into lifecycle.audit_log (never secrets)
+    batch_size   integer  DEFAULT 1000,   -- the first (or, without target_batch_time, every) batch's size
+    enabled      boolean  DEFAULT true,
+    block_on     text[]   DEFAULT NULL,   -- 'table(column, ...)': the row is kept while these reference it
+    target_batch_time interval DEFAULT '50 milliseconds',  -- adaptive batches; NULL: fixed batch_size
+    archive      text     DEFAULT NULL,   -- 'schema.table': deleted rows copied there first (docs/compliance.md)
+    events       boolean  DEFAULT false,  -- one lifecycle.events row per acted-on row, NOTIFY lifecycle_<name>
+    event_columns name[]  DEFAULT NULL,   -- columns carried in each event's data (never secrets)
+    time_zone    text     DEFAULT NULL)   -- for a timestamp column: the zone its times are in
+RETURNS lifecycle.policies
+LANGUAGE plpgsql
+-- No SET search_path: the tables named in delete_from and block_on resolve in the caller's
+-- search_path, as `relation` (a regclass) does. Everything below is schema-qualified.
+AS $$
+DECLARE
+    new_id integer;
+    result lifecycle.policies;
+BEGIN
+    new_id := lifecycle._add_policy($1, $2::oid, $3::text, $4, $5, $6, $7::text[], $8, $9, $10::text[], $11, $12,
+                                    $13, $14, $15, $16, $17::text[], $18, pg_catalog.current_setting('search_path'));
+    SELECT * INTO result FROM lifecycle.policies p WHERE p.id OPERATOR(pg_catalog.=) new_id;
+    RETURN result;
+END
+$$;
+COMMENT ON FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text) IS 'Registers a retention policy on a table the caller owns; returns its row.';
+REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean,
+                                                  text[], interval, text, boolean, text[], text, text),
+                           lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean,
+                                                text[], interval, text, boolean, name[], text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean,
+                                                text[], interval, text, boolean, text[], text, text),
+                          lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean,
+                                               text[], interval, text, boolean, name[], text) TO lifecycle_operator;

@@ -25,7 +25,10 @@ CREATE TABLE lifecycle.policies (
     archive         regclass,              -- deleted rows are copied here first (docs/compliance.md)
     archive_columns name[] CONSTRAINT policies_archive_check CHECK ((archive IS NULL) = (archive_columns IS NULL)),
     events          boolean NOT NULL DEFAULT false,  -- one lifecycle.events row per acted-on row
-    event_columns   name[] CONSTRAINT policies_events_check CHECK (events OR event_columns IS NULL)
+    event_columns   name[] CONSTRAINT policies_events_check CHECK (events OR event_columns IS NULL),
+    -- The zone a `timestamp` column's wall-clock times are in (NULL: the reaping session's
+    -- TimeZone, as before 0.4.0).
+    time_zone       text CONSTRAINT policies_time_zone_check CHECK (time_zone IS NULL OR time_kind = 'timestamp')
 );
 COMMENT ON TABLE lifecycle.policies IS 'Retention policies; write them with lifecycle.add_policy.';
 
@@ -332,7 +335,8 @@ CREATE FUNCTION lifecycle.add_policy(
     target_batch_time interval DEFAULT '50 milliseconds',  -- adaptive batches; NULL: fixed batch_size
     archive      text     DEFAULT NULL,   -- 'schema.table': deleted rows copied there first (docs/compliance.md)
     events       boolean  DEFAULT false,  -- one lifecycle.events row per acted-on row, NOTIFY lifecycle_<name>
-    event_columns name[]  DEFAULT NULL)   -- columns carried in each event's data (never secrets)
+    event_columns name[]  DEFAULT NULL,   -- columns carried in each event's data (never secrets)
+    time_zone    text     DEFAULT NULL)   -- for a timestamp column: the zone its times are in
 RETURNS lifecycle.policies
 LANGUAGE plpgsql
 -- No SET search_path: the tables named in delete_from and block_on resolve in the caller's
@@ -343,7 +347,7 @@ DECLARE
     result lifecycle.policies;
 BEGIN
     new_id := lifecycle._add_policy($1, $2::oid, $3::text, $4, $5, $6, $7::text[], $8, $9, $10::text[], $11, $12,
-                                    $13, $14, $15, $16, $17::text[], pg_catalog.current_setting('search_path'));
+                                    $13, $14, $15, $16, $17::text[], $18, pg_catalog.current_setting('search_path'));
     SELECT * INTO result FROM lifecycle.policies p WHERE p.id OPERATOR(pg_catalog.=) new_id;
     RETURN result;
 END

@@ -1065,3 +1065,39 @@ fn filters_read_related_rows_by_index_and_leave_what_each_systems_cleanup_leaves
     c.batch_execute("RESET ROLE").unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.policies WHERE name = 'x'"), 0);
 }
+
+/// Hydra's and Keycloak's `timestamp without time zone` columns hold UTC. With time_zone the
+/// rule reads them as UTC whatever the reaping session's TimeZone (pg_cron's, a psql user's);
+/// without it, a session 14 hours ahead of UTC took every row as 14 hours older.
+#[test]
+fn a_policys_time_zone_makes_timestamp_rules_independent_of_the_session() {
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE flows (id int PRIMARY KEY, requested_at timestamp NOT NULL);
+         CREATE INDEX ON flows (requested_at);
+         CREATE TABLE flows_naive (LIKE flows INCLUDING ALL);
+         CREATE TABLE absolute (id int PRIMARY KEY, at timestamptz NOT NULL);
+         INSERT INTO flows SELECT g, (now() AT TIME ZONE 'UTC') - g * interval '10 minutes' FROM generate_series(1, 100) g;
+         INSERT INTO flows_naive SELECT * FROM flows;
+         SELECT lifecycle.add_policy('flows', 'flows', 'requested_at', older_than => '65 minutes', time_zone => 'UTC');
+         SELECT lifecycle.add_policy('flows_naive', 'flows_naive', 'requested_at', older_than => '65 minutes');",
+    )
+    .unwrap();
+    for zone in ["Pacific/Kiritimati", "America/Los_Angeles", "UTC"] {
+        c.batch_execute(&format!("SET TimeZone = '{zone}'; SELECT lifecycle.reap_expired();")).unwrap();
+        assert_eq!(count(&mut c, "SELECT count(*) FROM flows"), 6, "reaped in {zone}");
+        assert_eq!(count(&mut c, "SELECT count(*) FROM flows WHERE id > 6"), 0, "reaped in {zone}");
+    }
+    // The trap the option closes: the first session, 14 hours ahead, took every row as due.
+    assert_eq!(count(&mut c, "SELECT count(*) FROM flows_naive"), 0);
+    assert_eq!(c.query_one("SELECT time_zone FROM lifecycle.policies WHERE name = 'flows'", &[]).unwrap().get::<_, String>(0), "UTC");
+    for (sql, want) in [
+        ("SELECT lifecycle.add_policy('x', 'flows', 'requested_at', older_than => '1 hour', time_zone => 'Mars/Olympus')", "22023"),
+        ("SELECT lifecycle.add_policy('x', 'absolute', 'at', older_than => '1 hour', time_zone => 'UTC')", "22023"),
+    ] {
+        let (code, message, hint) = sqlstate(c.batch_execute(sql));
+        assert_eq!(code, want, "{sql}: {message}");
+        assert!(hint.is_some(), "{sql}");
+    }
+}

@@ -11,7 +11,7 @@ SELECT ('00000000-0000-0000-0000-' || lpad(to_hex(s * 8 + i), 12, '0'))::uuid AS
        now() - interval '60 hours' AS created_at,
        CASE WHEN i = 4 AND s % 3 > 0 THEN NULL
             WHEN (s * 7 + i) % 5 = 0 THEN now() - interval '20 minutes'
-            ELSE now() - (2 + (s * 13 + i) % 48) * interval '1 hour' END AS consumed_at,
+            ELSE now() - interval '2 hours' - ((s * 7919 + i * 104729) % 172800000) * interval '1 millisecond' END AS consumed_at,
        CASE WHEN i < 4 THEN ('00000000-0000-0000-0000-' || lpad(to_hex(s * 8 + i + 1), 12, '0'))::uuid END
            AS next_oauth2_refresh_token_id
   FROM generate_series(1, :n / 4) s, generate_series(1, 4) i;

@@ -105,6 +105,8 @@ pub struct Policy {
     time: Column,
     time_kind: TimeKind,
     older_than: Option<Interval>,
+    /// For a `timestamp` column: the zone its times are in (None: the session's TimeZone).
+    time_zone: Option<String>,
     filter: Option<String>,
     nullify: Option<Vec<String>>,
     pub(super) children: Vec<Child>,
@@ -139,7 +141,7 @@ SELECT p.id, p.name, p.owner::oid,
        p.relation::oid, p.archive IS NOT NULL,
        pg_catalog.quote_ident(an.nspname) || '.' || pg_catalog.quote_ident(ac.relname), p.archive_columns::text[],
        p.events, p.event_columns::text[],
-       p.xmin::text || '/' || p.ctid::text
+       p.xmin::text || '/' || p.ctid::text, p.time_zone
   FROM lifecycle.policies p
   JOIN lifecycle.policy_state s ON s.policy_id = p.id
   LEFT JOIN pg_catalog.pg_class c ON c.oid = p.relation
@@ -189,6 +191,7 @@ impl Policy {
                         .and_then(TimeKind::parse)
                         .unwrap_or_else(|| error::internal("lifecycle.policies holds an unknown time_kind")),
                     older_than: row.get(10)?,
+                    time_zone: row.get(28)?,
                     filter: row.get(11)?,
                     nullify: row.get(12)?,
                     audit: row.get(13)?,
@@ -243,6 +246,7 @@ impl Policy {
             "time": column(&self.time),
             "time_kind": self.time_kind.as_str(),
             "older_than": self.older_than.map(|i| json!([i.months(), i.days(), i.micros()])),
+            "time_zone": self.time_zone,
             "filter": self.filter,
             "nullify": self.nullify,
             "audit": self.audit,
@@ -287,6 +291,7 @@ impl Policy {
                 )
                 .unwrap_or_else(|_| bad())
             }),
+            time_zone: definition["time_zone"].as_str().map(str::to_string),
             filter: definition["filter"].as_str().map(str::to_string),
             nullify: texts(&definition["nullify"]),
             audit: texts(&definition["audit"]),
@@ -339,7 +344,12 @@ impl Policy {
         let op = if self.older_than.is_some() { "<" } else { "<=" };
         let mut due = match self.time_kind {
             TimeKind::Timestamptz => format!("{t} {op} {reference}"),
-            TimeKind::Timestamp => format!("{t} {op} ({reference} AT TIME ZONE pg_catalog.current_setting('TimeZone'))"),
+            // The zone is a literal: it was checked at registration (add_policy), and as a
+            // parameter it would renumber every statement's parameters for one time kind.
+            TimeKind::Timestamp => {
+                let zone = self.time_zone.as_deref().map_or("pg_catalog.current_setting('TimeZone')".into(), sql::literal);
+                format!("{t} {op} ({reference} AT TIME ZONE {zone})")
+            }
             TimeKind::UnixMs => format!("{t} > 0 AND {t} {op} pg_catalog.floor(extract(epoch FROM {reference}) * 1000)::bigint"),
             TimeKind::UnixS => format!("{t} > 0 AND {t} {op} pg_catalog.floor(extract(epoch FROM {reference}))::bigint"),
             TimeKind::Ulid if self.time_is_uuid() => format!("{t} < lifecycle.ulid_floor({reference})"),
@@ -350,7 +360,7 @@ impl Policy {
             due.push_str(&format!(" AND ({})", any_set.join(" OR ")));
         }
         if let Some(filter) = &self.filter {
-            due.push_str(&format!(" AND {}", super::filter::spliced(self.relid, filter)));
+            due.push_str(&format!(" AND {}", super::filter::spliced(&self.relation, filter)));
         }
         due
     }

@@ -63,8 +63,8 @@ pub fn check_filter(relid: pg_sys::Oid, relation: &str, filter: &str, reach: Rea
     if !single_expression || !parens_stay_balanced(filter) {
         error::invalid_argument(format!("filter {} is not a single expression", sql::literal(filter)), hint);
     }
-    let statement = format!("SELECT 1 FROM {relation} t WHERE {}", spliced(relid, filter));
-    if reach == Reach::RelatedRows && analysis(relid, filter).volatile {
+    let statement = format!("SELECT 1 FROM {relation} t WHERE {}", spliced(relation, filter));
+    if reach == Reach::RelatedRows && analysis(relation, filter).volatile {
         error::invalid_argument(
             format!("filter {} calls a volatile function", sql::literal(filter)),
             "A filter is evaluated once per candidate row and must give the same answer each time: use now(), not clock_timestamp() or random().",
@@ -144,18 +144,17 @@ struct Analysis {
 
 thread_local! {
     /// Analyses by (table, filter), kept for the session: a batch splices its filter every time.
-    static ANALYSES: RefCell<HashMap<(u32, String), Analysis>> = RefCell::new(HashMap::new());
+    static ANALYSES: RefCell<HashMap<(String, String), Analysis>> = RefCell::new(HashMap::new());
 }
 
-/// Parses and analyzes `SELECT 1 FROM <relid> t WHERE (<filter>)`; kept for the session.
-fn analysis(relid: pg_sys::Oid, filter: &str) -> Analysis {
-    let key = (relid.to_u32(), filter.to_owned());
+/// Parses and analyzes `SELECT 1 FROM <relation> t WHERE (<filter>)`, `relation` being the
+/// table's quoted name as the batch's statement names it (on a Citus worker, the shard's);
+/// kept for the session.
+fn analysis(relation: &str, filter: &str) -> Analysis {
+    let key = (relation.to_owned(), filter.to_owned());
     if let Some(kept) = ANALYSES.with(|a| a.borrow().get(&key).copied()) {
         return kept;
     }
-    let relation = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relid.into()])
-        .unwrap_or_else(|e| error::internal(e))
-        .unwrap_or_default();
     let text = CString::new(format!("SELECT 1 FROM {relation} t WHERE ({filter})")).unwrap_or_else(|_| error::internal("filter with NUL"));
     // SAFETY: parse and analyze one statement of our own making (the filter was checked to be
     // one expression when it was given); the walkers only read the analyzed tree.
@@ -323,15 +322,15 @@ fn parens_stay_balanced(expr: &str) -> bool {
     depth == 0
 }
 
-/// The filter as a batch's statement splices it over its table `relid`. One with a subquery
+/// The filter as a batch's statement splices it over its table `relation` (quoted). One with a subquery
 /// that refers to the candidate row is evaluated as a subquery of its own, once per row: left
 /// in the WHERE clause, the planner may turn such an EXISTS into a hash of the whole related
 /// table, built every batch (it chooses by the estimated rows of the candidate scan, not by
 /// the LIMIT above it), or into a join it drives. An uncorrelated one stays where it is: it
 /// runs once per statement, and `nid = (SELECT ...)` can then bound a scan of an index on
 /// (nid, time).
-pub fn spliced(relid: pg_sys::Oid, filter: &str) -> String {
-    if analysis(relid, filter).correlated {
+pub fn spliced(relation: &str, filter: &str) -> String {
+    if analysis(relation, filter).correlated {
         format!("(SELECT ({filter}))")
     } else {
         format!("({filter})")

@@ -147,6 +147,24 @@ fn time_kind(given: Option<&str>, col: &Column, column_name: &str) -> TimeKind {
     kind
 }
 
+/// A policy's time zone: only for `timestamp` columns (the other kinds are absolute), and one
+/// that `AT TIME ZONE` knows (a name, an abbreviation or a POSIX offset).
+fn check_time_zone(zone: &str, kind: TimeKind, time_column: &str) {
+    if kind != TimeKind::Timestamp {
+        error::invalid_argument(
+            format!("time_zone applies to timestamp columns; {} is {}", sql::literal(time_column), kind.as_str()),
+            "Leave time_zone out: the other time kinds are absolute times.",
+        );
+    }
+    let known = sql::in_subtransaction(|| Spi::run_with_args("SELECT now() AT TIME ZONE $1", &[zone.into()]));
+    if !matches!(known, Ok(Ok(()))) {
+        error::invalid_argument(
+            format!("unknown time zone {}", sql::literal(zone)),
+            "Name the zone the column's wall-clock times are in, e.g. 'UTC' or 'Europe/Berlin' (pg_timezone_names lists them).",
+        );
+    }
+}
+
 fn names(list: Option<Vec<Option<String>>>, what: &str) -> Option<Vec<String>> {
     let list = list?;
     let mut out: Vec<String> = Vec::with_capacity(list.len());
@@ -477,7 +495,7 @@ fn required<T>(value: Option<T>, name: &str) -> T {
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(schema = "lifecycle", name = "_add_policy")]
 #[search_path(pg_catalog, pg_temp)]
-fn register_policy(
+fn store_policy(
     name: Option<&str>,
     relation: Option<pg_sys::Oid>,
     time_column: Option<&str>,
@@ -495,6 +513,7 @@ fn register_policy(
     archive: Option<&str>,
     events: Option<bool>,
     event_columns: Option<Vec<Option<String>>>,
+    time_zone: Option<&str>,
     search_path: Option<&str>,
 ) -> i32 {
     role::extension_owner(); // the tables have this library's shape
@@ -512,6 +531,9 @@ fn register_policy(
     let key = primary_key(relid, &relation);
     let time_col = column(relid, time_column);
     let kind = time_kind(time_kind_given, &time_col, time_column);
+    if let Some(zone) = time_zone {
+        check_time_zone(zone, kind, time_column);
+    }
     if kind == TimeKind::Ulid && older_than.is_none() {
         error::invalid_argument("a ULID time column records creation time, so it needs older_than".into(), "E.g. older_than => '7 days'.");
     }
@@ -617,15 +639,16 @@ fn register_policy(
         archive.map(|a| a.1).into(),
         events.into(),
         event_columns.into(),
+        time_zone.into(),
     ];
     let id = role::as_extension_owner(|| {
         let id = Spi::get_one_with_args::<i32>(
             "WITH p AS (
                 INSERT INTO lifecycle.policies (name, relation, key_columns, key_types, time_column, time_type, time_kind,
                     older_than, filter, action, nullify_columns, dependents, audit_columns, batch_size, enabled, owner,
-                    target_batch_time, archive, archive_columns, events, event_columns)
+                    target_batch_time, archive, archive_columns, events, event_columns, time_zone)
                 VALUES ($1, $2::oid::regclass, $3::name[], $4, $5, $6, $7, $8, $9, $10, $11::name[], $12,
-                        $13::name[], $14, $15, $16::oid::regrole, $17, $18::oid::regclass, $19::name[], $20, $21::name[])
+                        $13::name[], $14, $15, $16::oid::regrole, $17, $18::oid::regclass, $19::name[], $20, $21::name[], $22)
                 RETURNING id)
              INSERT INTO lifecycle.policy_state (policy_id) SELECT id FROM p RETURNING policy_id",
             &args,
@@ -691,4 +714,32 @@ fn add_policy(
 ) -> i32 {
     role::extension_owner();
     error::internal("lifecycle._add_policy of an earlier version called with the current one installed")
+}
+
+/// The entry point of 0.3.0 (C symbol `register_policy_wrapper`), kept for the same reason as
+/// `add_policy` above: 0.3.0's SQL calls it with one argument fewer until the update.
+#[allow(clippy::too_many_arguments, unused_variables)]
+#[pg_extern(sql = false)]
+fn register_policy(
+    name: Option<&str>,
+    relation: Option<pg_sys::Oid>,
+    time_column: Option<&str>,
+    older_than: Option<Interval>,
+    time_kind_given: Option<&str>,
+    filter: Option<&str>,
+    nullify: Option<Vec<Option<String>>>,
+    dependents: Option<&str>,
+    delete_from: Option<Vec<Option<String>>>,
+    audit: Option<Vec<Option<String>>>,
+    batch_size: Option<i32>,
+    enabled: Option<bool>,
+    block_on: Option<Vec<Option<String>>>,
+    target_batch_time: Option<Interval>,
+    archive: Option<&str>,
+    events: Option<bool>,
+    event_columns: Option<Vec<Option<String>>>,
+    search_path: Option<&str>,
+) -> i32 {
+    role::extension_owner();
+    error::internal("lifecycle._add_policy of 0.3.0 called with the current one installed")
 }
