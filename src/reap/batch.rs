@@ -336,6 +336,11 @@ impl Policy {
         self.time.type_name == "uuid"
     }
 
+    /// The time column as a plan prints it (quoted where it needs quotes).
+    pub fn time_column_as_planned(&self) -> String {
+        ident(&self.time.name)
+    }
+
     /// The due predicate over alias `t`: rule, time kind, "never" values, nullify, filter.
     /// `$3` is `older_than`.
     pub fn due(&self) -> String {

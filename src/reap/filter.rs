@@ -70,6 +70,15 @@ pub fn check_filter(relid: pg_sys::Oid, relation: &str, filter: &str, reach: Rea
             "A filter is evaluated once per candidate row and must give the same answer each time: use now(), not clock_timestamp() or random().",
         );
     }
+    // On Citus the coordinator's plan shows shards, not tables, and such a filter may read
+    // nothing but its row anyway (add_policy refuses more, 0A000): parse analysis says enough.
+    if crate::citus::distribution(relid).is_some() {
+        let subquery = analysis(relation, filter).subquery;
+        if reach == Reach::Row && subquery {
+            error::invalid_argument(format!("filter {} reaches beyond the table", sql::literal(filter)), hint);
+        }
+        return subquery;
+    }
     // Planning checks columns, the boolean type (42703 / 42804) and, as the registering
     // role who will own the policy, the right to read every table (42501), from Postgres
     // itself; under the batches' plan shape, so that what is checked is what will run.
@@ -140,6 +149,8 @@ struct Analysis {
     volatile: bool,
     /// A subquery that refers to the candidate row.
     correlated: bool,
+    /// Any subquery.
+    subquery: bool,
 }
 
 thread_local! {
@@ -165,7 +176,7 @@ fn analysis(relation: &str, filter: &str) -> Analysis {
         let mut correlated = false;
         let quals = (*(*query).jointree).quals;
         find_correlated_sublink(quals, (&raw mut correlated).cast());
-        Analysis { volatile: pg_sys::contain_volatile_functions(query.cast()), correlated }
+        Analysis { volatile: pg_sys::contain_volatile_functions(query.cast()), correlated, subquery: (*query).hasSubLinks }
     };
     ANALYSES.with(|a| {
         let mut a = a.borrow_mut();

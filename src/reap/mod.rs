@@ -131,6 +131,80 @@ fn estimate_backlog(policy_id: i32) -> Option<i64> {
     plan.0.get(0)?.get("Plan")?.get("Plan Rows")?.as_f64().map(|rows| rows as i64)
 }
 
+/// Whether a batch of the policy reads its table by a range of an index, as the planner plans
+/// the batch:
+/// its time index, whatever its shape (led by columns the filter fixes, as Hydra's
+/// (nid, requested_at); partial, with a predicate the rule implies), or the key of a ULID
+/// policy. NULL when the caller may not act for the owner or the policy no longer fits its
+/// table (lifecycle.check reports those otherwise).
+#[pg_extern(schema = "lifecycle", name = "_batch_reads_an_index")]
+#[search_path(pg_catalog, pg_temp)]
+fn batch_reads_an_index(policy_id: i32) -> Option<bool> {
+    let owner = Spi::get_one_with_args::<pg_sys::Oid>("SELECT owner::oid FROM lifecycle.policies WHERE id = $1", &[policy_id.into()])
+        .unwrap_or_else(|e| error::internal(e))?;
+    if !role::has_privs_of(role::current(), owner) {
+        return None;
+    }
+    let planned = crate::sql::in_subtransaction(|| {
+        let mut policy = Policy::load(policy_id);
+        policy.cursor = None;
+        let query = format!("EXPLAIN (FORMAT JSON) {}", policy.candidates(true));
+        batch::with_batch_plan_shape(|| {
+            role::run_as(policy.owner, true, || {
+                // Read-write SPI: inside the subtransaction a read-only one refuses EXPLAIN
+                // ("not allowed in a non-volatile function").
+                Spi::connect_mut(|client| client.update(query.as_str(), None, &policy.args(1000))?.first().get_one::<pgrx::Json>())
+                    .unwrap_or_else(|e| error::internal(e))
+            })
+        })
+        .map(|plan| (plan, policy.relid, policy.time_column_as_planned()))
+    });
+    let (plan, relid, time) = planned.ok()??;
+    Some(reads_a_time_range(&plan.0, relid, &time))
+}
+
+/// Whether a plan reads the candidate rows (alias `t`, or `t_1`... for partitions) by an index
+/// range on the time column: an index scan whose columns before the time column are all fixed
+/// by equality in its Index Cond (none, for an index that starts with it). Any other scan of
+/// them, sequential or of a whole index (a condition on a later column still reads it all),
+/// reads the whole table.
+fn reads_a_time_range(plan: &serde_json::Value, relid: pg_sys::Oid, time: &str) -> bool {
+    match plan {
+        serde_json::Value::Object(node) => {
+            let text = |key: &str| node.get(key).and_then(|v| v.as_str()).unwrap_or_default();
+            let alias = text("Alias");
+            let candidate = alias == "t" || alias.strip_prefix("t_").is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()));
+            let ranged = candidate && text("Node Type").starts_with("Index") && {
+                let condition = text("Index Cond");
+                let columns = index_columns(relid, text("Index Name"));
+                let before_time = columns.iter().take_while(|c| c.as_str() != time);
+                columns.iter().any(|c| c == time) && before_time.clone().all(|c| condition.contains(&format!("({c} = ")))
+            };
+            ranged || node.values().any(|v| reads_a_time_range(v, relid, time))
+        }
+        serde_json::Value::Array(items) => items.iter().any(|v| reads_a_time_range(v, relid, time)),
+        _ => false,
+    }
+}
+
+/// The key columns of the index called `name` on table `relid` or one of its partitions,
+/// quoted as a plan prints them.
+fn index_columns(relid: pg_sys::Oid, name: &str) -> Vec<String> {
+    Spi::get_one_with_args::<Vec<String>>(
+        "SELECT array_agg(pg_catalog.quote_ident(a.attname) ORDER BY k.ord)
+           FROM pg_catalog.pg_index i
+           JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+           CROSS JOIN LATERAL unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY AS k(attnum, ord)
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+          WHERE ic.relname = $2
+            AND i.indrelid IN (SELECT $1 UNION ALL SELECT relid FROM pg_catalog.pg_partition_tree($1))",
+        &[relid.into(), name.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
 /// What the next batch would touch, without touching it: key, time, whether children block
 /// it, and the audit columns.
 #[pg_extern(schema = "lifecycle")]

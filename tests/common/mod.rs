@@ -16,21 +16,35 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The server's binaries: `PG_BIN` from the Makefile (PG=15|18), else Debian's 15.
+/// The server's binaries: `PG_BIN` from the Makefile (PG=15|16|18), else Debian's 15.
 pub fn pg_bin() -> &'static str {
     static BIN: OnceLock<String> = OnceLock::new();
     BIN.get_or_init(|| std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()))
 }
 
-/// Whether pg_cron is installed in the server under test (for 18 it is built from
+/// Whether the server under test has library `name` (`pg_cron`, `auto_explain`).
+fn has_library(name: &str) -> bool {
+    let out = Command::new(format!("{}/pg_config", pg_bin())).arg("--pkglibdir").output().expect("pg_config");
+    Path::new(String::from_utf8_lossy(&out.stdout).trim()).join(format!("{name}.so")).exists()
+}
+
+/// Whether pg_cron is installed in the server under test (for 16 and 18 it is built from
 /// ../shared/vendor when that is there). Tests that need it return early when it is not,
 /// printing a `skipped:` line that the runner reports.
 pub fn pg_cron_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        let out = Command::new(format!("{}/pg_config", pg_bin())).arg("--pkglibdir").output().expect("pg_config");
-        Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("pg_cron.so").exists()
-    })
+    *AVAILABLE.get_or_init(|| has_library("pg_cron"))
+}
+
+/// Returns true (and says so) when a plan assertion needs auto_explain and this server has
+/// none (the PostgreSQL 16 wheel ships no contrib modules; 15 and 18 run them).
+pub fn skip_plans_without_auto_explain(test: &str) -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    if *AVAILABLE.get_or_init(|| has_library("auto_explain")) {
+        return false;
+    }
+    println!("skipped: {test}: its plan assertions: auto_explain is not installed for this PostgreSQL");
+    true
 }
 
 /// Returns true (and says so) when the test needs pg_cron and this server has none.
