@@ -26,6 +26,7 @@ BEGIN
         END IF;
         FOR object IN
             SELECT col FROM unnest(p.key_columns || p.time_column || coalesce(p.nullify_columns, '{}')
+                                   || ARRAY(SELECT (e ->> 0)::name FROM jsonb_array_elements(coalesce(p.set_to, '[]')) e)
                                    || coalesce(p.audit_columns, '{}')) AS col
              WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = p.relation AND a.attname = col
                                  AND a.attnum > 0 AND NOT a.attisdropped)

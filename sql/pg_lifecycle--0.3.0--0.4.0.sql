@@ -93,7 +93,7 @@ BEGIN
         SELECT fk.relation::regclass, fk.columns, fk.parent_columns, fk.on_delete,
                CASE WHEN fk.on_delete NOT IN ('NO ACTION', 'RESTRICT') THEN 'fk_action'
                     WHEN p.dependents = 'block' THEN 'block'
-                    WHEN p.action = 'nullify' THEN 'untouched'
+                    WHEN p.action IN ('nullify', 'set') THEN 'untouched'
                     WHEN p.dependents = 'delete' AND fk.relation <> p.relation THEN 'delete'
                     ELSE 'fails' END,
                false, (1::bigint << 32) + fk.oid::bigint
@@ -121,7 +121,7 @@ AS $$
                 WHEN 'delete' THEN 'delete: child rows deleted with the row, same statement'
                 WHEN 'block' THEN 'block: row kept while this child references it'
                 WHEN 'fk_action' THEN 'the foreign key''s own ON DELETE action'
-                WHEN 'untouched' THEN 'untouched: the policy nullifies columns, it deletes nothing'
+                WHEN 'untouched' THEN 'untouched: the policy updates columns, it deletes nothing'
                 ELSE 'NOTHING: deleting a referenced row fails' END
            || CASE WHEN k.named THEN ' (named by the policy)' ELSE '' END,
            lifecycle._leads_an_index(k.relation, k.columns),
@@ -134,7 +134,7 @@ REVOKE EXECUTE ON FUNCTION lifecycle.policy_children(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lifecycle.policy_children(text) TO lifecycle_operator;
 
 CREATE FUNCTION lifecycle."_activity_lock_timeout"() RETURNS TEXT /* Option < String > */
-STRICT VOLATILE
+STRICT VOLATILE  
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'activity_lock_timeout_wrapper';
 REVOKE EXECUTE ON FUNCTION lifecycle._activity_lock_timeout() FROM PUBLIC;
@@ -177,9 +177,14 @@ BEGIN
 END
 $$;
 
--- A policy's time zone for timestamp columns (add_policy's new last argument time_zone).
+-- A policy's time zone for timestamp columns, and set actions (add_policy's new last
+-- arguments time_zone and set_to).
 ALTER TABLE lifecycle.policies ADD COLUMN time_zone text
     CONSTRAINT policies_time_zone_check CHECK (time_zone IS NULL OR time_kind = 'timestamp');
+ALTER TABLE lifecycle.policies DROP CONSTRAINT policies_action_check,
+    ADD CONSTRAINT policies_action_check CHECK (action IN ('delete', 'nullify', 'set'));
+ALTER TABLE lifecycle.policies ADD COLUMN set_to jsonb
+    CONSTRAINT policies_set_to_check CHECK ((action = 'set') = (set_to IS NOT NULL));
 DROP FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean,
                                    text[], interval, text, boolean, name[]);
 DROP FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean,
@@ -203,6 +208,7 @@ CREATE FUNCTION lifecycle."_add_policy"(
 	"events" bool, /* Option < bool > */
 	"event_columns" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
 	"time_zone" TEXT, /* Option < & str > */
+	"set_to" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
 	"search_path" TEXT /* Option < & str > */
 ) RETURNS INT /* i32 */
  
@@ -227,7 +233,8 @@ CREATE FUNCTION lifecycle.add_policy(
     archive      text     DEFAULT NULL,   -- 'schema.table': deleted rows copied there first (docs/compliance.md)
     events       boolean  DEFAULT false,  -- one lifecycle.events row per acted-on row, NOTIFY lifecycle_<name>
     event_columns name[]  DEFAULT NULL,   -- columns carried in each event's data (never secrets)
-    time_zone    text     DEFAULT NULL)   -- for a timestamp column: the zone its times are in
+    time_zone    text     DEFAULT NULL,   -- for a timestamp column: the zone its times are in
+    set_to       text[]   DEFAULT NULL)   -- 'column = value': update due rows instead of deleting them
 RETURNS lifecycle.policies
 LANGUAGE plpgsql
 -- No SET search_path: the tables named in delete_from and block_on resolve in the caller's
@@ -238,22 +245,18 @@ DECLARE
     result lifecycle.policies;
 BEGIN
     new_id := lifecycle._add_policy($1, $2::oid, $3::text, $4, $5, $6, $7::text[], $8, $9, $10::text[], $11, $12,
-                                    $13, $14, $15, $16, $17::text[], $18, pg_catalog.current_setting('search_path'));
+                                    $13, $14, $15, $16, $17::text[], $18, $19, pg_catalog.current_setting('search_path'));
     SELECT * INTO result FROM lifecycle.policies p WHERE p.id OPERATOR(pg_catalog.=) new_id;
     RETURN result;
 END
 $$;
-COMMENT ON FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text) IS 'Registers a retention policy on a table the caller owns; returns its row.';
-REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean,
-                                                  text[], interval, text, boolean, text[], text, text),
-                           lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean,
-                                                text[], interval, text, boolean, name[], text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean,
-                                                text[], interval, text, boolean, text[], text, text),
-                          lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean,
-                                               text[], interval, text, boolean, name[], text) TO lifecycle_operator;
+COMMENT ON FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[]) IS 'Registers a retention policy on a table the caller owns; returns its row.';
+REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean, text[], interval, text, boolean, text[], text, text[], text),
+                           lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean, text[], interval, text, boolean, text[], text, text[], text),
+                          lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[]) TO lifecycle_operator;
 
--- lifecycle.check asks the planner whether a batch reads the table by an index.
+-- lifecycle.check asks the planner whether a batch reads the table by an index range.
 CREATE FUNCTION lifecycle."_batch_reads_an_index"(
 	"policy_id" INT /* i32 */
 ) RETURNS bool /* Option < bool > */
@@ -285,6 +288,7 @@ BEGIN
         END IF;
         FOR object IN
             SELECT col FROM unnest(p.key_columns || p.time_column || coalesce(p.nullify_columns, '{}')
+                                   || ARRAY(SELECT (e ->> 0)::name FROM jsonb_array_elements(coalesce(p.set_to, '[]')) e)
                                    || coalesce(p.audit_columns, '{}')) AS col
              WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = p.relation AND a.attname = col
                                  AND a.attnum > 0 AND NOT a.attisdropped)

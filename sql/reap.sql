@@ -13,7 +13,7 @@ CREATE TABLE lifecycle.policies (
     time_kind       text NOT NULL CHECK (time_kind IN ('timestamptz', 'timestamp', 'unix_ms', 'unix_s', 'ulid')),
     older_than      interval CHECK (older_than > interval '0'),   -- NULL: rule "expires"
     filter          text,
-    action          text NOT NULL CHECK (action IN ('delete', 'nullify')),
+    action          text NOT NULL CHECK (action IN ('delete', 'nullify', 'set')),
     nullify_columns name[] CHECK ((action = 'nullify') = (nullify_columns IS NOT NULL)),
     dependents      text NOT NULL CHECK (dependents IN ('none', 'block', 'delete')),
     audit_columns   name[],
@@ -28,7 +28,10 @@ CREATE TABLE lifecycle.policies (
     event_columns   name[] CONSTRAINT policies_events_check CHECK (events OR event_columns IS NULL),
     -- The zone a `timestamp` column's wall-clock times are in (NULL: the reaping session's
     -- TimeZone, as before 0.4.0).
-    time_zone       text CONSTRAINT policies_time_zone_check CHECK (time_zone IS NULL OR time_kind = 'timestamp')
+    time_zone       text CONSTRAINT policies_time_zone_check CHECK (time_zone IS NULL OR time_kind = 'timestamp'),
+    -- What a 'set' policy sets: [[column, value (SQL), guard], ...]; a guard is a constant value,
+    -- and a row is due only while a guarded column does not hold it (src/reap/policy.rs).
+    set_to          jsonb CONSTRAINT policies_set_to_check CHECK ((action = 'set') = (set_to IS NOT NULL))
 );
 COMMENT ON TABLE lifecycle.policies IS 'Retention policies; write them with lifecycle.add_policy.';
 
@@ -144,7 +147,7 @@ BEGIN
         SELECT fk.relation::regclass, fk.columns, fk.parent_columns, fk.on_delete,
                CASE WHEN fk.on_delete NOT IN ('NO ACTION', 'RESTRICT') THEN 'fk_action'
                     WHEN p.dependents = 'block' THEN 'block'
-                    WHEN p.action = 'nullify' THEN 'untouched'
+                    WHEN p.action IN ('nullify', 'set') THEN 'untouched'
                     WHEN p.dependents = 'delete' AND fk.relation <> p.relation THEN 'delete'
                     ELSE 'fails' END,
                false, (1::bigint << 32) + fk.oid::bigint
@@ -170,7 +173,7 @@ AS $$
                 WHEN 'delete' THEN 'delete: child rows deleted with the row, same statement'
                 WHEN 'block' THEN 'block: row kept while this child references it'
                 WHEN 'fk_action' THEN 'the foreign key''s own ON DELETE action'
-                WHEN 'untouched' THEN 'untouched: the policy nullifies columns, it deletes nothing'
+                WHEN 'untouched' THEN 'untouched: the policy updates columns, it deletes nothing'
                 ELSE 'NOTHING: deleting a referenced row fails' END
            || CASE WHEN k.named THEN ' (named by the policy)' ELSE '' END,
            lifecycle._leads_an_index(k.relation, k.columns),
@@ -336,7 +339,8 @@ CREATE FUNCTION lifecycle.add_policy(
     archive      text     DEFAULT NULL,   -- 'schema.table': deleted rows copied there first (docs/compliance.md)
     events       boolean  DEFAULT false,  -- one lifecycle.events row per acted-on row, NOTIFY lifecycle_<name>
     event_columns name[]  DEFAULT NULL,   -- columns carried in each event's data (never secrets)
-    time_zone    text     DEFAULT NULL)   -- for a timestamp column: the zone its times are in
+    time_zone    text     DEFAULT NULL,   -- for a timestamp column: the zone its times are in
+    set_to       text[]   DEFAULT NULL)   -- 'column = value': update due rows instead of deleting them
 RETURNS lifecycle.policies
 LANGUAGE plpgsql
 -- No SET search_path: the tables named in delete_from and block_on resolve in the caller's
@@ -347,7 +351,7 @@ DECLARE
     result lifecycle.policies;
 BEGIN
     new_id := lifecycle._add_policy($1, $2::oid, $3::text, $4, $5, $6, $7::text[], $8, $9, $10::text[], $11, $12,
-                                    $13, $14, $15, $16, $17::text[], $18, pg_catalog.current_setting('search_path'));
+                                    $13, $14, $15, $16, $17::text[], $18, $19, pg_catalog.current_setting('search_path'));
     SELECT * INTO result FROM lifecycle.policies p WHERE p.id OPERATOR(pg_catalog.=) new_id;
     RETURN result;
 END

@@ -1121,3 +1121,83 @@ fn a_policys_time_zone_makes_timestamp_rules_independent_of_the_session() {
         assert!(hint.is_some(), "{sql}");
     }
 }
+
+/// Supabase Auth revokes the unrevoked refresh tokens of sessions 24 hours past not_after
+/// (`UPDATE refresh_tokens SET revoked = true, updated_at = now()`, 100 a statement): a set
+/// action decided by the parent row. The policy leaves what that statement leaves, acts on
+/// each row once (revoked = true is a constant: a revoked token is no longer due, while
+/// updated_at = now() would always change), and audits the values after the action.
+#[test]
+fn set_actions_update_due_rows_once_as_supabase_auth_does() {
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE SCHEMA auth;
+         CREATE TABLE auth.sessions (id uuid PRIMARY KEY, not_after timestamptz);
+         CREATE TABLE auth.refresh_tokens (id bigserial PRIMARY KEY, token varchar(255) UNIQUE, revoked boolean NOT NULL DEFAULT false,
+                                           created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL,
+                                           session_id uuid REFERENCES auth.sessions (id) ON DELETE CASCADE,
+                                           token_hash text GENERATED ALWAYS AS (md5(token)) STORED);
+         CREATE INDEX ON auth.refresh_tokens (created_at);
+         CREATE INDEX ON auth.refresh_tokens (session_id, revoked);
+         -- 2000 sessions ending 0..99 hours ago (or never), 0..3 tokens each, some revoked already.
+         INSERT INTO auth.sessions SELECT ('00000000-0000-0000-0002-' || lpad(to_hex(g), 12, '0'))::uuid,
+                CASE WHEN g % 7 = 0 THEN NULL ELSE now() - (g % 100) * interval '1 hour' END
+           FROM generate_series(1, 2000) g;
+         INSERT INTO auth.refresh_tokens (token, revoked, created_at, updated_at, session_id)
+         SELECT 't' || g || '.' || r, (g + r) % 4 = 0, now() - interval '200 hours' + r * interval '1 hour',
+                now() - interval '150 hours', ('00000000-0000-0000-0002-' || lpad(to_hex(g), 12, '0'))::uuid
+           FROM generate_series(1, 2000) g, generate_series(1, g % 4) r;
+         CREATE TABLE auth.oracle AS SELECT id, revoked FROM auth.refresh_tokens;
+         DO $$ BEGIN LOOP
+             UPDATE auth.oracle o SET revoked = true WHERE o.id IN (
+                 SELECT r.id FROM auth.oracle r JOIN auth.refresh_tokens x USING (id) JOIN auth.sessions s ON x.session_id = s.id
+                  WHERE s.not_after < now() - interval '24 hours' AND r.revoked IS false LIMIT 100);
+             EXIT WHEN NOT FOUND;
+         END LOOP; END $$;
+         SELECT lifecycle.add_policy('supabase_revoke_expired_sessions', 'auth.refresh_tokens', 'created_at',
+                older_than => '24 hours', batch_size => 100, target_batch_time => NULL, audit => '{id,revoked}',
+                filter => $$EXISTS (SELECT 1 FROM auth.sessions s WHERE s.id = t.session_id AND s.not_after < now() - interval '24 hours')$$,
+                set_to => '{revoked = true, updated_at = now()}');",
+    )
+    .unwrap();
+    let revoked_before = count(&mut c, "SELECT count(*) FROM auth.refresh_tokens WHERE revoked");
+    c.batch_execute("CALL lifecycle.reap(max_batches => 1000, time_budget => '5 minutes')").unwrap();
+    let set = count(&mut c, "SELECT count(*) FROM auth.refresh_tokens WHERE revoked") - revoked_before;
+    assert!(set > 500, "{set} tokens revoked");
+    let differs = "SELECT count(*) FROM auth.refresh_tokens r JOIN auth.oracle o USING (id) WHERE r.revoked IS DISTINCT FROM o.revoked";
+    assert_eq!(count(&mut c, differs), 0, "the policy and Supabase's statement revoked different tokens");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM auth.refresh_tokens WHERE revoked AND updated_at > now() - interval '1 hour'"), set);
+    // Each once: nothing is due any more, and one audit row per token, with the value after.
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired()"), 0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'supabase_revoke_expired_sessions' AND action = 'set' AND (data ->> 'revoked')::boolean"), set);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM lifecycle.policy_children('supabase_revoke_expired_sessions') WHERE handled_by LIKE 'NOTHING%'"
+        ),
+        0
+    );
+
+    for (set_to, extra, want) in [
+        ("{id = 7}", "", "22023"),
+        ("{token_hash = 'x'}", "", "22023"),
+        ("{revoked = 42}", "", "42804"),
+        ("{updated_at = now()}", "", "22023"),
+        ("{revoked = random() > 0.5}", "", "22023"),
+        ("{revoked = (SELECT true FROM auth.sessions LIMIT 1)}", "", "22023"),
+        ("{revoked}", "", "22023"),
+        ("{nope = true}", "", "42703"),
+        ("{revoked = true, revoked = false}", "", "22023"),
+        ("{revoked = true}", ", nullify => '{token}'", "22023"),
+        ("{revoked = true}", ", dependents => 'delete'", "22023"),
+    ] {
+        let sql = format!(
+            "SELECT lifecycle.add_policy('x', 'auth.refresh_tokens', 'created_at', older_than => '1 day', set_to => $s${set_to}$s${extra})"
+        );
+        let (code, message, hint) = sqlstate(c.batch_execute(&sql));
+        assert_eq!(code, want, "{set_to}{extra}: {message}");
+        assert!(hint.is_some() || want != "22023", "{set_to}: no hint");
+    }
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.policies WHERE name = 'x'"), 0);
+}

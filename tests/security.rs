@@ -73,7 +73,7 @@ fn elevated_and_sql_running_functions_pin_search_path() {
         "lifecycle._expiry_counters()",
         // Only schema-qualified calls; unpinned so that the tables named in delete_from and
         // block_on resolve in the caller's search_path, as its regclass argument does.
-        "lifecycle.add_policy(text,regclass,name,interval,text,text,name[],text,text[],name[],integer,boolean,text[],interval,text,boolean,name[],text)",
+        "lifecycle.add_policy(text,regclass,name,interval,text,text,name[],text,text[],name[],integer,boolean,text[],interval,text,boolean,name[],text,text[])",
         "lifecycle.clamp_expiry(bigint,bigint)",
         "lifecycle.clamp_expiry(timestamp with time zone,timestamp with time zone)",
         "lifecycle.cron_next_run(text,timestamp with time zone)",

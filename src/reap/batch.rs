@@ -95,6 +95,76 @@ pub struct Child {
     pub(super) handling: Handling,
 }
 
+/// `column = value` (SQL) of an updating policy; `guard`: the value is a constant, so a row
+/// that already holds it is not due (a row is due only while the action would change it).
+#[derive(Clone)]
+pub struct Assignment {
+    pub column: String,
+    pub value: String,
+    pub guard: bool,
+}
+
+/// What an updating policy does: nullify columns, or set them to values.
+#[derive(Clone)]
+pub struct Update {
+    /// "nullify" or "set", as audit rows name the action.
+    pub action: &'static str,
+    pub assignments: Vec<Assignment>,
+}
+
+impl Update {
+    fn nullify(columns: Vec<String>) -> Update {
+        Update {
+            action: "nullify",
+            assignments: columns.into_iter().map(|column| Assignment { column, value: "NULL".into(), guard: true }).collect(),
+        }
+    }
+
+    /// From lifecycle.policies.set_to / a definition: `[[column, value, guard], ...]`.
+    fn set(entries: &Value) -> Option<Update> {
+        let assignments = entries
+            .as_array()?
+            .iter()
+            .map(|e| Some(Assignment { column: e[0].as_str()?.into(), value: e[1].as_str()?.into(), guard: e[2].as_bool()? }))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Update { action: "set", assignments })
+    }
+
+    fn as_json(&self) -> Value {
+        json!({"action": self.action, "assignments": self.assignments.iter().map(|a| json!([a.column, a.value, a.guard])).collect::<Vec<_>>()})
+    }
+
+    fn from_json(v: &Value) -> Option<Update> {
+        let mut update = Update::set(&v["assignments"])?;
+        if v["action"].as_str()? == "nullify" {
+            update.action = "nullify";
+        }
+        Some(update)
+    }
+
+    /// The SET list.
+    fn sets(&self) -> String {
+        self.assignments.iter().map(|a| format!("{} = {}", ident(&a.column), a.value)).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Whether row `t` would change: one guarded column differs from its value.
+    fn would_change(&self) -> String {
+        let tests: Vec<String> = self
+            .assignments
+            .iter()
+            .filter(|a| a.guard)
+            .map(|a| {
+                if a.value == "NULL" {
+                    format!("{} IS NOT NULL", col("t", &a.column))
+                } else {
+                    format!("{} IS DISTINCT FROM ({})", col("t", &a.column), a.value)
+                }
+            })
+            .collect();
+        format!("({})", tests.join(" OR "))
+    }
+}
+
 /// A policy as a batch needs it, with table names resolved now (renames are followed).
 pub struct Policy {
     pub id: i32,
@@ -108,7 +178,8 @@ pub struct Policy {
     /// For a `timestamp` column: the zone its times are in (None: the session's TimeZone).
     time_zone: Option<String>,
     filter: Option<String>,
-    nullify: Option<Vec<String>>,
+    /// What an updating policy sets (nullify or set_to); None: it deletes.
+    update: Option<Update>,
     pub(super) children: Vec<Child>,
     audit: Option<Vec<String>>,
     batch_size: i32,
@@ -141,7 +212,7 @@ SELECT p.id, p.name, p.owner::oid,
        p.relation::oid, p.archive IS NOT NULL,
        pg_catalog.quote_ident(an.nspname) || '.' || pg_catalog.quote_ident(ac.relname), p.archive_columns::text[],
        p.events, p.event_columns::text[],
-       p.xmin::text || '/' || p.ctid::text, p.time_zone
+       p.xmin::text || '/' || p.ctid::text, p.time_zone, p.set_to::text
   FROM lifecycle.policies p
   JOIN lifecycle.policy_state s ON s.policy_id = p.id
   LEFT JOIN pg_catalog.pg_class c ON c.oid = p.relation
@@ -193,7 +264,16 @@ impl Policy {
                     older_than: row.get(10)?,
                     time_zone: row.get(28)?,
                     filter: row.get(11)?,
-                    nullify: row.get(12)?,
+                    update: match (row.get::<Vec<String>>(12)?, row.get::<String>(29)?) {
+                        (Some(columns), _) => Some(Update::nullify(columns)),
+                        (None, Some(set_to)) => Some(
+                            serde_json::from_str(&set_to)
+                                .ok()
+                                .and_then(|v: Value| Update::set(&v))
+                                .unwrap_or_else(|| error::internal("lifecycle.policies holds a malformed set_to")),
+                        ),
+                        (None, None) => None,
+                    },
                     audit: row.get(13)?,
                     batch_size: row.get(14)?.unwrap_or(BATCH_MIN),
                     target_batch_time: row.get::<i64>(15)?.map(|us| Duration::from_micros(us.max(1) as u64)),
@@ -248,7 +328,7 @@ impl Policy {
             "older_than": self.older_than.map(|i| json!([i.months(), i.days(), i.micros()])),
             "time_zone": self.time_zone,
             "filter": self.filter,
-            "nullify": self.nullify,
+            "update": self.update.as_ref().map(Update::as_json),
             "audit": self.audit,
             "partitioned": self.partitioned,
             "children": self.children.iter().map(|c| json!({
@@ -293,7 +373,11 @@ impl Policy {
             }),
             time_zone: definition["time_zone"].as_str().map(str::to_string),
             filter: definition["filter"].as_str().map(str::to_string),
-            nullify: texts(&definition["nullify"]),
+            update: if definition["update"].is_null() {
+                None
+            } else {
+                Some(Update::from_json(&definition["update"]).unwrap_or_else(|| bad()))
+            },
             audit: texts(&definition["audit"]),
             partitioned: definition["partitioned"].as_bool().unwrap_or(false),
             relid: oid(&definition["relid"]),
@@ -360,9 +444,8 @@ impl Policy {
             TimeKind::Ulid if self.time_is_uuid() => format!("{t} < lifecycle.ulid_floor({reference})"),
             TimeKind::Ulid => format!("{t} < lifecycle.ulid_floor_text({reference})"),
         };
-        if let Some(columns) = &self.nullify {
-            let any_set: Vec<String> = columns.iter().map(|c| format!("{} IS NOT NULL", col("t", c))).collect();
-            due.push_str(&format!(" AND ({})", any_set.join(" OR ")));
+        if let Some(update) = &self.update {
+            due.push_str(&format!(" AND {}", update.would_change()));
         }
         if let Some(filter) = &self.filter {
             due.push_str(&format!(" AND {}", super::filter::spliced(&self.relation, filter)));
@@ -437,7 +520,7 @@ impl Policy {
                 tests.push(set.matches("t"));
             }
             // Children a delete removes with the row (a nullify removes none).
-            let removed = |c: &&Child| self.nullify.is_none() && c.relid == set.relid && c.handling != Handling::Block;
+            let removed = |c: &&Child| self.update.is_none() && c.relid == set.relid && c.handling != Handling::Block;
             for child in self.children.iter().filter(removed) {
                 let pairs: Vec<String> =
                     child.columns.iter().zip(&child.parent_columns).map(|(c, p)| format!("{} = {}", col("h", c), col("t", p))).collect();
@@ -558,17 +641,17 @@ impl Policy {
                 returning.push_str(&format!(", {} AS a{i}", col("t", c)));
             }
         }
-        match &self.nullify {
+        match &self.update {
             None => {
                 let using = if from.is_empty() { String::new() } else { format!(" USING {from}") };
                 sql.push_str(&format!(", done AS (DELETE FROM {rel} t{using} WHERE {target} RETURNING {returning})", rel = self.relation));
             }
-            Some(columns) => {
+            Some(update) => {
                 let from = if from.is_empty() { String::new() } else { format!(" FROM {from}") };
                 sql.push_str(&format!(
                     ", done AS (UPDATE {rel} t SET {sets}{from} WHERE {target} RETURNING {returning})",
                     rel = self.relation,
-                    sets = columns.iter().map(|c| format!("{} = NULL", ident(c))).collect::<Vec<_>>().join(", ")
+                    sets = update.sets()
                 ));
             }
         }
@@ -657,18 +740,17 @@ impl Policy {
         let mut returned: Vec<String> = key_names.clone();
         returned.extend(self.audit.iter().flatten().filter(|c| !key_names.contains(c)).cloned());
         let returning: Vec<String> = returned.iter().map(|c| col("t", c)).collect();
-        match &self.nullify {
+        match &self.update {
             None => {
                 let using = if from.is_empty() { String::new() } else { format!(" USING {from}") };
                 action.push_str(&format!(", done AS (DELETE FROM {} t{using} WHERE {target} AND {}", self.relation, self.due()));
             }
-            Some(columns) => {
+            Some(update) => {
                 let from = if from.is_empty() { String::new() } else { format!(" FROM {from}") };
-                let sets: Vec<String> = columns.iter().map(|c| format!("{} = NULL", ident(c))).collect();
                 action.push_str(&format!(
                     ", done AS (UPDATE {} t SET {}{from} WHERE {target} AND {}",
                     self.relation,
-                    sets.join(", "),
+                    update.sets(),
                     self.due()
                 ));
             }
@@ -693,11 +775,7 @@ impl Policy {
 
     /// What the batch does to a due row, as audit rows name it.
     pub fn action(&self) -> &'static str {
-        if self.nullify.is_some() {
-            "nullify"
-        } else {
-            "delete"
-        }
+        self.update.as_ref().map_or("delete", |u| u.action)
     }
 
     /// `$1` cursor, `$2` limit, `$3` older_than.

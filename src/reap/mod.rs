@@ -110,17 +110,21 @@ fn note_policy_error(policy_id: i32, sqlstate: &str, message: &str) {
     });
 }
 
+/// Some(()) when the caller may act for the owner of policy `policy_id` (which exists): the
+/// status helpers answer NULL otherwise rather than fail a view's whole query.
+fn caller_may_act_for_owner(policy_id: i32) -> Option<()> {
+    let owner = Spi::get_one_with_args::<pg_sys::Oid>("SELECT owner::oid FROM lifecycle.policies WHERE id = $1", &[policy_id.into()])
+        .unwrap_or_else(|e| error::internal(e))?;
+    role::has_privs_of(role::current(), owner).then_some(())
+}
+
 /// The planner's estimate of due rows, computed as the policy's owner. NULL when the caller
 /// may not act for the owner; raises when the policy no longer fits its table (a vanished
 /// column, say), which lifecycle._estimate_backlog_or_null (policy_status) turns into NULL.
 #[pg_extern(schema = "lifecycle", name = "_estimate_backlog")]
 #[search_path(pg_catalog, pg_temp)]
 fn estimate_backlog(policy_id: i32) -> Option<i64> {
-    let owner = Spi::get_one_with_args::<pg_sys::Oid>("SELECT owner::oid FROM lifecycle.policies WHERE id = $1", &[policy_id.into()])
-        .unwrap_or_else(|e| error::internal(e))?;
-    if !role::has_privs_of(role::current(), owner) {
-        return None;
-    }
+    caller_may_act_for_owner(policy_id)?;
     let mut policy = Policy::load(policy_id);
     policy.cursor = None;
     let query = format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} t WHERE {}", policy.relation, policy.due());
@@ -132,19 +136,14 @@ fn estimate_backlog(policy_id: i32) -> Option<i64> {
 }
 
 /// Whether a batch of the policy reads its table by a range of an index, as the planner plans
-/// the batch:
-/// its time index, whatever its shape (led by columns the filter fixes, as Hydra's
+/// the batch: its time index, whatever its shape (led by columns the filter fixes, as Hydra's
 /// (nid, requested_at); partial, with a predicate the rule implies), or the key of a ULID
 /// policy. NULL when the caller may not act for the owner or the policy no longer fits its
 /// table (lifecycle.check reports those otherwise).
 #[pg_extern(schema = "lifecycle", name = "_batch_reads_an_index")]
 #[search_path(pg_catalog, pg_temp)]
 fn batch_reads_an_index(policy_id: i32) -> Option<bool> {
-    let owner = Spi::get_one_with_args::<pg_sys::Oid>("SELECT owner::oid FROM lifecycle.policies WHERE id = $1", &[policy_id.into()])
-        .unwrap_or_else(|e| error::internal(e))?;
-    if !role::has_privs_of(role::current(), owner) {
-        return None;
-    }
+    caller_may_act_for_owner(policy_id)?;
     let planned = crate::sql::in_subtransaction(|| {
         let mut policy = Policy::load(policy_id);
         policy.cursor = None;

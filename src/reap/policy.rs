@@ -165,6 +165,101 @@ fn check_time_zone(zone: &str, kind: TimeKind, time_column: &str) {
     }
 }
 
+/// set_to's entries `column = value`, checked: each column once, of the table, neither a key
+/// nor a generated column; each value an expression of the column's type that reads no other
+/// rows and calls nothing volatile (the planner checks the assignment as the batch's UPDATE
+/// will run it). A constant value guards the row: it is due only while it does not hold it,
+/// and at least one value must be a constant, or a row would be updated again every sweep.
+/// Returns `[[column, value, guard], ...]` as lifecycle.policies.set_to stores it.
+fn assignments(relid: pg_sys::Oid, relation: &str, key: &[KeyColumn], entries: Vec<String>) -> Vec<serde_json::Value> {
+    let hint = "Write each entry as 'column = value', e.g. '{revoked = true, updated_at = now()}'.";
+    let mut out: Vec<(String, String)> = Vec::new();
+    for entry in child_specs(entries) {
+        let at = entry.char_indices().scan(false, |quoted, (i, c)| {
+            if c == '"' {
+                *quoted = !*quoted;
+            }
+            Some((i, c, *quoted))
+        });
+        let Some(eq) = at.filter(|(_, c, quoted)| *c == '=' && !quoted).map(|(i, _, _)| i).next() else {
+            error::invalid_argument(format!("invalid set_to entry {}", sql::literal(&entry)), hint)
+        };
+        let (name, value) = (entry[..eq].trim(), entry[eq + 1..].trim());
+        let name =
+            name.strip_prefix('"').and_then(|n| n.strip_suffix('"')).map(|n| n.replace("\"\"", "\"")).unwrap_or_else(|| name.to_string());
+        if name.is_empty() || value.is_empty() {
+            error::invalid_argument(format!("invalid set_to entry {}", sql::literal(&entry)), hint);
+        }
+        if out.iter().any(|(c, _)| *c == name) {
+            error::invalid_argument(format!("set_to sets column {} twice", sql::literal(&name)), "Set each column once.");
+        }
+        column(relid, &name);
+        let generated = Spi::get_one_with_args::<bool>(
+            "SELECT a.attgenerated <> '' OR a.attidentity = 'a' FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1 AND a.attname = $2",
+            &[relid.into(), name.as_str().into()],
+        )
+        .unwrap_or_else(|e| error::internal(e))
+        .unwrap_or(false);
+        if generated || key.iter().any(|k| k.name == name) {
+            error::invalid_argument(
+                format!("column {} cannot be set", sql::literal(&name)),
+                "set_to sets columns that are neither part of the primary key nor generated.",
+            );
+        }
+        out.push((name, value.to_string()));
+    }
+    let sets: Vec<String> = out.iter().map(|(c, v)| format!("{} = ({v})", sql::ident(c))).collect();
+    // Planned, not run: types, the owner's UPDATE right and names, as the batch's statement has them.
+    Spi::connect_mut(|client| {
+        client.update(&format!("EXPLAIN UPDATE {relation} t SET {} WHERE false", sets.join(", ")), None, &[]).map(|_| ())
+    })
+    .unwrap_or_else(|e| error::internal(e));
+    let mut any_guard = false;
+    let stored = out
+        .into_iter()
+        .map(|(column, value)| {
+            let (reads, volatile, constant) = value_kind(relation, &value);
+            if reads || volatile {
+                error::invalid_argument(
+                    format!(
+                        "set_to value {} of column {} reads other rows or calls a volatile function",
+                        sql::literal(&value),
+                        sql::literal(&column)
+                    ),
+                    "A value is a constant or an expression over the row and now(), e.g. 'true', 'now()', 'attempts + 1'.",
+                );
+            }
+            any_guard |= constant;
+            serde_json::json!([column, format!("({value})"), constant])
+        })
+        .collect();
+    if !any_guard {
+        error::invalid_argument(
+            "set_to sets no column to a constant, so a row set once would be due again every sweep".into(),
+            "Set at least one column to a constant (revoked = true, status = 'expired'); a row is due while it does not hold it.",
+        );
+    }
+    stored
+}
+
+/// Of a set_to value over the row `t` of `relation`: (reads other rows, volatile, a constant:
+/// no column of the row and nothing that can change within a statement).
+fn value_kind(relation: &str, value: &str) -> (bool, bool, bool) {
+    let text = std::ffi::CString::new(format!("SELECT ({value}) FROM {relation} t")).unwrap_or_else(|_| error::internal("value with NUL"));
+    // SAFETY: parse and analyze one statement of our own making (an unknown column raises
+    // 42703 here); the walkers only read the analyzed tree.
+    unsafe {
+        let stmts = pgrx::PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT));
+        let Some(raw) = stmts.get_ptr(0).filter(|_| stmts.len() == 1) else {
+            error::invalid_argument(format!("set_to value {} is not one expression", sql::literal(value)), "E.g. 'true', 'now()'.")
+        };
+        let query = pg_sys::parse_analyze_fixedparams(raw, text.as_ptr(), std::ptr::null(), 0, std::ptr::null_mut());
+        let target = (*query).targetList.cast::<pg_sys::Node>();
+        let constant = !pg_sys::contain_mutable_functions(target) && !pg_sys::contain_vars_of_level(target, 0);
+        ((*query).hasSubLinks, pg_sys::contain_volatile_functions(query.cast()), constant)
+    }
+}
+
 fn names(list: Option<Vec<Option<String>>>, what: &str) -> Option<Vec<String>> {
     let list = list?;
     let mut out: Vec<String> = Vec::with_capacity(list.len());
@@ -514,6 +609,7 @@ fn store_policy(
     events: Option<bool>,
     event_columns: Option<Vec<Option<String>>>,
     time_zone: Option<&str>,
+    set_to: Option<Vec<Option<String>>>,
     search_path: Option<&str>,
 ) -> i32 {
     role::extension_owner(); // the tables have this library's shape
@@ -556,6 +652,14 @@ fn store_policy(
             );
         }
     }
+    if nullify.is_some() && set_to.is_some() {
+        error::invalid_argument(
+            "nullify and set_to both say what to set".into(),
+            "Write the NULLs into set_to ('{col = NULL}'), or leave set_to out.",
+        );
+    }
+    let set_to = names(set_to, "set_to").map(|entries| assignments(relid, &relation, &key, entries));
+    let updates = nullify.is_some() || set_to.is_some();
     let audit = names(audit, "audit");
     for c in audit.iter().flatten() {
         column(relid, c);
@@ -566,17 +670,17 @@ fn store_policy(
             "dependents is 'none', 'block' (keep rows that children still reference) or 'delete' (delete children with them).",
         )
     });
-    if nullify.is_some() && (dependents == Dependents::Delete || delete_from.is_some()) {
+    if updates && (dependents == Dependents::Delete || delete_from.is_some()) {
         error::invalid_argument(
-            "a nullify policy deletes nothing, so it has no children to delete".into(),
-            "Leave out delete_from and dependents => 'delete', or leave out nullify.",
+            "a policy that updates rows deletes nothing, so it has no children to delete".into(),
+            "Leave out delete_from and dependents => 'delete', or leave out nullify / set_to.",
         );
     }
     let children = named_children(delete_from, block_on, search_path, relid, &key);
-    if archive.is_some() && nullify.is_some() {
+    if archive.is_some() && updates {
         error::invalid_argument(
-            "archive keeps deleted rows, and a nullify policy deletes none".into(),
-            "Leave out archive, or leave out nullify.",
+            "archive keeps deleted rows, and a policy that updates rows deletes none".into(),
+            "Leave out archive, or leave out nullify / set_to.",
         );
     }
     let archive = archive.map(|spec| archive::check(spec, search_path, relid, &relation, &key));
@@ -627,7 +731,14 @@ fn store_policy(
         kind.as_str().into(),
         older_than.into(),
         filter.into(),
-        (if nullify.is_some() { "nullify" } else { "delete" }).into(),
+        (if nullify.is_some() {
+            "nullify"
+        } else if set_to.is_some() {
+            "set"
+        } else {
+            "delete"
+        })
+        .into(),
         nullify.clone().into(),
         dependents.as_str().into(),
         audit.into(),
@@ -640,15 +751,16 @@ fn store_policy(
         events.into(),
         event_columns.into(),
         time_zone.into(),
+        set_to.map(|a| pgrx::JsonB(serde_json::Value::Array(a))).into(),
     ];
     let id = role::as_extension_owner(|| {
         let id = Spi::get_one_with_args::<i32>(
             "WITH p AS (
                 INSERT INTO lifecycle.policies (name, relation, key_columns, key_types, time_column, time_type, time_kind,
                     older_than, filter, action, nullify_columns, dependents, audit_columns, batch_size, enabled, owner,
-                    target_batch_time, archive, archive_columns, events, event_columns, time_zone)
+                    target_batch_time, archive, archive_columns, events, event_columns, time_zone, set_to)
                 VALUES ($1, $2::oid::regclass, $3::name[], $4, $5, $6, $7, $8, $9, $10, $11::name[], $12,
-                        $13::name[], $14, $15, $16::oid::regrole, $17, $18::oid::regclass, $19::name[], $20, $21::name[], $22)
+                        $13::name[], $14, $15, $16::oid::regrole, $17, $18::oid::regclass, $19::name[], $20, $21::name[], $22, $23)
                 RETURNING id)
              INSERT INTO lifecycle.policy_state (policy_id) SELECT id FROM p RETURNING policy_id",
             &args,
@@ -671,7 +783,7 @@ fn store_policy(
         Ok::<_, pgrx::spi::Error>(id)
     })
     .unwrap_or_else(|e| error::internal(e));
-    if nullify.is_none() {
+    if !updates {
         check_deletes_can_succeed(id, &relation);
     }
     if let Some(table) = crate::citus::distribution(relid) {
