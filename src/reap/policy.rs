@@ -172,24 +172,9 @@ fn check_time_zone(zone: &str, kind: TimeKind, time_column: &str) {
 /// and at least one value must be a constant, or a row would be updated again every sweep.
 /// Returns `[[column, value, guard], ...]` as lifecycle.policies.set_to stores it.
 fn assignments(relid: pg_sys::Oid, relation: &str, key: &[KeyColumn], entries: Vec<String>) -> Vec<serde_json::Value> {
-    let hint = "Write each entry as 'column = value', e.g. '{revoked = true, updated_at = now()}'.";
     let mut out: Vec<(String, String)> = Vec::new();
     for entry in child_specs(entries) {
-        let at = entry.char_indices().scan(false, |quoted, (i, c)| {
-            if c == '"' {
-                *quoted = !*quoted;
-            }
-            Some((i, c, *quoted))
-        });
-        let Some(eq) = at.filter(|(_, c, quoted)| *c == '=' && !quoted).map(|(i, _, _)| i).next() else {
-            error::invalid_argument(format!("invalid set_to entry {}", sql::literal(&entry)), hint)
-        };
-        let (name, value) = (entry[..eq].trim(), entry[eq + 1..].trim());
-        let name =
-            name.strip_prefix('"').and_then(|n| n.strip_suffix('"')).map(|n| n.replace("\"\"", "\"")).unwrap_or_else(|| name.to_string());
-        if name.is_empty() || value.is_empty() {
-            error::invalid_argument(format!("invalid set_to entry {}", sql::literal(&entry)), hint);
-        }
+        let (name, value) = split_assignment(&entry);
         if out.iter().any(|(c, _)| *c == name) {
             error::invalid_argument(format!("set_to sets column {} twice", sql::literal(&name)), "Set each column once.");
         }
@@ -206,7 +191,7 @@ fn assignments(relid: pg_sys::Oid, relation: &str, key: &[KeyColumn], entries: V
                 "set_to sets columns that are neither part of the primary key nor generated.",
             );
         }
-        out.push((name, value.to_string()));
+        out.push((name, value));
     }
     let sets: Vec<String> = out.iter().map(|(c, v)| format!("{} = ({v})", sql::ident(c))).collect();
     // Planned, not run: types, the owner's UPDATE right and names, as the batch's statement has them.
@@ -240,6 +225,31 @@ fn assignments(relid: pg_sys::Oid, relation: &str, key: &[KeyColumn], entries: V
         );
     }
     stored
+}
+
+/// `column = value` at the first `=` outside a quoted column name: (column, value).
+fn split_assignment(entry: &str) -> (String, String) {
+    let bad = || -> ! {
+        error::invalid_argument(
+            format!("invalid set_to entry {}", sql::literal(entry)),
+            "Write each entry as 'column = value', e.g. '{revoked = true, updated_at = now()}'.",
+        )
+    };
+    let mut quoted = false;
+    let eq = entry
+        .char_indices()
+        .find(|(_, c)| {
+            quoted ^= *c == '"';
+            *c == '=' && !quoted
+        })
+        .map_or_else(|| bad(), |(i, _)| i);
+    let (name, value) = (entry[..eq].trim(), entry[eq + 1..].trim());
+    let name =
+        name.strip_prefix('"').and_then(|n| n.strip_suffix('"')).map(|n| n.replace("\"\"", "\"")).unwrap_or_else(|| name.to_string());
+    if name.is_empty() || value.is_empty() {
+        bad();
+    }
+    (name, value.to_string())
 }
 
 /// Of a set_to value over the row `t` of `relation`: (reads other rows, volatile, a constant:
@@ -510,18 +520,21 @@ fn child(entry: Entry, option: &str, policy_relid: pg_sys::Oid, key: &[KeyColumn
     Child { relid: entry.relid, columns: entry.columns, parent_columns, handling }
 }
 
-/// The entries of a delete_from / block_on array. An array literal splits at every comma,
-/// so `'{t(a, b)}'` arrives as `t(a` and ` b)`: the elements are joined again and split only
-/// at commas outside parentheses and double quotes.
+/// The entries of a delete_from / block_on / set_to array. An array literal splits at every
+/// comma, so `'{t(a, b)}'` arrives as `t(a` and ` b)`: the elements are joined again and split
+/// only at commas outside parentheses, double-quoted names and string literals.
 fn child_specs(elements: Vec<String>) -> Vec<String> {
     if elements.is_empty() {
         return elements;
     }
     let joined = elements.join(",");
-    let (mut specs, mut current, mut depth, mut quoted) = (Vec::new(), String::new(), 0i32, false);
+    let (mut specs, mut current, mut depth) = (Vec::new(), String::new(), 0i32);
+    let (mut identifier, mut literal) = (false, false);
     for ch in joined.chars() {
+        let quoted = identifier || literal;
         match ch {
-            '"' => quoted = !quoted,
+            '"' if !literal => identifier = !identifier,
+            '\'' if !identifier => literal = !literal,
             '(' if !quoted => depth += 1,
             ')' if !quoted => depth -= 1,
             ',' if !quoted && depth == 0 => {
@@ -802,6 +815,7 @@ mod tests {
         assert_eq!(split(&["kc.locks(realm", " sid)"]), ["kc.locks(realm, sid)"]);
         assert_eq!(split(&["a(x)", "b(y", "z)"]), ["a(x)", "b(y,z)"]);
         assert_eq!(split(&["\"odd,name\"(x)"]), ["\"odd,name\"(x)"]);
+        assert_eq!(split(&["note = 'a", " b'", "n = 1"]), ["note = 'a, b'", "n = 1"]);
     }
 }
 
