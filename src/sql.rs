@@ -138,6 +138,20 @@ pub fn with_settings<R>(settings: &[(&std::ffi::CStr, &str)], work: impl FnOnce(
     }
 }
 
+/// The parse-analyzed tree of `statement` (of this library's making, with no parameters), or
+/// None unless it is exactly one statement. Analysis raises as PostgreSQL does (42703 for an
+/// unknown column, ...). The tree lives in the current memory context; callers only read it.
+pub fn analyzed(statement: &str) -> Option<*mut pg_sys::Query> {
+    let text = std::ffi::CString::new(statement).unwrap_or_else(|_| crate::error::internal("statement with NUL"));
+    // SAFETY: raw_parser reads the C string and returns a palloc'd list (or raises 42601);
+    // parse_analyze_fixedparams takes one of its statements and the same text.
+    unsafe {
+        let stmts = pgrx::PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT));
+        let raw = stmts.get_ptr(0).filter(|_| stmts.len() == 1)?;
+        Some(pg_sys::parse_analyze_fixedparams(raw, text.as_ptr(), std::ptr::null(), 0, std::ptr::null_mut()))
+    }
+}
+
 /// The five-character SQLSTATE of an error code.
 fn sqlstate(code: PgSqlErrorCode) -> String {
     // SAFETY: unpack_sql_state returns a static buffer holding a NUL-terminated string.

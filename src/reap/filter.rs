@@ -166,16 +166,12 @@ fn analysis(relation: &str, filter: &str) -> Analysis {
     if let Some(kept) = ANALYSES.with(|a| a.borrow().get(&key).copied()) {
         return kept;
     }
-    let text = CString::new(format!("SELECT 1 FROM {relation} t WHERE ({filter})")).unwrap_or_else(|_| error::internal("filter with NUL"));
-    // SAFETY: parse and analyze one statement of our own making (the filter was checked to be
-    // one expression when it was given); the walkers only read the analyzed tree.
+    let query = sql::analyzed(&format!("SELECT 1 FROM {relation} t WHERE ({filter})"))
+        .unwrap_or_else(|| error::internal("a checked filter did not analyze as one statement"));
+    // SAFETY: the analyzed tree of one statement; the walkers only read it.
     let found = unsafe {
-        let stmts = PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT));
-        let Some(raw) = stmts.get_ptr(0) else { error::internal("no statement parsed") };
-        let query = pg_sys::parse_analyze_fixedparams(raw, text.as_ptr(), std::ptr::null(), 0, std::ptr::null_mut());
         let mut correlated = false;
-        let quals = (*(*query).jointree).quals;
-        find_correlated_sublink(quals, (&raw mut correlated).cast());
+        find_correlated_sublink((*(*query).jointree).quals, (&raw mut correlated).cast());
         Analysis { volatile: pg_sys::contain_volatile_functions(query.cast()), correlated, subquery: (*query).hasSubLinks }
     };
     ANALYSES.with(|a| {

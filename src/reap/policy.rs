@@ -255,15 +255,12 @@ fn split_assignment(entry: &str) -> (String, String) {
 /// Of a set_to value over the row `t` of `relation`: (reads other rows, volatile, a constant:
 /// no column of the row and nothing that can change within a statement).
 fn value_kind(relation: &str, value: &str) -> (bool, bool, bool) {
-    let text = std::ffi::CString::new(format!("SELECT ({value}) FROM {relation} t")).unwrap_or_else(|_| error::internal("value with NUL"));
-    // SAFETY: parse and analyze one statement of our own making (an unknown column raises
-    // 42703 here); the walkers only read the analyzed tree.
+    // An unknown column raises 42703 here.
+    let Some(query) = sql::analyzed(&format!("SELECT ({value}) FROM {relation} t")) else {
+        error::invalid_argument(format!("set_to value {} is not one expression", sql::literal(value)), "E.g. 'true', 'now()'.")
+    };
+    // SAFETY: the analyzed tree of one statement; the walkers only read it.
     unsafe {
-        let stmts = pgrx::PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT));
-        let Some(raw) = stmts.get_ptr(0).filter(|_| stmts.len() == 1) else {
-            error::invalid_argument(format!("set_to value {} is not one expression", sql::literal(value)), "E.g. 'true', 'now()'.")
-        };
-        let query = pg_sys::parse_analyze_fixedparams(raw, text.as_ptr(), std::ptr::null(), 0, std::ptr::null_mut());
         let target = (*query).targetList.cast::<pg_sys::Node>();
         let constant = !pg_sys::contain_mutable_functions(target) && !pg_sys::contain_vars_of_level(target, 0);
         ((*query).hasSubLinks, pg_sys::contain_volatile_functions(query.cast()), constant)
