@@ -42,3 +42,44 @@ rules_bench() {
     report "related-row filter vs plain policy, same rows" "$related" "$plain" 0.8 rows/s
     report "related-row policy vs MAS's own cleanup loop" "$related" "$mas" 2.0 rows/s
 }
+
+# Computed times and keep-newest against plain policies deleting the same rows (fresh tables
+# each run, alternating, best of RUNS): a computed time read from its expression index against
+# the same time stored in a column; keep_newest's per-row lookup of the group's 10 newer rows
+# against a plain policy whose filter is a stored flag.
+times_run() {
+    local way=$1 before after secs args
+    # VACUUM: a table in service has its visibility map set, so the group lookups of
+    # keep_newest read the (user_id, created_at, id) index only.
+    psql_q -q -d rulesbench -c "CALL times.reset()" -c "VACUUM ANALYZE times.tokens" -c "CHECKPOINT" >/dev/null
+    case $way in
+        computed) args="NULL, time_expression => 'lifecycle.add_seconds(created_at, expires_in)'" ;;
+        stored) args="'expires_at'" ;;
+        keep) args="'created_at', keep_newest => 10, keep_per => '{user_id}'" ;;
+        flagged) args="'created_at', filter => 'deletable_keep'" ;;
+    esac
+    before=$(psql_q -qtA -d rulesbench -c "SELECT count(*) FROM times.tokens")
+    psql_q -q -d rulesbench -c "SELECT lifecycle.drop_policy(name) FROM lifecycle.policies" \
+        -c "SELECT lifecycle.add_policy('t', 'times.tokens', $args)" >/dev/null
+    secs=$(seconds rulesbench "SET client_min_messages = warning" "CALL lifecycle.reap(100000, '1 hour')")
+    after=$(psql_q -qtA -d rulesbench -c "SELECT count(*) FROM times.tokens")
+    awk -v n="$((before - after))" -v s="$secs" 'BEGIN {printf "%.0f", n / s}'
+}
+
+times_bench() {
+    if [ -z "$(psql_q -qtA -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'rulesbench'")" ]; then
+        psql_q -q -d postgres -c "CREATE DATABASE rulesbench"
+        psql_q -q -d rulesbench -c "CREATE EXTENSION pg_lifecycle"
+    fi
+    psql_q -q -d rulesbench -v n="$RULES_ROWS" -f bench/sql/times_setup.sql >/dev/null
+    echo "== computed times and keep-newest: $RULES_ROWS tokens, 20 per user, half due under each rule =="
+    local computed=0 stored=0 keep=0 flagged=0
+    for _ in $(seq 1 "${RUNS:-2}"); do
+        computed=$(max_of "$computed" "$(times_run computed)")
+        stored=$(max_of "$stored" "$(times_run stored)")
+        keep=$(max_of "$keep" "$(times_run keep)")
+        flagged=$(max_of "$flagged" "$(times_run flagged)")
+    done
+    report "computed time vs the same time stored in a column" "$computed" "$stored" 0.8 rows/s
+    report "keep_newest 10 per user vs a plain policy, same rows" "$keep" "$flagged" 0.8 rows/s
+}

@@ -109,6 +109,11 @@ CREATE TABLE dist.ref_uses (id bigint PRIMARY KEY, ref_id bigint NOT NULL REFERE
 SELECT create_distributed_table('dist.ref_uses', 'id');
 INSERT INTO dist.ref SELECT g, now() + (g - 2000) * interval '1 minute' FROM generate_series(1, 3000) g;
 INSERT INTO dist.ref_notes SELECT g, 1 FROM generate_series(1, 3000, 4) g;
+-- A computed time, shard by shard: one token in three expired a minute after it was made.
+CREATE TABLE dist.computed (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, ttl_s integer NOT NULL);
+SELECT create_distributed_table('dist.computed', 'id');
+CREATE INDEX ON dist.computed ((lifecycle.add_seconds(created_at, ttl_s)));
+INSERT INTO dist.computed SELECT g, now() - interval '1 hour', CASE WHEN g % 3 = 0 THEN 60 ELSE 86400 END FROM generate_series(1, 3000) g;
 SQL
 refused "is not colocated with dist.user_sessions" \
     "SELECT lifecycle.add_policy('loose', 'dist.user_sessions', 'finished_at', dependents => 'block', delete_from => '{dist.loose(user_id, user_session_id)}')"
@@ -117,7 +122,10 @@ refused "is a reference table, and its child dist.ref_uses is not" \
 refused "archive and events are not supported" "SELECT lifecycle.add_policy('ev', 'dist.useraccesstokens', 'expiresat', time_kind => 'unix_ms', events => true)"
 refused "reads other tables" \
     "SELECT lifecycle.add_policy('rel', 'dist.user_sessions', 'finished_at', filter => 'NOT EXISTS (SELECT 1 FROM dist.user_session_authentications a WHERE a.user_id = t.user_id AND a.user_session_id = t.user_session_id)')"
-echo "test-citus: ok: non-colocated children, a reference table's distributed child, archive/events and filters reading other tables on Citus tables are refused with 0A000"
+refused "keep_newest on Citus table" \
+    "SELECT lifecycle.add_policy('kn', 'dist.user_sessions', 'finished_at', keep_newest => 5, keep_per => '{user_id}')"
+echo "test-citus: ok: non-colocated children, a reference table's distributed child, archive/events, filters reading other tables and keep_newest on Citus tables are refused with 0A000"
+on "$COORD" -c "SELECT lifecycle.add_policy('computed_dist', 'dist.computed', NULL, time_expression => 'lifecycle.add_seconds(created_at, ttl_s)', batch_size => 100, target_batch_time => NULL)" >/dev/null
 on "$COORD" -c "DROP TABLE dist.ref_uses" \
     -c "SELECT lifecycle.add_policy('dist_ref', 'dist.ref', 'expires_at', delete_from => '{dist.ref_notes(ref_id)}', audit => '{id}', batch_size => 300, target_batch_time => NULL)" >/dev/null
 
@@ -177,9 +185,11 @@ copies() { value "$COORD" "SELECT string_agg(DISTINCT result, ',') FROM run_comm
 [ "$(copies dist.ref)" = 1000 ] && [ "$(copies dist.ref_notes)" = 250 ] \
     && [ "$(value "$COORD" "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'dist_ref'")" = 2000 ] \
     || fail "reference table: copies keep $(copies dist.ref) rows and $(copies dist.ref_notes) notes, $(value "$COORD" "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'dist_ref'") audit rows"
+[ "$(value "$COORD" "SELECT count(*) FROM dist.computed")" = 2000 ] \
+    || fail "computed time on the shards: $(value "$COORD" "SELECT count(*) FROM dist.computed") of 3000 tokens left, 2000 expected"
 [ "$(doc_block audit | on "$COORD" -tA | awk -F'|' '{n += $3} END {print n}')" = "$(audited dist_pats)" ] || fail "docs/scaling.md's audit query"
 [ "$(doc_block "shard status" | on "$COORD" -tA | grep -c '^dist_')" = 16 ] || fail "docs/scaling.md's shard_status query"
-echo "test-citus: ok: two reapers on the coordinator reaped the distributed tables shard by shard to the same rows and audit counts as the plain ones ($(audited dist_pats) tokens, $(audited dist_user_sessions) sessions), and a reference table alike on every copy"
+echo "test-citus: ok: two reapers on the coordinator reaped the distributed tables shard by shard to the same rows and audit counts as the plain ones ($(audited dist_pats) tokens, $(audited dist_user_sessions) sessions), a reference table alike on every copy, and a computed time's expired tokens on every shard"
 
 # 9. A link between colocated tables: backfilled shard by shard on the workers (positions per
 #    shard, saved each round) to the same links as on the plain tables, and kept by its trigger

@@ -27,8 +27,9 @@ BEGIN
         FOR object IN
             SELECT col FROM unnest(p.key_columns || p.time_column || coalesce(p.nullify_columns, '{}')
                                    || ARRAY(SELECT (e ->> 0)::name FROM jsonb_array_elements(coalesce(p.set_to, '[]')) e)
-                                   || coalesce(p.audit_columns, '{}')) AS col
-             WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = p.relation AND a.attname = col
+                                   || coalesce(p.audit_columns, '{}') || coalesce(p.keep_per, '{}')) AS col
+             WHERE col IS NOT NULL  -- a computed time has no time_column
+               AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = p.relation AND a.attname = col
                                  AND a.attnum > 0 AND NOT a.attisdropped)
         LOOP
             problem := 'policy_column_missing';
@@ -41,8 +42,9 @@ BEGIN
         -- no batch can be planned (a column it uses is gone, reported above), by the index list.
         IF NOT coalesce(lifecycle._batch_reads_an_index(p.id), lifecycle._leads_an_index(p.relation, ARRAY[p.time_column])) THEN
             problem := 'policy_without_time_index'; object := 'policy ' || p.name;
-            detail := format('a batch of %s scans the whole table: no index serves its rule on %s (e.g. CREATE INDEX ON %s (%I))',
-                             p.name, p.time_column, p.relation, p.time_column);
+            detail := format('a batch of %s scans the whole table: no index serves its rule on %s (e.g. %s)',
+                             p.name, coalesce(quote_ident(p.time_column), p.time_expression),
+                             lifecycle._time_index_statement(p.relation, p.time_column, p.time_expression));
             RETURN NEXT;
         END IF;
         IF p.action = 'delete' AND p.dependents <> 'block' THEN

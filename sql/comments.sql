@@ -25,7 +25,7 @@ COMMENT ON VIEW lifecycle.activity_stats IS 'record_activity counters: recorded,
 COMMENT ON VIEW lifecycle.service_activity IS 'Last activity per user and service, from the scope rows.';
 
 -- Reaping (docs/reaping.md)
-COMMENT ON FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[]) IS 'Registers a retention policy on a table the caller owns; returns its row.';
+COMMENT ON FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[], text, integer, name[]) IS 'Registers a retention policy on a table the caller owns; returns its row.';
 COMMENT ON FUNCTION lifecycle.drop_policy(text) IS 'Drops a retention policy; false if there was none.';
 COMMENT ON FUNCTION lifecycle.set_policy_enabled(text, boolean) IS 'Enables or disables a retention policy; false if there was none.';
 COMMENT ON FUNCTION lifecycle.policy_children(text) IS 'Every child of a policy''s table and what a batch does about it.';
@@ -34,6 +34,7 @@ COMMENT ON FUNCTION lifecycle.reap_expired(integer) IS 'One batch of every enabl
 COMMENT ON PROCEDURE lifecycle.reap(integer, interval, integer, text) IS 'Reaps in committed batches until every policy swept once, max_batches rounds ran or time_budget is spent.';
 COMMENT ON FUNCTION lifecycle.ulid_floor(timestamptz) IS 'The smallest ULID (as uuid) of a time: id < ulid_floor(t) is an index range scan.';
 COMMENT ON FUNCTION lifecycle.ulid_floor_text(timestamptz) IS 'The smallest ULID (canonical text) of a time.';
+COMMENT ON FUNCTION lifecycle.add_seconds(timestamptz, double precision) IS 'A time plus a number of seconds, IMMUTABLE (timestamptz + interval is not): for indexes on computed times.';
 COMMENT ON TABLE lifecycle.policy_state IS 'Run state of each policy: cursor, counters, last error, adaptive batch size.';
 COMMENT ON TABLE lifecycle.audit_log IS 'One row per row a policy acted on (and per hold placed or released), partitioned by month.';
 COMMENT ON VIEW lifecycle.policy_status IS 'Each policy with its progress, errors, backlog estimate and batch size.';

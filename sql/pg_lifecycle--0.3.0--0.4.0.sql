@@ -177,14 +177,21 @@ BEGIN
 END
 $$;
 
--- A policy's time zone for timestamp columns, and set actions (add_policy's new last
--- arguments time_zone and set_to).
+-- A policy's time zone for timestamp columns, set actions, computed times and keep-newest
+-- (add_policy's new last arguments time_zone, set_to, time_expression, keep_newest, keep_per).
 ALTER TABLE lifecycle.policies ADD COLUMN time_zone text
     CONSTRAINT policies_time_zone_check CHECK (time_zone IS NULL OR time_kind = 'timestamp');
 ALTER TABLE lifecycle.policies DROP CONSTRAINT policies_action_check,
     ADD CONSTRAINT policies_action_check CHECK (action IN ('delete', 'nullify', 'set'));
 ALTER TABLE lifecycle.policies ADD COLUMN set_to jsonb
     CONSTRAINT policies_set_to_check CHECK ((action = 'set') = (set_to IS NOT NULL));
+-- Computed times and keep-newest (add_policy's time_expression, keep_newest, keep_per).
+ALTER TABLE lifecycle.policies ALTER COLUMN time_column DROP NOT NULL;
+ALTER TABLE lifecycle.policies ADD COLUMN time_expression text
+    CONSTRAINT policies_time_check CHECK ((time_column IS NULL) <> (time_expression IS NULL));
+ALTER TABLE lifecycle.policies ADD COLUMN keep_newest integer CHECK (keep_newest > 0);
+ALTER TABLE lifecycle.policies ADD COLUMN keep_per name[]
+    CONSTRAINT policies_keep_per_check CHECK (keep_per IS NULL OR keep_newest IS NOT NULL);
 DROP FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean,
                                    text[], interval, text, boolean, name[]);
 DROP FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean,
@@ -209,12 +216,25 @@ CREATE FUNCTION lifecycle."_add_policy"(
 	"event_columns" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
 	"time_zone" TEXT, /* Option < & str > */
 	"set_to" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"time_expression" TEXT, /* Option < & str > */
+	"keep_newest" INT, /* Option < i32 > */
+	"keep_per" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
 	"search_path" TEXT /* Option < & str > */
 ) RETURNS INT /* i32 */
  
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'store_policy_wrapper';
+-- The index a batch of a policy walks in time order, as the CREATE INDEX that add_policy's
+-- warning and lifecycle.check's finding suggest when no index serves it.
+CREATE FUNCTION lifecycle._time_index_statement(relation regclass, time_column name, time_expression text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('CREATE INDEX ON %s (%s)', relation, coalesce(quote_ident(time_column), '(' || time_expression || ')'))
+$$;
+
 CREATE FUNCTION lifecycle.add_policy(
     name         text,
     relation     regclass,
@@ -234,7 +254,10 @@ CREATE FUNCTION lifecycle.add_policy(
     events       boolean  DEFAULT false,  -- one lifecycle.events row per acted-on row, NOTIFY lifecycle_<name>
     event_columns name[]  DEFAULT NULL,   -- columns carried in each event's data (never secrets)
     time_zone    text     DEFAULT NULL,   -- for a timestamp column: the zone its times are in
-    set_to       text[]   DEFAULT NULL)   -- 'column = value': update due rows instead of deleting them
+    set_to       text[]   DEFAULT NULL,   -- 'column = value': update due rows instead of deleting them
+    time_expression text  DEFAULT NULL,   -- with time_column NULL: the time as an IMMUTABLE expression over the row
+    keep_newest  integer  DEFAULT NULL,   -- the newest N rows (of each keep_per group) are never due
+    keep_per     name[]   DEFAULT NULL)   -- the columns whose values make a group for keep_newest
 RETURNS lifecycle.policies
 LANGUAGE plpgsql
 -- No SET search_path: the tables named in delete_from and block_on resolve in the caller's
@@ -245,16 +268,30 @@ DECLARE
     result lifecycle.policies;
 BEGIN
     new_id := lifecycle._add_policy($1, $2::oid, $3::text, $4, $5, $6, $7::text[], $8, $9, $10::text[], $11, $12,
-                                    $13, $14, $15, $16, $17::text[], $18, $19, pg_catalog.current_setting('search_path'));
+                                    $13, $14, $15, $16, $17::text[], $18, $19, $20, $21, $22::text[],
+                                    pg_catalog.current_setting('search_path'));
     SELECT * INTO result FROM lifecycle.policies p WHERE p.id OPERATOR(pg_catalog.=) new_id;
     RETURN result;
 END
 $$;
-COMMENT ON FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[]) IS 'Registers a retention policy on a table the caller owns; returns its row.';
-REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean, text[], interval, text, boolean, text[], text, text[], text),
-                           lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean, text[], interval, text, boolean, text[], text, text[], text),
-                          lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[]) TO lifecycle_operator;
+COMMENT ON FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[], text, integer, name[]) IS 'Registers a retention policy on a table the caller owns; returns its row.';
+REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean, text[], interval, text, boolean, text[], text, text[], text, integer, text[], text),
+                           lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[], text, integer, name[]),
+                           lifecycle._time_index_statement(regclass, name, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean, text[], interval, text, boolean, text[], text, text[], text, integer, text[], text),
+                          lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[], text, integer, name[]),
+                          lifecycle._time_index_statement(regclass, name, text) TO lifecycle_operator;
+
+-- Computed times: the IMMUTABLE helper their indexes need.
+CREATE FUNCTION lifecycle."add_seconds"(
+	"time" timestamp with time zone, /* pgrx::datum::time_stamp_with_timezone::TimestampWithTimeZone */
+	"seconds" double precision /* f64 */
+) RETURNS timestamp with time zone /* pgrx::datum::time_stamp_with_timezone::TimestampWithTimeZone */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'add_seconds_wrapper';
+COMMENT ON FUNCTION lifecycle.add_seconds(timestamptz, double precision) IS 'A time plus a number of seconds, IMMUTABLE (timestamptz + interval is not): for indexes on computed times.';
+GRANT EXECUTE ON FUNCTION lifecycle.add_seconds(timestamptz, double precision) TO PUBLIC, lifecycle_operator;
 
 -- lifecycle.check asks the planner whether a batch reads the table by an index range.
 CREATE FUNCTION lifecycle."_batch_reads_an_index"(
@@ -289,8 +326,9 @@ BEGIN
         FOR object IN
             SELECT col FROM unnest(p.key_columns || p.time_column || coalesce(p.nullify_columns, '{}')
                                    || ARRAY(SELECT (e ->> 0)::name FROM jsonb_array_elements(coalesce(p.set_to, '[]')) e)
-                                   || coalesce(p.audit_columns, '{}')) AS col
-             WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = p.relation AND a.attname = col
+                                   || coalesce(p.audit_columns, '{}') || coalesce(p.keep_per, '{}')) AS col
+             WHERE col IS NOT NULL  -- a computed time has no time_column
+               AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = p.relation AND a.attname = col
                                  AND a.attnum > 0 AND NOT a.attisdropped)
         LOOP
             problem := 'policy_column_missing';
@@ -303,8 +341,9 @@ BEGIN
         -- no batch can be planned (a column it uses is gone, reported above), by the index list.
         IF NOT coalesce(lifecycle._batch_reads_an_index(p.id), lifecycle._leads_an_index(p.relation, ARRAY[p.time_column])) THEN
             problem := 'policy_without_time_index'; object := 'policy ' || p.name;
-            detail := format('a batch of %s scans the whole table: no index serves its rule on %s (e.g. CREATE INDEX ON %s (%I))',
-                             p.name, p.time_column, p.relation, p.time_column);
+            detail := format('a batch of %s scans the whole table: no index serves its rule on %s (e.g. %s)',
+                             p.name, coalesce(quote_ident(p.time_column), p.time_expression),
+                             lifecycle._time_index_statement(p.relation, p.time_column, p.time_expression));
             RETURN NEXT;
         END IF;
         IF p.action = 'delete' AND p.dependents <> 'block' THEN
@@ -379,3 +418,29 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- has_time_index of a policy with a computed time asks the planner.
+CREATE OR REPLACE VIEW lifecycle.policy_status AS
+SELECT p.name,
+       p.relation,
+       p.enabled,
+       p.owner,
+       s.last_run_at,
+       s.last_acted,
+       s.total_acted,
+       s.total_blocked,
+       s.total_held,
+       s.batches,
+       s.cursor IS NOT NULL AS sweep_in_progress,
+       s.last_error,
+       s.last_error_at,
+       s.errors,
+       lifecycle._estimate_backlog_or_null(p.id) AS estimated_backlog,
+       CASE WHEN p.time_column IS NOT NULL THEN lifecycle._leads_an_index(p.relation, ARRAY[p.time_column])
+            ELSE lifecycle._batch_reads_an_index(p.id) END AS has_time_index,
+       coalesce(s.current_batch, p.batch_size) AS batch_size,
+       p.target_batch_time,
+       p.archive,
+       p.events
+  FROM lifecycle.policies p
+  JOIN lifecycle.policy_state s ON s.policy_id = p.id;

@@ -39,6 +39,7 @@ GRANT EXECUTE ON FUNCTION
     lifecycle.clamp_expiry(bigint, bigint),
     lifecycle.ulid_floor(timestamptz),
     lifecycle.ulid_floor_text(timestamptz),
+    lifecycle.add_seconds(timestamptz, double precision),
     lifecycle.cron_next_run(text, timestamptz),
     lifecycle._is_plain_name(text),
     lifecycle._require_plain_name(text, text),

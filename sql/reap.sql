@@ -8,7 +8,7 @@ CREATE TABLE lifecycle.policies (
     relation        regclass NOT NULL,
     key_columns     name[] NOT NULL CHECK (cardinality(key_columns) >= 1),   -- the primary key, in index order
     key_types       text[] NOT NULL CONSTRAINT policies_key_arity_check CHECK (cardinality(key_types) = cardinality(key_columns)),
-    time_column     name NOT NULL,
+    time_column     name,                  -- NULL: the time is time_expression
     time_type       text NOT NULL,
     time_kind       text NOT NULL CHECK (time_kind IN ('timestamptz', 'timestamp', 'unix_ms', 'unix_s', 'ulid')),
     older_than      interval CHECK (older_than > interval '0'),   -- NULL: rule "expires"
@@ -31,7 +31,14 @@ CREATE TABLE lifecycle.policies (
     time_zone       text CONSTRAINT policies_time_zone_check CHECK (time_zone IS NULL OR time_kind = 'timestamp'),
     -- What a 'set' policy sets: [[column, value (SQL), guard], ...]; a guard is a constant value,
     -- and a row is due only while a guarded column does not hold it (src/reap/policy.rs).
-    set_to          jsonb CONSTRAINT policies_set_to_check CHECK ((action = 'set') = (set_to IS NOT NULL))
+    set_to          jsonb CONSTRAINT policies_set_to_check CHECK ((action = 'set') = (set_to IS NOT NULL)),
+    -- A computed time: an IMMUTABLE expression over the row, instead of time_column
+    -- (src/reap/computed.rs).
+    time_expression text CONSTRAINT policies_time_check CHECK ((time_column IS NULL) <> (time_expression IS NULL)),
+    -- Keep the newest rows: a row is due only while keep_newest newer rows of its group (equal
+    -- keep_per columns; NULL: the whole table) exist (src/reap/keep.rs).
+    keep_newest     integer CHECK (keep_newest > 0),
+    keep_per        name[] CONSTRAINT policies_keep_per_check CHECK (keep_per IS NULL OR keep_newest IS NOT NULL)
 );
 COMMENT ON TABLE lifecycle.policies IS 'Retention policies; write them with lifecycle.add_policy.';
 
@@ -321,6 +328,16 @@ BEGIN
 END
 $$;
 
+-- The index a batch of a policy walks in time order, as the CREATE INDEX that add_policy's
+-- warning and lifecycle.check's finding suggest when no index serves it.
+CREATE FUNCTION lifecycle._time_index_statement(relation regclass, time_column name, time_expression text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('CREATE INDEX ON %s (%s)', relation, coalesce(quote_ident(time_column), '(' || time_expression || ')'))
+$$;
+
 CREATE FUNCTION lifecycle.add_policy(
     name         text,
     relation     regclass,
@@ -340,7 +357,10 @@ CREATE FUNCTION lifecycle.add_policy(
     events       boolean  DEFAULT false,  -- one lifecycle.events row per acted-on row, NOTIFY lifecycle_<name>
     event_columns name[]  DEFAULT NULL,   -- columns carried in each event's data (never secrets)
     time_zone    text     DEFAULT NULL,   -- for a timestamp column: the zone its times are in
-    set_to       text[]   DEFAULT NULL)   -- 'column = value': update due rows instead of deleting them
+    set_to       text[]   DEFAULT NULL,   -- 'column = value': update due rows instead of deleting them
+    time_expression text  DEFAULT NULL,   -- with time_column NULL: the time as an IMMUTABLE expression over the row
+    keep_newest  integer  DEFAULT NULL,   -- the newest N rows (of each keep_per group) are never due
+    keep_per     name[]   DEFAULT NULL)   -- the columns whose values make a group for keep_newest
 RETURNS lifecycle.policies
 LANGUAGE plpgsql
 -- No SET search_path: the tables named in delete_from and block_on resolve in the caller's
@@ -351,7 +371,8 @@ DECLARE
     result lifecycle.policies;
 BEGIN
     new_id := lifecycle._add_policy($1, $2::oid, $3::text, $4, $5, $6, $7::text[], $8, $9, $10::text[], $11, $12,
-                                    $13, $14, $15, $16, $17::text[], $18, $19, pg_catalog.current_setting('search_path'));
+                                    $13, $14, $15, $16, $17::text[], $18, $19, $20, $21, $22::text[],
+                                    pg_catalog.current_setting('search_path'));
     SELECT * INTO result FROM lifecycle.policies p WHERE p.id OPERATOR(pg_catalog.=) new_id;
     RETURN result;
 END
@@ -385,7 +406,8 @@ SELECT p.name,
        s.last_error_at,
        s.errors,
        lifecycle._estimate_backlog_or_null(p.id) AS estimated_backlog,
-       lifecycle._leads_an_index(p.relation, ARRAY[p.time_column]) AS has_time_index,
+       CASE WHEN p.time_column IS NOT NULL THEN lifecycle._leads_an_index(p.relation, ARRAY[p.time_column])
+            ELSE lifecycle._batch_reads_an_index(p.id) END AS has_time_index,
        coalesce(s.current_batch, p.batch_size) AS batch_size,
        p.target_batch_time,
        p.archive,

@@ -1201,3 +1201,196 @@ fn set_actions_update_due_rows_once_as_supabase_auth_does() {
     }
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.policies WHERE name = 'x'"), 0);
 }
+
+/// Computed times (issue 25 item 3). GitLab's Doorkeeper tokens expire at `created_at +
+/// expires_in * interval '1 second'` (timestamp columns: immutable, so the expression indexes
+/// as written); a timestamptz table needs lifecycle.add_seconds, since timestamptz + interval
+/// is only STABLE. Without an index on the expression add_policy warns and lifecycle.check
+/// names the exact CREATE INDEX; built from that text, the batch reads the index. Each policy
+/// leaves what a plain DELETE with the same expression leaves.
+#[test]
+fn computed_times_reap_by_an_expression_index_and_name_the_index_they_miss() {
+    let db = Cluster::shared().fresh_db();
+    let (mut c, notices) = db.cluster.connect_collecting(&db.name);
+    // Expiry times fall 5 minutes off every 10-minute mark: no row is near the boundary while
+    // the test runs.
+    c.batch_execute(
+        "CREATE TABLE oauth_access_tokens (id bigserial PRIMARY KEY, resource_owner_id bigint, token varchar NOT NULL,
+                                           expires_in integer, created_at timestamp NOT NULL, revoked_at timestamp);
+         CREATE INDEX index_oauth_access_tokens_on_expiry ON oauth_access_tokens ((created_at + expires_in * interval '1 second'));
+         INSERT INTO oauth_access_tokens (resource_owner_id, token, expires_in, created_at)
+         SELECT g % 97, 't' || g, CASE WHEN g % 11 = 0 THEN NULL ELSE (g % 7) * 600 END,
+                (now() AT TIME ZONE 'UTC') - g * interval '10 minutes' - interval '5 minutes'
+           FROM generate_series(1, 3000) g;
+         CREATE TABLE oracle AS SELECT id FROM oauth_access_tokens
+          WHERE NOT (created_at + expires_in * interval '1 second' < now() AT TIME ZONE 'UTC') OR expires_in IS NULL;
+         CREATE TABLE sessions (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL, refreshed_at timestamptz,
+                                expires_in double precision NOT NULL);
+         INSERT INTO sessions (created_at, refreshed_at, expires_in)
+         SELECT now() - g * interval '10 minutes' - interval '5 minutes',
+                CASE WHEN g % 3 = 0 THEN now() - interval '5 minutes' END, (g % 5) * 1800
+           FROM generate_series(1, 2000) g;
+         CREATE TABLE sessions_oracle AS SELECT id FROM sessions WHERE NOT (created_at + expires_in * interval '1 second' < now());
+         CREATE TABLE idle (id int PRIMARY KEY, created_at timestamptz NOT NULL, refreshed_at timestamptz);
+         CREATE INDEX ON idle ((COALESCE(refreshed_at, created_at)));
+         INSERT INTO idle SELECT g, now() - g * interval '1 hour' - interval '30 minutes',
+                CASE WHEN g % 2 = 0 THEN now() - interval '30 minutes' END FROM generate_series(1, 100) g;",
+    )
+    .unwrap();
+    c.batch_execute(
+        "SELECT lifecycle.add_policy('gitlab_tokens', 'oauth_access_tokens', NULL, time_zone => 'UTC',
+                time_expression => $$created_at + expires_in * interval '1 second'$$, batch_size => 100, target_batch_time => NULL);
+         SELECT lifecycle.add_policy('idle', 'idle', NULL, older_than => '12 hours', time_expression => 'COALESCE(refreshed_at, created_at)');",
+    )
+    .unwrap();
+    assert!(notices.lock().unwrap().iter().all(|n| !n.contains("reads the whole table")), "{:?}", notices.lock().unwrap());
+    assert!(c
+        .query_one("SELECT lifecycle._batch_reads_an_index(id) FROM lifecycle.policies WHERE name = 'gitlab_tokens'", &[])
+        .unwrap()
+        .get::<_, bool>(0));
+    assert!(c.query_one("SELECT has_time_index FROM lifecycle.policy_status WHERE name = 'idle'", &[]).unwrap().get::<_, bool>(0));
+    c.batch_execute("SET TimeZone = 'Pacific/Kiritimati'").unwrap();
+    c.batch_execute("CALL lifecycle.reap(max_batches => 1000)").unwrap();
+    c.batch_execute("RESET TimeZone").unwrap();
+    let differs = "SELECT count(*) FROM (SELECT id FROM oauth_access_tokens EXCEPT ALL SELECT id FROM oracle
+                                       UNION ALL (SELECT id FROM oracle EXCEPT ALL SELECT id FROM oauth_access_tokens)) d";
+    assert_eq!(count(&mut c, differs), 0, "the policy left other tokens than GitLab's expression");
+    assert!(count(&mut c, "SELECT count(*) FROM oauth_access_tokens") < 1500);
+    // 12 idle rows created within 12 hours plus the 50 refreshed ones stay.
+    assert_eq!(count(&mut c, "SELECT count(*) FROM idle"), 50 + 6);
+
+    // timestamptz + interval cannot be indexed: refused, the hint names the helper.
+    let natural =
+        "SELECT lifecycle.add_policy('s', 'sessions', NULL, time_expression => $$created_at + expires_in * interval '1 second'$$)";
+    let (code, _, hint) = sqlstate(c.batch_execute(natural));
+    assert_eq!(code, "22023");
+    assert!(hint.unwrap_or_default().contains("lifecycle.add_seconds"));
+    notices.lock().unwrap().clear();
+    c.batch_execute(
+        "SELECT lifecycle.add_policy('s', 'sessions', NULL, time_expression => 'lifecycle.add_seconds(created_at, expires_in)')",
+    )
+    .unwrap();
+    assert!(
+        notices.lock().unwrap().iter().any(|n| n.starts_with("WARNING") && n.contains("reads the whole table")),
+        "{:?}",
+        notices.lock().unwrap()
+    );
+    let finding: String = c
+        .query_one(
+            "SELECT detail FROM lifecycle.check(strict => false) WHERE problem = 'policy_without_time_index' AND object = 'policy s'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let statement = finding.split("(e.g. ").nth(1).and_then(|s| s.strip_suffix(')')).unwrap_or_else(|| panic!("{finding}"));
+    assert_eq!(statement, "CREATE INDEX ON public.sessions ((lifecycle.add_seconds(created_at, expires_in)))");
+    c.batch_execute(statement).unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.check(strict => false) WHERE problem = 'policy_without_time_index'"), 0);
+    c.batch_execute("CALL lifecycle.reap(max_batches => 1000)").unwrap();
+    let differs = "SELECT count(*) FROM (SELECT id FROM sessions EXCEPT ALL SELECT id FROM sessions_oracle
+                                       UNION ALL (SELECT id FROM sessions_oracle EXCEPT ALL SELECT id FROM sessions)) d";
+    assert_eq!(count(&mut c, differs), 0);
+    // The helper: seconds with fractions, infinity kept, out of range refused.
+    let row = c
+        .query_one(
+            "SELECT lifecycle.add_seconds('2026-01-01 00:00:00+00', 1.5) = '2026-01-01 00:00:01.5+00',
+                    lifecycle.add_seconds('infinity', 10) = 'infinity', lifecycle.add_seconds(NULL, 1) IS NULL",
+            &[],
+        )
+        .unwrap();
+    assert!(row.get::<_, bool>(0) && row.get::<_, bool>(1) && row.get::<_, bool>(2));
+    assert_eq!(sqlstate(c.batch_execute("SELECT lifecycle.add_seconds('294276-01-01 00:00:00+00', 1e12)")).0, "22008");
+
+    for (args, want) in [
+        ("'created_at', time_expression => 'created_at'", "22023"),
+        ("NULL", "22004"),
+        ("NULL, time_expression => 'max(created_at)'", "22023"),
+        ("NULL, time_expression => '(SELECT now())'", "22023"),
+        ("NULL, time_expression => $$created_at + random() * interval '1 hour'$$", "22023"),
+        ("NULL, time_expression => 'nope'", "42703"),
+        ("NULL, time_expression => 'token'", "22023"),
+        ("NULL, time_expression => 'created_at); DROP TABLE idle; --'", "22023"),
+        ("NULL, time_expression => 'created_at) AS a, (created_at'", "22023"),
+    ] {
+        let sql = format!("SELECT lifecycle.add_policy('x', 'oauth_access_tokens', {args})");
+        let (code, message, hint) = sqlstate(c.batch_execute(&sql));
+        assert_eq!(code, want, "{args}: {message}");
+        assert!(hint.is_some() || !["22023", "22004"].contains(&want), "{args}: no hint");
+    }
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.policies WHERE name = 'x'"), 0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM idle"), 56, "nothing dropped");
+}
+
+/// Keep the newest N (issue 25 item 5). MAS's daily prune keeps the 10 newest policy_data
+/// rows by their ULID key (`DELETE ... WHERE policy_data_id IN (SELECT ... ORDER BY
+/// policy_data_id DESC OFFSET 10)`); Discourse keeps 60 sessions per user. Both as policies,
+/// against those statements on the same data; each candidate looks its group up by index.
+#[test]
+fn keep_newest_leaves_what_mas_and_discourse_leave() {
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE policy_data (policy_data_id uuid PRIMARY KEY, created_at timestamptz NOT NULL, data jsonb NOT NULL);
+         INSERT INTO policy_data SELECT lifecycle.ulid_floor(now() - g * interval '1 minute'), now() - g * interval '1 minute', '{}'
+           FROM generate_series(1, 25) g;
+         CREATE TABLE user_auth_tokens (id serial PRIMARY KEY, user_id integer NOT NULL, auth_token varchar NOT NULL,
+                                        rotated_at timestamp NOT NULL, created_at timestamp NOT NULL);
+         CREATE INDEX index_user_auth_tokens_on_user_id ON user_auth_tokens (user_id);
+         -- 300 users with 0..119 sessions each, some rotated at equal times.
+         INSERT INTO user_auth_tokens (user_id, auth_token, rotated_at, created_at)
+         SELECT u, u || '.' || s, (now() AT TIME ZONE 'UTC') - (s / 2) * interval '1 hour', now() AT TIME ZONE 'UTC'
+           FROM generate_series(1, 300) u, generate_series(1, u % 120) s;
+         CREATE TABLE discourse AS SELECT id FROM user_auth_tokens;
+         DELETE FROM discourse d USING (SELECT id, row_number() OVER (PARTITION BY user_id ORDER BY rotated_at DESC, id DESC) AS n
+                                          FROM user_auth_tokens) r
+          WHERE d.id = r.id AND r.n > 60;
+         CREATE TABLE mas AS SELECT policy_data_id FROM policy_data;
+         DELETE FROM mas WHERE policy_data_id IN (SELECT policy_data_id FROM mas ORDER BY policy_data_id DESC OFFSET 10);",
+    )
+    .unwrap();
+    let (code, _, hint) = sqlstate(c.batch_execute(
+        "SELECT lifecycle.add_policy('discourse', 'user_auth_tokens', 'rotated_at', keep_newest => 60, keep_per => '{user_id}')",
+    ));
+    assert_eq!((code.as_str(), hint.as_deref()), ("22023", Some("CREATE INDEX ON public.user_auth_tokens (user_id, rotated_at, id)")));
+    c.batch_execute(
+        "CREATE INDEX ON user_auth_tokens (user_id, rotated_at, id);
+         -- The batch walks rotated_at in time order (Discourse's own schema has no such index:
+         -- add_policy would warn that a batch reads the whole table).
+         CREATE INDEX ON user_auth_tokens (rotated_at);
+         SELECT lifecycle.add_policy('discourse', 'user_auth_tokens', 'rotated_at', keep_newest => 60, keep_per => '{user_id}',
+                time_zone => 'UTC', batch_size => 500, target_batch_time => NULL, audit => '{user_id}');
+         SELECT lifecycle.add_policy('mas_policy_data_prune', 'policy_data', 'policy_data_id', time_kind => 'ulid', keep_newest => 10);",
+    )
+    .unwrap();
+    c.batch_execute("CALL lifecycle.reap(max_batches => 1000)").unwrap();
+    let differs = "SELECT count(*) FROM (SELECT id FROM user_auth_tokens EXCEPT ALL SELECT id FROM discourse
+                                       UNION ALL (SELECT id FROM discourse EXCEPT ALL SELECT id FROM user_auth_tokens)) d";
+    assert_eq!(count(&mut c, differs), 0, "the policy left other sessions than Discourse's rule");
+    assert_eq!(count(&mut c, "SELECT max(n) FROM (SELECT count(*) AS n FROM user_auth_tokens GROUP BY user_id) g"), 60);
+    let mas = "SELECT count(*) FROM (SELECT policy_data_id FROM policy_data EXCEPT SELECT policy_data_id FROM mas) d";
+    assert_eq!(count(&mut c, mas), 0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM policy_data"), 10);
+    // Steady state: nothing more is due, and a new row makes exactly one old row due.
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired()"), 0);
+    c.batch_execute("INSERT INTO policy_data VALUES (lifecycle.ulid_floor(now()), now(), '{}')").unwrap();
+    assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired()"), 1);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM policy_data"), 10);
+    // Every candidate's lookup is an index probe (the filter check asserts the plan).
+    assert!(c
+        .query_one("SELECT lifecycle._batch_reads_an_index(id) FROM lifecycle.policies WHERE name = 'discourse'", &[])
+        .unwrap()
+        .get::<_, bool>(0));
+
+    for (args, want) in [
+        ("'rotated_at', keep_newest => 0, keep_per => '{user_id}'", "22023"),
+        ("'rotated_at', keep_newest => -3", "22023"),
+        ("'rotated_at', keep_per => '{user_id}'", "22023"),
+        ("'rotated_at', keep_newest => 5, keep_per => '{nope}'", "42703"),
+        ("NULL, time_expression => 'GREATEST(rotated_at, created_at)', keep_newest => 5", "0A000"),
+    ] {
+        let sql = format!("SELECT lifecycle.add_policy('x', 'user_auth_tokens', {args})");
+        let (code, message, _) = sqlstate(c.batch_execute(&sql));
+        assert_eq!(code, want, "{args}: {message}");
+    }
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.policies WHERE name = 'x'"), 0);
+}

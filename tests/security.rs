@@ -36,6 +36,7 @@ fn public_gets_only_what_is_documented() {
         "function lifecycle._is_plain_name(text) EXECUTE",
         "function lifecycle._require_batch(integer,text) EXECUTE",
         "function lifecycle._require_plain_name(text,text) EXECUTE",
+        "function lifecycle.add_seconds(timestamp with time zone,double precision) EXECUTE",
         "function lifecycle.clamp_expiry(bigint,bigint) EXECUTE",
         "function lifecycle.clamp_expiry(timestamp with time zone,timestamp with time zone) EXECUTE",
         "function lifecycle.cron_next_run(text,timestamp with time zone) EXECUTE",
@@ -73,7 +74,9 @@ fn elevated_and_sql_running_functions_pin_search_path() {
         "lifecycle._expiry_counters()",
         // Only schema-qualified calls; unpinned so that the tables named in delete_from and
         // block_on resolve in the caller's search_path, as its regclass argument does.
-        "lifecycle.add_policy(text,regclass,name,interval,text,text,name[],text,text[],name[],integer,boolean,text[],interval,text,boolean,name[],text,text[])",
+        "lifecycle.add_policy(text,regclass,name,interval,text,text,name[],text,text[],name[],integer,boolean,text[],interval,text,boolean,name[],text,text[],text,integer,name[])",
+        // Pure: no SQL.
+        "lifecycle.add_seconds(timestamp with time zone,double precision)",
         "lifecycle.clamp_expiry(bigint,bigint)",
         "lifecycle.clamp_expiry(timestamp with time zone,timestamp with time zone)",
         "lifecycle.cron_next_run(text,timestamp with time zone)",

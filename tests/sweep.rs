@@ -35,6 +35,7 @@ fn values(sql_type: &str) -> Vec<String> {
         "integer" => &["10", "NULL", "0", "-1", "-2147483648", "2147483647"],
         "bigint" => &["10", "NULL", "0", "-1", "-9223372036854775808", "9223372036854775807"],
         "boolean" => &["true", "NULL", "false"],
+        "double precision" => &["1.5", "NULL", "0", "-1", "'NaN'", "'Infinity'", "'-Infinity'", "1e308"],
         "interval" => &["'1 day'", "NULL", "'0'", "'-1 day'", "'178000000 years'", "'1 microsecond'"],
         "timestamp with time zone" => {
             &["now()", "NULL", "'infinity'", "'-infinity'", "'4713-01-01 00:00:00+00 BC'", "'294276-12-31 23:59:59+00'", "'epoch'"]

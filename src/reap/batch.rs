@@ -172,12 +172,17 @@ pub struct Policy {
     pub owner: pg_sys::Oid,
     pub relation: String,
     keys: Vec<Column>,
+    /// The time column (its name empty for a computed time) and the time's type.
     time: Column,
+    /// A computed time: an IMMUTABLE expression over the row, in place of the column.
+    time_expression: Option<String>,
     time_kind: TimeKind,
     older_than: Option<Interval>,
     /// For a `timestamp` column: the zone its times are in (None: the session's TimeZone).
     time_zone: Option<String>,
     filter: Option<String>,
+    /// keep_newest and keep_per: the newest N rows of each group are not due.
+    keep: Option<(i32, Vec<String>)>,
     /// What an updating policy sets (nullify or set_to); None: it deletes.
     update: Option<Update>,
     pub(super) children: Vec<Child>,
@@ -212,7 +217,8 @@ SELECT p.id, p.name, p.owner::oid,
        p.relation::oid, p.archive IS NOT NULL,
        pg_catalog.quote_ident(an.nspname) || '.' || pg_catalog.quote_ident(ac.relname), p.archive_columns::text[],
        p.events, p.event_columns::text[],
-       p.xmin::text || '/' || p.ctid::text, p.time_zone, p.set_to::text
+       p.xmin::text || '/' || p.ctid::text, p.time_zone, p.set_to::text,
+       p.time_expression, p.keep_newest, p.keep_per::text[]
   FROM lifecycle.policies p
   JOIN lifecycle.policy_state s ON s.policy_id = p.id
   LEFT JOIN pg_catalog.pg_class c ON c.oid = p.relation
@@ -255,6 +261,7 @@ impl Policy {
                     relation: row.get(4)?.unwrap_or_default(),
                     keys: key_names.into_iter().zip(key_types).map(|(name, type_name)| Column { name, type_name }).collect(),
                     time: Column { name: row.get(7)?.unwrap_or_default(), type_name: row.get(8)?.unwrap_or_default() },
+                    time_expression: row.get(30)?,
                     // The table's CHECK admits only the kinds TimeKind names.
                     time_kind: row
                         .get::<String>(9)?
@@ -264,6 +271,10 @@ impl Policy {
                     older_than: row.get(10)?,
                     time_zone: row.get(28)?,
                     filter: row.get(11)?,
+                    keep: match row.get::<i32>(31)? {
+                        Some(newest) => Some((newest, row.get(32)?.unwrap_or_default())),
+                        None => None,
+                    },
                     update: match (row.get::<Vec<String>>(12)?, row.get::<String>(29)?) {
                         (Some(columns), _) => Some(Update::nullify(columns)),
                         (None, Some(set_to)) => Some(
@@ -324,10 +335,12 @@ impl Policy {
             "relid": self.relid.to_u32(),
             "keys": self.keys.iter().map(column).collect::<Vec<_>>(),
             "time": column(&self.time),
+            "time_expression": self.time_expression,
             "time_kind": self.time_kind.as_str(),
             "older_than": self.older_than.map(|i| json!([i.months(), i.days(), i.micros()])),
             "time_zone": self.time_zone,
             "filter": self.filter,
+            "keep": self.keep.as_ref().map(|(newest, per)| json!([newest, per])),
             "update": self.update.as_ref().map(Update::as_json),
             "audit": self.audit,
             "partitioned": self.partitioned,
@@ -362,6 +375,7 @@ impl Policy {
             relation: shard_of(&relation),
             keys: definition["keys"].as_array().unwrap_or_else(|| bad()).iter().map(column).collect(),
             time: column(&definition["time"]),
+            time_expression: definition["time_expression"].as_str().map(str::to_string),
             time_kind: TimeKind::parse(&text(&definition["time_kind"])).unwrap_or_else(|| bad()),
             older_than: definition["older_than"].as_array().map(|i| {
                 Interval::new(
@@ -373,6 +387,9 @@ impl Policy {
             }),
             time_zone: definition["time_zone"].as_str().map(str::to_string),
             filter: definition["filter"].as_str().map(str::to_string),
+            keep: definition["keep"]
+                .as_array()
+                .map(|k| (k[0].as_i64().unwrap_or_else(|| bad()) as i32, texts(&k[1]).unwrap_or_else(|| bad()))),
             update: if definition["update"].is_null() {
                 None
             } else {
@@ -412,7 +429,16 @@ impl Policy {
 
     /// Whether the time column is the whole key (a ULID key): the cursor is then the key.
     fn same_time_and_key(&self) -> bool {
-        self.keys.len() == 1 && self.keys[0].name == self.time.name
+        self.time_expression.is_none() && self.keys.len() == 1 && self.keys[0].name == self.time.name
+    }
+
+    /// The time of row `t`: its column, or the computed time (unqualified column names,
+    /// which the candidate row's scope resolves).
+    fn time_of_row(&self) -> String {
+        match &self.time_expression {
+            Some(expression) => format!("({expression})"),
+            None => col("t", &self.time.name),
+        }
     }
 
     /// A ULID time stored as uuid: it has its own floor function, and no max().
@@ -420,15 +446,19 @@ impl Policy {
         self.time.type_name == "uuid"
     }
 
-    /// The time column as a plan prints it (quoted where it needs quotes).
-    pub fn time_column_as_planned(&self) -> String {
-        ident(&self.time.name)
+    /// The time as an index definition prints it (pg_get_indexdef): the column, quoted where
+    /// it needs quotes, or the computed time's expression as PostgreSQL deparses it.
+    pub fn time_as_indexed(&self) -> String {
+        match &self.time_expression {
+            Some(expression) => super::computed::deparsed(self.relid, &self.relation, expression),
+            None => ident(&self.time.name),
+        }
     }
 
     /// The due predicate over alias `t`: rule, time kind, "never" values, nullify, filter.
     /// `$3` is `older_than`.
     pub fn due(&self) -> String {
-        let t = col("t", &self.time.name);
+        let t = self.time_of_row();
         let reference = if self.older_than.is_some() { "(now() - $3::interval)" } else { "now()" };
         let op = if self.older_than.is_some() { "<" } else { "<=" };
         let mut due = match self.time_kind {
@@ -449,6 +479,11 @@ impl Policy {
         }
         if let Some(filter) = &self.filter {
             due.push_str(&format!(" AND {}", super::filter::spliced(&self.relation, filter)));
+        }
+        if let Some((newest, per)) = &self.keep {
+            let keys: Vec<String> = self.keys.iter().map(|k| k.name.clone()).collect();
+            let newer = super::keep::condition(&self.relation, &keys, &self.time.name, per, *newest);
+            due.push_str(&format!(" AND {newer}"));
         }
         due
     }
@@ -472,14 +507,17 @@ impl Policy {
             return format!("{} > {}", col("t", &self.keys[0].name), bound(1, &self.keys[0]));
         }
         let columns = self.cursor_columns();
-        let row: Vec<String> = columns.iter().map(|c| col("t", &c.name)).collect();
+        let row: Vec<String> = std::iter::once(self.time_of_row()).chain(self.keys.iter().map(|k| col("t", &k.name))).collect();
         let bounds: Vec<String> = columns.iter().enumerate().map(|(i, c)| bound(i, c)).collect();
         format!("{} >= {} AND ({}) > ({})", row[0], bounds[0], row.join(", "), bounds.join(", "))
     }
 
     /// The cursor columns of row `t`, in keyset order (`ORDER BY`).
     fn order(&self) -> String {
-        self.cursor_columns().iter().map(|c| col("t", &c.name)).collect::<Vec<_>>().join(", ")
+        if self.same_time_and_key() {
+            return col("t", &self.keys[0].name);
+        }
+        std::iter::once(self.time_of_row()).chain(self.keys.iter().map(|k| col("t", &k.name))).collect::<Vec<_>>().join(", ")
     }
 
     /// The row's key as audit, events, holds and preview show it (holds::row_key).
@@ -568,10 +606,10 @@ impl Policy {
         let carried: Vec<String> = self.carried().iter().enumerate().map(|(i, c)| format!("{} AS v{i}", col("t", c))).collect();
         let (row_key, audit) = if preview { (self.row_key("t"), self.audit_data()) } else { ("NULL::text".into(), "NULL::jsonb".into()) };
         let mut sql = format!(
-            "SELECT {carried}, t.{time} AS tm, t.ctid AS tid, {blocked} AS blocked, {held} AS held, {row_key} AS rk, {audit} AS data
+            "SELECT {carried}, {time} AS tm, t.ctid AS tid, {blocked} AS blocked, {held} AS held, {row_key} AS rk, {audit} AS data
                FROM {rel} t WHERE {due}",
             carried = carried.join(", "),
-            time = ident(&self.time.name),
+            time = self.time_of_row(),
             blocked = self.blocked(),
             held = self.held(),
             rel = self.relation,

@@ -315,7 +315,7 @@ fn code_only(expr: &str) -> Option<Vec<u8>> {
 /// quoted identifiers, dollar quotes and comments. A text that the parser accepts as one
 /// expression can still close the parenthesis it is wrapped in and continue the statement
 /// (`true) OR (true`); this catches that before the text is spliced into `(...)`.
-fn parens_stay_balanced(expr: &str) -> bool {
+pub(super) fn parens_stay_balanced(expr: &str) -> bool {
     let Some(code) = code_only(expr) else { return false };
     let mut depth = 0i64;
     for c in code {

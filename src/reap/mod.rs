@@ -6,8 +6,10 @@ mod archive;
 mod backpressure;
 mod batch;
 mod children;
+mod computed;
 mod filter;
 mod holds;
+mod keep;
 mod kinds;
 mod policy;
 mod shards;
@@ -156,7 +158,7 @@ fn batch_reads_an_index(policy_id: i32) -> Option<bool> {
                     .unwrap_or_else(|e| error::internal(e))
             })
         })
-        .map(|plan| (plan, policy.relid, policy.time_column_as_planned()))
+        .map(|plan| (plan, policy.relid, policy.time_as_indexed()))
     });
     let (plan, relid, time) = planned.ok()??;
     Some(reads_a_time_range(&plan.0, relid, &time))
@@ -176,8 +178,9 @@ fn reads_a_time_range(plan: &serde_json::Value, relid: pg_sys::Oid, time: &str) 
             let ranged = candidate && text("Node Type").starts_with("Index") && {
                 let condition = text("Index Cond");
                 let columns = index_columns(relid, text("Index Name"));
-                let before_time = columns.iter().take_while(|c| c.as_str() != time);
-                columns.iter().any(|c| c == time) && before_time.clone().all(|c| condition.contains(&format!("({c} = ")))
+                let is_time = |c: &String| computed::without_outer_parens(c) == computed::without_outer_parens(time);
+                let before_time = columns.iter().take_while(|c| !is_time(c));
+                columns.iter().any(is_time) && before_time.clone().all(|c| condition.contains(&format!("({c} = ")))
             };
             ranged || node.values().any(|v| reads_a_time_range(v, relid, time))
         }
@@ -186,15 +189,14 @@ fn reads_a_time_range(plan: &serde_json::Value, relid: pg_sys::Oid, time: &str) 
     }
 }
 
-/// The key columns of the index called `name` on table `relid` or one of its partitions,
-/// quoted as a plan prints them.
+/// The key columns of the index called `name` on table `relid` or one of its partitions, as
+/// its definition prints them: a column quoted as a plan prints it, an expression deparsed.
 fn index_columns(relid: pg_sys::Oid, name: &str) -> Vec<String> {
     Spi::get_one_with_args::<Vec<String>>(
-        "SELECT array_agg(pg_catalog.quote_ident(a.attname) ORDER BY k.ord)
+        "SELECT array_agg(pg_catalog.pg_get_indexdef(i.indexrelid, k.ord, false) ORDER BY k.ord)
            FROM pg_catalog.pg_index i
            JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-           CROSS JOIN LATERAL unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY AS k(attnum, ord)
-           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+           CROSS JOIN LATERAL generate_series(1, i.indnkeyatts::integer) AS k(ord)
           WHERE ic.relname = $2
             AND i.indrelid IN (SELECT $1 UNION ALL SELECT relid FROM pg_catalog.pg_partition_tree($1))",
         &[relid.into(), name.into()],
@@ -310,6 +312,7 @@ pgrx::extension_sql_file!(
         reap_round,
         note_policy_error,
         estimate_backlog,
+        batch_reads_an_index,
         policy::register_policy,
         backpressure::reap_backpressure,
         ulid_floor,

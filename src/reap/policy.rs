@@ -6,7 +6,9 @@
 
 use super::archive;
 use super::batch::Policy;
+use super::computed;
 use super::filter::{check_filter, Reach};
+use super::keep;
 use super::kinds::{Dependents, TimeKind};
 use super::shards;
 use crate::error::{self, Code};
@@ -620,13 +622,15 @@ fn store_policy(
     event_columns: Option<Vec<Option<String>>>,
     time_zone: Option<&str>,
     set_to: Option<Vec<Option<String>>>,
+    time_expression: Option<&str>,
+    keep_newest: Option<i32>,
+    keep_per: Option<Vec<Option<String>>>,
     search_path: Option<&str>,
 ) -> i32 {
     role::extension_owner(); // the tables have this library's shape
     let name = required(name, "name");
     check_policy_name(name);
     let relid = required(relation, "relation");
-    let time_column = required(time_column, "time_column");
     let dependents = required(dependents, "dependents");
     let batch_size = crate::limits::require_batch(batch_size, "batch_size");
     let enabled = required(enabled, "enabled");
@@ -635,12 +639,32 @@ fn store_policy(
 
     let relation = check_relation(relid, "register a policy on it");
     let key = primary_key(relid, &relation);
-    let time_col = column(relid, time_column);
-    let kind = time_kind(time_kind_given, &time_col, time_column);
-    if let Some(zone) = time_zone {
-        check_time_zone(zone, kind, time_column);
+    let (time_col, time_label) = match (time_column, time_expression) {
+        (Some(c), None) => (column(relid, c), c),
+        (None, Some(e)) => {
+            let (type_oid, type_name) = computed::check(&relation, e);
+            (Column { type_oid, type_name, not_null: false }, e)
+        }
+        (None, None) => error::null_argument(
+            "time_column",
+            "Name the time column, or pass time_column => NULL with time_expression => '<expression over the row>'.",
+        ),
+        (Some(_), Some(_)) => error::invalid_argument(
+            "time_column and time_expression both say what the time is".into(),
+            "Pass time_column => NULL with a time_expression, or leave time_expression out.",
+        ),
+    };
+    let kind = time_kind(time_kind_given, &time_col, time_label);
+    if kind == TimeKind::Ulid && time_expression.is_some() {
+        error::invalid_argument(
+            "a ULID time is a key column, not a computed time".into(),
+            "Name the ULID column as time_column, or compute a timestamp.",
+        );
     }
-    if kind == TimeKind::Ulid && older_than.is_none() {
+    if let Some(zone) = time_zone {
+        check_time_zone(zone, kind, time_label);
+    }
+    if kind == TimeKind::Ulid && older_than.is_none() && keep_newest.is_none() {
         error::invalid_argument("a ULID time column records creation time, so it needs older_than".into(), "E.g. older_than => '7 days'.");
     }
     if older_than.as_ref().is_some_and(|i| i.as_micros() <= 0) {
@@ -707,6 +731,34 @@ fn store_policy(
             "Its NOTIFY channel is lifecycle_<name>, at most 63 characters: shorten the name to 53.",
         );
     }
+    let keep_per = names(keep_per, "keep_per");
+    if let Some(newest) = keep_newest {
+        let Some(time_column) = time_column else {
+            error::raise(
+                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "keep_newest with a computed time is not supported",
+                None,
+                Some("Keep the newest rows by a time column."),
+            )
+        };
+        for c in keep_per.iter().flatten() {
+            column(relid, c);
+        }
+        if crate::citus::distribution(relid).is_some() {
+            error::raise(
+                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("keep_newest on Citus table {relation} is not supported"),
+                Some("A Citus table's batches run shard by shard, and a group's newer rows may live on other shards.".into()),
+                None,
+            );
+        }
+        let group = keep_per.clone().unwrap_or_default();
+        let keys: Vec<String> = key.iter().map(|k| k.name.clone()).collect();
+        keep::check(relid, &relation, &keys, time_column, newest, &group);
+        check_filter(relid, &relation, &keep::condition(&relation, &keys, time_column, &group, newest), Reach::RelatedRows);
+    } else if keep_per.is_some() {
+        error::invalid_argument("keep_per needs keep_newest".into(), "E.g. keep_newest => 60, keep_per => '{user_id}'.");
+    }
     let filter_reads_related = filter.is_some_and(|f| check_filter(relid, &relation, f, Reach::RelatedRows));
     if filter_reads_related && crate::citus::distribution(relid).is_some() {
         error::raise(
@@ -762,15 +814,20 @@ fn store_policy(
         event_columns.into(),
         time_zone.into(),
         set_to.map(|a| pgrx::JsonB(serde_json::Value::Array(a))).into(),
+        time_expression.into(),
+        keep_newest.into(),
+        keep_per.into(),
     ];
     let id = role::as_extension_owner(|| {
         let id = Spi::get_one_with_args::<i32>(
             "WITH p AS (
                 INSERT INTO lifecycle.policies (name, relation, key_columns, key_types, time_column, time_type, time_kind,
                     older_than, filter, action, nullify_columns, dependents, audit_columns, batch_size, enabled, owner,
-                    target_batch_time, archive, archive_columns, events, event_columns, time_zone, set_to)
+                    target_batch_time, archive, archive_columns, events, event_columns, time_zone, set_to,
+                    time_expression, keep_newest, keep_per)
                 VALUES ($1, $2::oid::regclass, $3::name[], $4, $5, $6, $7, $8, $9, $10, $11::name[], $12,
-                        $13::name[], $14, $15, $16::oid::regrole, $17, $18::oid::regclass, $19::name[], $20, $21::name[], $22, $23)
+                        $13::name[], $14, $15, $16::oid::regrole, $17, $18::oid::regclass, $19::name[], $20, $21::name[], $22, $23,
+                        $24, $25, $26::name[])
                 RETURNING id)
              INSERT INTO lifecycle.policy_state (policy_id) SELECT id FROM p RETURNING policy_id",
             &args,
@@ -798,8 +855,39 @@ fn store_policy(
     }
     if let Some(table) = crate::citus::distribution(relid) {
         shards::check(&Policy::load(id), &table);
+    } else {
+        warn_without_time_index(id);
     }
     id
+}
+
+/// A WARNING, with the CREATE INDEX that would serve it, when a batch of the policy would
+/// read its whole table: nothing is refused (the index may be built after, CONCURRENTLY).
+fn warn_without_time_index(id: i32) {
+    // Read-write: a statement of its own, with a snapshot that sees the policy just stored.
+    let found = Spi::connect_mut(|client| {
+        let row = sql::run_kept(
+            client,
+            true,
+            "SELECT lifecycle._batch_reads_an_index(id), name, lifecycle._time_index_statement(relation, time_column, time_expression)
+               FROM lifecycle.policies WHERE id = $1",
+            &[id.into()],
+            Some(1),
+        )?
+        .first();
+        Ok::<_, pgrx::spi::Error>((
+            row.get::<bool>(1)?,
+            row.get::<String>(2)?.unwrap_or_default(),
+            row.get::<String>(3)?.unwrap_or_default(),
+        ))
+    })
+    .unwrap_or_else(|e| error::internal(e));
+    if let (Some(false), name, statement) = found {
+        error::warn(
+            format!("a batch of policy {name} reads the whole table: no index serves its time"),
+            &format!("{statement}; lifecycle.check() reports it until then."),
+        );
+    }
 }
 
 #[cfg(test)]
