@@ -53,6 +53,7 @@ test: setup
 	$(MAKE) --no-print-directory test-major PG=16
 	$(MAKE) --no-print-directory test-major PG=17
 	$(MAKE) --no-print-directory test-major PG=18
+	@scripts/timed.sh "pg_upgrade 16, 17 -> 18" scripts/test-pg-upgrade.sh
 
 # Unit layer first: `cargo pgrx test` installs its own (pg_test) build of the library, so
 # the release build is installed again before the integration layer runs against it.
