@@ -4,9 +4,49 @@
 //! candidate row asks an index on (group, time) for its N newer rows, so a batch stays
 //! O(batch × N) however large the groups grow.
 
+use super::filter::{check_filter, Reach};
 use crate::error::{self, Code};
 use crate::sql::{self, col};
 use pgrx::prelude::*;
+
+/// add_policy's keep_newest and keep_per, checked for the table `relid` (`relation`, quoted)
+/// with primary key `keys` and time column `time_column` (None: a computed time); the
+/// caller has checked that keep_per's columns exist.
+pub fn check_options(
+    relid: pg_sys::Oid,
+    relation: &str,
+    keys: &[String],
+    time_column: Option<&str>,
+    keep_newest: Option<i32>,
+    keep_per: Option<&[String]>,
+) {
+    let Some(newest) = keep_newest else {
+        if keep_per.is_some() {
+            error::invalid_argument("keep_per needs keep_newest".into(), "E.g. keep_newest => 60, keep_per => '{user_id}'.");
+        }
+        return;
+    };
+    let Some(time) = time_column else {
+        error::raise(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "keep_newest with a computed time is not supported",
+            None,
+            Some("Keep the newest rows by a time column."),
+        )
+    };
+    let group = keep_per.unwrap_or_default();
+    if crate::citus::distribution(relid).is_some() {
+        error::raise(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("keep_newest on Citus table {relation} is not supported"),
+            Some("A Citus table's batches run shard by shard, and a group's newer rows may live on other shards.".into()),
+            None,
+        );
+    }
+    check(relid, relation, keys, time, newest, group);
+    // The lookup as a batch plans it: an index probe per candidate, or refused (22023).
+    check_filter(relid, relation, &condition(relation, keys, time, group, newest), Reach::RelatedRows);
+}
 
 /// The condition over the candidate row `t` of `relation` (quoted): N rows of its group come
 /// after it in (time, key) order. `OFFSET N - 1` makes the EXISTS read at most N index
@@ -29,7 +69,7 @@ pub fn condition(relation: &str, keys: &[String], time: &str, group: &[String], 
 /// the group's columns exist, and an index leads with them (in any order) and then the time
 /// column, without which each candidate would scan its whole group. The hint is the CREATE
 /// INDEX that serves it best: (group, time, key).
-pub fn check(relid: pg_sys::Oid, relation: &str, keys: &[String], time: &str, newest: i32, group: &[String]) {
+fn check(relid: pg_sys::Oid, relation: &str, keys: &[String], time: &str, newest: i32, group: &[String]) {
     if newest <= 0 {
         error::invalid_argument(format!("keep_newest must be positive, not {newest}"), "E.g. keep_newest => 10: the 10 newest rows stay.");
     }

@@ -665,7 +665,10 @@ fn store_policy(
         check_time_zone(zone, kind, time_label);
     }
     if kind == TimeKind::Ulid && older_than.is_none() && keep_newest.is_none() {
-        error::invalid_argument("a ULID time column records creation time, so it needs older_than".into(), "E.g. older_than => '7 days'.");
+        error::invalid_argument(
+            "a ULID time column records creation time, so it needs older_than or keep_newest".into(),
+            "E.g. older_than => '7 days'.",
+        );
     }
     if older_than.as_ref().is_some_and(|i| i.as_micros() <= 0) {
         error::invalid_argument("older_than must be a positive interval".into(), "E.g. older_than => '30 days'.");
@@ -732,33 +735,11 @@ fn store_policy(
         );
     }
     let keep_per = names(keep_per, "keep_per");
-    if let Some(newest) = keep_newest {
-        let Some(time_column) = time_column else {
-            error::raise(
-                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-                "keep_newest with a computed time is not supported",
-                None,
-                Some("Keep the newest rows by a time column."),
-            )
-        };
-        for c in keep_per.iter().flatten() {
-            column(relid, c);
-        }
-        if crate::citus::distribution(relid).is_some() {
-            error::raise(
-                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-                format!("keep_newest on Citus table {relation} is not supported"),
-                Some("A Citus table's batches run shard by shard, and a group's newer rows may live on other shards.".into()),
-                None,
-            );
-        }
-        let group = keep_per.clone().unwrap_or_default();
-        let keys: Vec<String> = key.iter().map(|k| k.name.clone()).collect();
-        keep::check(relid, &relation, &keys, time_column, newest, &group);
-        check_filter(relid, &relation, &keep::condition(&relation, &keys, time_column, &group, newest), Reach::RelatedRows);
-    } else if keep_per.is_some() {
-        error::invalid_argument("keep_per needs keep_newest".into(), "E.g. keep_newest => 60, keep_per => '{user_id}'.");
+    for c in keep_per.iter().flatten() {
+        column(relid, c);
     }
+    let keys: Vec<String> = key.iter().map(|k| k.name.clone()).collect();
+    keep::check_options(relid, &relation, &keys, time_column, keep_newest, keep_per.as_deref());
     let filter_reads_related = filter.is_some_and(|f| check_filter(relid, &relation, f, Reach::RelatedRows));
     if filter_reads_related && crate::citus::distribution(relid).is_some() {
         error::raise(
