@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Major-version upgrades with pg_upgrade (docs/operations.md): a cluster with pg_lifecycle in
-# use (a policy halfway through a sweep, its audit rows, activity, a pg_cron schedule) is
+# use (a policy with audit, archive and events halfway through a sweep, a legal hold, activity,
+# a pg_cron schedule) is
 # upgraded, 16 -> 18 copying and with --link, 17 -> 18 copying; the new server then carries on:
 # the same rows, the sweep finished with an audit row per deleted token, record_activity and
 # lifecycle.check() answering, the schedule still there. Runs after `make test` has installed
@@ -28,6 +29,8 @@ trap cleanup EXIT
 # state: what must be the same on both sides of the upgrade.
 state() {
     psql_q -qtA -d postgres -c "SELECT (SELECT count(*) FROM app.tokens) || ' ' || (SELECT count(*) FROM lifecycle.audit_log)
+        || ' ' || (SELECT count(*) FROM app.tokens_archive) || ' ' || (SELECT count(*) FROM lifecycle.events)
+        || ' ' || (SELECT count(*) FROM lifecycle.holds WHERE released_at IS NULL)
         || ' ' || (SELECT count(*) FROM lifecycle.activity) || ' ' || (SELECT count(*) FROM cron.job WHERE jobname LIKE 'pg_lifecycle:%')
         || ' ' || (SELECT extversion FROM pg_extension WHERE extname = 'pg_lifecycle')"
 }
@@ -45,7 +48,11 @@ CREATE TABLE app.tokens (id bigint PRIMARY KEY, user_id text NOT NULL, expires_a
 CREATE INDEX ON app.tokens (expires_at);
 INSERT INTO app.tokens SELECT g, 'u' || (g % 500), CASE WHEN g <= 15000 THEN now() - interval '1 day' + g * interval '1 second'
                                                        ELSE now() + interval '1 day' END FROM generate_series(1, 20000) g;
-SELECT lifecycle.add_policy('tokens', 'app.tokens', 'expires_at', audit => '{user_id}', batch_size => 1000, target_batch_time => NULL);
+SELECT lifecycle.create_archive('app.tokens', 'tokens_archive');
+SELECT lifecycle.add_policy('tokens', 'app.tokens', 'expires_at', audit => '{user_id}', batch_size => 1000, target_batch_time => NULL,
+                            archive => 'app.tokens_archive', events => true);
+-- A legal hold on one due token: it stays through every sweep, on both servers.
+SELECT lifecycle.add_hold('app.tokens', key => '7', reason => 'case 1');
 -- Halfway through the sweep: 5 batches of the 15 due.
 CALL lifecycle.reap(max_batches => 5);
 INSERT INTO lifecycle.scope_services VALUES ('sync', 'sync');
@@ -81,13 +88,15 @@ SQL
     # pg_cron's own catalog may need its newer version's steps; pg_lifecycle's is the same release.
     psql_q -q -d postgres -c "ALTER EXTENSION pg_cron UPDATE" -c "ALTER EXTENSION pg_lifecycle UPDATE"
     psql_q -q -d postgres -c "CALL lifecycle.reap()" 2>/dev/null
-    [ "$(psql_q -qtA -d postgres -c "SELECT count(*) FROM app.tokens")" = 5000 ] || fail "to $major ($mode): the sweep did not finish: $(psql_q -qtA -d postgres -c "SELECT (SELECT count(*) FROM app.tokens), last_error FROM lifecycle.policy_status")"
-    [ "$(psql_q -qtA -d postgres -c "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'tokens'")" = 15000 ] \
-        || fail "to $major ($mode): audit rows $(psql_q -qtA -d postgres -c "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'tokens'"), 15000 deleted"
+    [ "$(psql_q -qtA -d postgres -c "SELECT count(*) FROM app.tokens")" = 5001 ] || fail "to $major ($mode): the sweep did not finish: $(psql_q -qtA -d postgres -c "SELECT (SELECT count(*) FROM app.tokens), last_error FROM lifecycle.policy_status")"
+    local kept; kept=$(psql_q -qtA -d postgres -c "SELECT (SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'tokens') || ' '
+        || (SELECT count(*) FROM app.tokens_archive) || ' ' || (SELECT count(*) FROM lifecycle.events WHERE policy = 'tokens')
+        || ' ' || (SELECT count(*) FROM app.tokens WHERE id = 7)")
+    [ "$kept" = "14999 14999 14999 1" ] || fail "to $major ($mode): audit, archive, events, held: $kept (want 14999 of each, the held token kept)"
     [ "$(psql_q -qtA -d postgres -c "SELECT lifecycle.record_activity('u9999', 'c1', '{sync}')")" = t ] || fail "to $major ($mode): record_activity"
     psql_q -q -d postgres -c "SELECT * FROM lifecycle.check()" >/dev/null || fail "to $major ($mode): lifecycle.check() found problems: $(psql_q -qtA -d postgres -c "SELECT problem || ' ' || detail FROM lifecycle.check(strict => false)" 2>&1)"
     [ "$(psql_q -qtA -d postgres -c "SELECT count(*) FROM cron.job WHERE jobname LIKE 'pg_lifecycle:%'")" = 1 ] || fail "to $major ($mode): the schedule is gone"
-    echo "test-pg-upgrade: ok: $old -> $major with --$mode (pg_upgrade $took s): rows, audit, activity and schedule kept; the sweep finished on the new server, 15000 deleted, each audited"
+    echo "test-pg-upgrade: ok: $old -> $major with --$mode (pg_upgrade $took s): rows, audit, activity and schedule kept; the sweep finished on the new server, 14999 deleted, each audited, archived and announced, the held one kept"
     as_pg_user "$NEW_BIN/pg_ctl" -D "$NEW_DIR/data" -m fast -w stop >/dev/null
     rm -rf "$NEW_DIR"; NEW_DIR=
     PG_BIN=$OLD_BIN
