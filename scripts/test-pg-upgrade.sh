@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Major-version upgrades with pg_upgrade (docs/operations.md): a cluster with pg_lifecycle in
 # use (a policy with audit, archive and events halfway through a sweep, a legal hold, activity,
-# a pg_cron schedule) is
-# upgraded, 16 -> 18 copying and with --link, 17 -> 18 copying; the new server then carries on:
-# the same rows, the sweep finished with an audit row per deleted token, record_activity and
-# lifecycle.check() answering, the schedule still there. Runs after `make test` has installed
+# a pg_cron schedule) is upgraded, 16 -> 18 copying and with --link, 17 -> 18 copying; the new
+# server then carries on: the same rows, the sweep finished with one audit row, archive row and
+# event per deleted token and the held one kept, record_activity and lifecycle.check()
+# answering, the schedule still there. Runs after `make test` has installed
 # the release build into every major.
 #
 # Not from Debian's 15.20: its servers give every column an attribute option `pg_attver` (a
