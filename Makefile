@@ -54,6 +54,7 @@ test: setup
 	$(MAKE) --no-print-directory test-major PG=17
 	$(MAKE) --no-print-directory test-major PG=18
 	@scripts/timed.sh "pg_upgrade 16, 17 -> 18" scripts/test-pg-upgrade.sh
+	@scripts/timed.sh "release upgrades 0.2.0, 0.3.0 -> this one, old library first (PostgreSQL 15)" scripts/test-release-upgrade.sh
 
 # Unit layer first: `cargo pgrx test` installs its own (pg_test) build of the library, so
 # the release build is installed again before the integration layer runs against it.
