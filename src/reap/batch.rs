@@ -507,17 +507,22 @@ impl Policy {
             return format!("{} > {}", col("t", &self.keys[0].name), bound(1, &self.keys[0]));
         }
         let columns = self.cursor_columns();
-        let row: Vec<String> = std::iter::once(self.time_of_row()).chain(self.keys.iter().map(|k| col("t", &k.name))).collect();
+        let row = self.cursor_values();
         let bounds: Vec<String> = columns.iter().enumerate().map(|(i, c)| bound(i, c)).collect();
         format!("{} >= {} AND ({}) > ({})", row[0], bounds[0], row.join(", "), bounds.join(", "))
     }
 
     /// The cursor columns of row `t`, in keyset order (`ORDER BY`).
     fn order(&self) -> String {
+        self.cursor_values().join(", ")
+    }
+
+    /// What row `t` has in the cursor's places: its time (column or computed), then its key.
+    fn cursor_values(&self) -> Vec<String> {
         if self.same_time_and_key() {
-            return col("t", &self.keys[0].name);
+            return vec![col("t", &self.keys[0].name)];
         }
-        std::iter::once(self.time_of_row()).chain(self.keys.iter().map(|k| col("t", &k.name))).collect::<Vec<_>>().join(", ")
+        std::iter::once(self.time_of_row()).chain(self.keys.iter().map(|k| col("t", &k.name))).collect()
     }
 
     /// The row's key as audit, events, holds and preview show it (holds::row_key).
