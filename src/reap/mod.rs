@@ -317,6 +317,8 @@ pgrx::extension_sql_file!(
         backpressure::reap_backpressure,
         ulid_floor,
         ulid_floor_text,
+        // Before the comments and grants that name it (sql/comments.sql comes after "shards").
+        computed::add_seconds,
         "expiry",
         "history",
         "core"
