@@ -83,3 +83,71 @@ times_bench() {
     report "computed time vs the same time stored in a column" "$computed" "$stored" 0.8 rows/s
     report "keep_newest 10 per user vs a plain policy, same rows" "$keep" "$flagged" 0.8 rows/s
 }
+
+# Lifespans read per realm (Keycloak's shape, 1000 realms) against a plain policy deleting the
+# same rows with one older_than (every realm's lifespan is that interval): rows/s of the
+# backlog, fresh tables each run, alternating, best of RUNS. Then the steady state, where a
+# batch walks all 1000 realms and finds little due: the time of one batch at SPANS_ROWS and
+# at SPANS_BIG_ROWS (the walk's probes grow with the index's depth only).
+SPANS_ROWS=${SPANS_ROWS:-1000000}
+SPANS_BIG_ROWS=${SPANS_BIG_ROWS:-10000000}
+SPANS_LIFESPAN="(SELECT make_interval(secs => r.sso_idle_timeout) FROM spans.realm r WHERE r.id = realm_id)"
+
+spans_policy() {
+    local way=$1 args
+    case $way in
+        lifespan) args="lifespan => '$SPANS_LIFESPAN', lifespan_per => '{realm_id, offline_flag}'" ;;
+        plain) args="older_than => '1 hour'" ;;
+    esac
+    psql_q -q -d "$2" -c "SELECT lifecycle.drop_policy(name) FROM lifecycle.policies" \
+        -c "SELECT lifecycle.add_policy('s', 'spans.sessions', 'last_session_refresh', time_kind => 'unix_s', $args)" >/dev/null
+}
+
+spans_run() {
+    local way=$1 before after secs
+    # VACUUM: the visibility map of a table in service (the walk's next-realm probes read the index only).
+    psql_q -q -d spansbench -c "CALL spans.reset()" -c "VACUUM ANALYZE spans.sessions" -c "CHECKPOINT" >/dev/null
+    before=$(psql_q -qtA -d spansbench -c "SELECT count(*) FROM spans.sessions")
+    spans_policy "$way" spansbench
+    secs=$(seconds spansbench "SET client_min_messages = warning" "CALL lifecycle.reap(100000, '1 hour')")
+    after=$(psql_q -qtA -d spansbench -c "SELECT count(*) FROM spans.sessions")
+    awk -v n="$((before - after))" -v s="$secs" 'BEGIN {printf "%.0f", n / s}'
+}
+
+# spans_steady DB -> milliseconds of one steady-state batch (best of 5 averages of 20)
+spans_steady() {
+    local db=$1 best="" secs
+    psql_q -q -d "$db" -c "CALL spans.reset()" -c "VACUUM ANALYZE spans.sessions" >/dev/null
+    spans_policy lifespan "$db"
+    psql_q -q -d "$db" -c "SET client_min_messages = warning" -c "CALL lifecycle.reap(100000, '1 hour')" >/dev/null
+    psql_q -q -d "$db" -c "VACUUM ANALYZE spans.sessions" >/dev/null
+    for _ in 1 2 3 4 5; do
+        secs=$(seconds "$db" "SELECT count(lifecycle.reap_expired()) FROM generate_series(1, 20)")
+        best=$(min_of "$best" "$secs")
+    done
+    awk -v s="$best" 'BEGIN {printf "%.2f", s * 1000 / 20}'
+}
+
+spans_setup_db() {
+    psql_q -q -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1"
+    psql_q -q -d "$1" -c "CREATE EXTENSION pg_lifecycle"
+    psql_q -q -d "$1" -v n="$2" -f bench/sql/lifespans_setup.sql >/dev/null
+}
+
+lifespans_bench() {
+    spans_setup_db spansbench "$SPANS_ROWS"
+    echo "== lifespans per realm: $SPANS_ROWS Keycloak sessions over 1000 realms, half due =="
+    local lifespan=0 plain=0 small big
+    for _ in $(seq 1 "${RUNS:-2}"); do
+        lifespan=$(max_of "$lifespan" "$(spans_run lifespan)")
+        plain=$(max_of "$plain" "$(spans_run plain)")
+    done
+    report "lifespan per realm vs one older_than, same rows" "$lifespan" "$plain" 0.8 rows/s
+    small=$(spans_steady spansbench)
+    spans_setup_db spansbig "$SPANS_BIG_ROWS"
+    big=$(spans_steady spansbig)
+    psql_q -q -d postgres -c "DROP DATABASE spansbig"
+    echo "  steady state, a batch walking 1000 realms: $small ms at $SPANS_ROWS rows, $big ms at $SPANS_BIG_ROWS rows"
+    # A ratio of times: the smaller the better, so the report takes 1M over 10M (>= 1/1.2).
+    report "lifespan batch time at $SPANS_ROWS over at $SPANS_BIG_ROWS rows" "$small" "$big" 0.83 ms/ms
+}

@@ -31,7 +31,7 @@ echo
 case "${BENCH_ONLY:-all}" in all|activity) activity_bench; echo ;; esac
 case "${BENCH_ONLY:-all}" in all|reap) reap_bench ;; reap_scale) reap_scale_bench ;; reap_blocked) per_batch_setup reap1x "$REAP_ROWS"; blocked_bench ;; esac
 case "${BENCH_ONLY:-all}" in all|compliance) echo; compliance_bench ;; esac
-case "${BENCH_ONLY:-all}" in all|rules) echo; rules_bench; times_bench ;; times) times_bench ;; esac
+case "${BENCH_ONLY:-all}" in all|rules) echo; rules_bench; times_bench; lifespans_bench ;; times) times_bench ;; lifespans) lifespans_bench ;; esac
 
 echo
 echo "bench summary:"

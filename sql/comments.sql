@@ -25,7 +25,7 @@ COMMENT ON VIEW lifecycle.activity_stats IS 'record_activity counters: recorded,
 COMMENT ON VIEW lifecycle.service_activity IS 'Last activity per user and service, from the scope rows.';
 
 -- Reaping (docs/reaping.md)
-COMMENT ON FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[], text, integer, name[]) IS 'Registers a retention policy on a table the caller owns; returns its row.';
+COMMENT ON FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[], text, integer, name[], text, name[]) IS 'Registers a retention policy on a table the caller owns; returns its row.';
 COMMENT ON FUNCTION lifecycle.drop_policy(text) IS 'Drops a retention policy; false if there was none.';
 COMMENT ON FUNCTION lifecycle.set_policy_enabled(text, boolean) IS 'Enables or disables a retention policy; false if there was none.';
 COMMENT ON FUNCTION lifecycle.policy_children(text) IS 'Every child of a policy''s table and what a batch does about it.';

@@ -178,7 +178,8 @@ END
 $$;
 
 -- A policy's time zone for timestamp columns, set actions, computed times and keep-newest
--- (add_policy's new last arguments time_zone, set_to, time_expression, keep_newest, keep_per).
+-- (add_policy's new last arguments time_zone, set_to, time_expression, keep_newest, keep_per),
+-- lifespans from settings tables (lifespan, lifespan_per).
 ALTER TABLE lifecycle.policies ADD COLUMN time_zone text
     CONSTRAINT policies_time_zone_check CHECK (time_zone IS NULL OR time_kind = 'timestamp');
 ALTER TABLE lifecycle.policies DROP CONSTRAINT policies_action_check,
@@ -192,6 +193,11 @@ ALTER TABLE lifecycle.policies ADD COLUMN time_expression text
 ALTER TABLE lifecycle.policies ADD COLUMN keep_newest integer CHECK (keep_newest > 0);
 ALTER TABLE lifecycle.policies ADD COLUMN keep_per name[]
     CONSTRAINT policies_keep_per_check CHECK (keep_per IS NULL OR keep_newest IS NOT NULL);
+-- Lifespans from settings tables (add_policy's lifespan, lifespan_per).
+ALTER TABLE lifecycle.policies ADD COLUMN lifespan text
+    CONSTRAINT policies_lifespan_check CHECK (lifespan IS NULL OR older_than IS NULL);
+ALTER TABLE lifecycle.policies ADD COLUMN lifespan_per name[]
+    CONSTRAINT policies_lifespan_per_check CHECK (lifespan_per IS NULL OR lifespan IS NOT NULL);
 DROP FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean,
                                    text[], interval, text, boolean, name[]);
 DROP FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean,
@@ -219,6 +225,8 @@ CREATE FUNCTION lifecycle."_add_policy"(
 	"time_expression" TEXT, /* Option < & str > */
 	"keep_newest" INT, /* Option < i32 > */
 	"keep_per" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"lifespan" TEXT, /* Option < & str > */
+	"lifespan_per" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
 	"search_path" TEXT /* Option < & str > */
 ) RETURNS INT /* i32 */
  
@@ -257,7 +265,9 @@ CREATE FUNCTION lifecycle.add_policy(
     set_to       text[]   DEFAULT NULL,   -- 'column = value': update due rows instead of deleting them
     time_expression text  DEFAULT NULL,   -- with time_column NULL: the time as an IMMUTABLE expression over the row
     keep_newest  integer  DEFAULT NULL,   -- the newest N rows (of each keep_per group) are never due
-    keep_per     name[]   DEFAULT NULL)   -- the columns whose values make a group for keep_newest
+    keep_per     name[]   DEFAULT NULL,   -- the columns whose values make a group for keep_newest
+    lifespan     text     DEFAULT NULL,   -- instead of older_than: an interval read per lifespan_per group
+    lifespan_per name[]   DEFAULT NULL)   -- the row's columns the lifespan reads (its group)
 RETURNS lifecycle.policies
 LANGUAGE plpgsql
 -- No SET search_path: the tables named in delete_from and block_on resolve in the caller's
@@ -268,18 +278,18 @@ DECLARE
     result lifecycle.policies;
 BEGIN
     new_id := lifecycle._add_policy($1, $2::oid, $3::text, $4, $5, $6, $7::text[], $8, $9, $10::text[], $11, $12,
-                                    $13, $14, $15, $16, $17::text[], $18, $19, $20, $21, $22::text[],
+                                    $13, $14, $15, $16, $17::text[], $18, $19, $20, $21, $22::text[], $23, $24::text[],
                                     pg_catalog.current_setting('search_path'));
     SELECT * INTO result FROM lifecycle.policies p WHERE p.id OPERATOR(pg_catalog.=) new_id;
     RETURN result;
 END
 $$;
-COMMENT ON FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[], text, integer, name[]) IS 'Registers a retention policy on a table the caller owns; returns its row.';
-REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean, text[], interval, text, boolean, text[], text, text[], text, integer, text[], text),
-                           lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[], text, integer, name[]),
+COMMENT ON FUNCTION lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[], text, integer, name[], text, name[]) IS 'Registers a retention policy on a table the caller owns; returns its row.';
+REVOKE EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean, text[], interval, text, boolean, text[], text, text[], text, integer, text[], text, text[], text),
+                           lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[], text, integer, name[], text, name[]),
                            lifecycle._time_index_statement(regclass, name, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean, text[], interval, text, boolean, text[], text, text[], text, integer, text[], text),
-                          lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[], text, integer, name[]),
+GRANT EXECUTE ON FUNCTION lifecycle._add_policy(text, oid, text, interval, text, text, text[], text, text[], text[], integer, boolean, text[], interval, text, boolean, text[], text, text[], text, integer, text[], text, text[], text),
+                          lifecycle.add_policy(text, regclass, name, interval, text, text, name[], text, text[], name[], integer, boolean, text[], interval, text, boolean, name[], text, text[], text, integer, name[], text, name[]),
                           lifecycle._time_index_statement(regclass, name, text) TO lifecycle_operator;
 
 -- Computed times: the IMMUTABLE helper their indexes need.

@@ -38,7 +38,11 @@ CREATE TABLE lifecycle.policies (
     -- Keep the newest rows: a row is due only while keep_newest newer rows of its group (equal
     -- keep_per columns; NULL: the whole table) exist (src/reap/keep.rs).
     keep_newest     integer CHECK (keep_newest > 0),
-    keep_per        name[] CONSTRAINT policies_keep_per_check CHECK (keep_per IS NULL OR keep_newest IS NOT NULL)
+    keep_per        name[] CONSTRAINT policies_keep_per_check CHECK (keep_per IS NULL OR keep_newest IS NOT NULL),
+    -- A lifespan read per group of rows (lifespan_per columns; NULL: one for the table) from
+    -- settings tables, in place of older_than (src/reap/lifespan.rs).
+    lifespan        text CONSTRAINT policies_lifespan_check CHECK (lifespan IS NULL OR older_than IS NULL),
+    lifespan_per    name[] CONSTRAINT policies_lifespan_per_check CHECK (lifespan_per IS NULL OR lifespan IS NOT NULL)
 );
 COMMENT ON TABLE lifecycle.policies IS 'Retention policies; write them with lifecycle.add_policy.';
 
@@ -360,7 +364,9 @@ CREATE FUNCTION lifecycle.add_policy(
     set_to       text[]   DEFAULT NULL,   -- 'column = value': update due rows instead of deleting them
     time_expression text  DEFAULT NULL,   -- with time_column NULL: the time as an IMMUTABLE expression over the row
     keep_newest  integer  DEFAULT NULL,   -- the newest N rows (of each keep_per group) are never due
-    keep_per     name[]   DEFAULT NULL)   -- the columns whose values make a group for keep_newest
+    keep_per     name[]   DEFAULT NULL,   -- the columns whose values make a group for keep_newest
+    lifespan     text     DEFAULT NULL,   -- instead of older_than: an interval read per lifespan_per group
+    lifespan_per name[]   DEFAULT NULL)   -- the row's columns the lifespan reads (its group)
 RETURNS lifecycle.policies
 LANGUAGE plpgsql
 -- No SET search_path: the tables named in delete_from and block_on resolve in the caller's
@@ -371,7 +377,7 @@ DECLARE
     result lifecycle.policies;
 BEGIN
     new_id := lifecycle._add_policy($1, $2::oid, $3::text, $4, $5, $6, $7::text[], $8, $9, $10::text[], $11, $12,
-                                    $13, $14, $15, $16, $17::text[], $18, $19, $20, $21, $22::text[],
+                                    $13, $14, $15, $16, $17::text[], $18, $19, $20, $21, $22::text[], $23, $24::text[],
                                     pg_catalog.current_setting('search_path'));
     SELECT * INTO result FROM lifecycle.policies p WHERE p.id OPERATOR(pg_catalog.=) new_id;
     RETURN result;

@@ -1394,3 +1394,132 @@ fn keep_newest_leaves_what_mas_and_discourse_leave() {
     }
     assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.policies WHERE name = 'x'"), 0);
 }
+
+/// The Keycloak schema and realm settings of the lifespan test: realms whose SSO idle,
+/// remember-me idle and offline idle timeouts differ (0 or -1: Keycloak's default), and
+/// sessions of both kinds in each realm. Times are 500 s away from every cutoff, so the
+/// seconds the test takes move no row across one.
+const KEYCLOAK_SESSIONS: &str = "
+CREATE SCHEMA kc;
+CREATE TABLE kc.realm (id varchar(36) PRIMARY KEY, name varchar(255) UNIQUE, sso_idle_timeout integer,
+                       sso_idle_timeout_remember_me integer, offline_session_idle_timeout integer);
+CREATE TABLE kc.realm_attribute (name varchar(255), realm_id varchar(36) REFERENCES kc.realm, value text,
+                                 PRIMARY KEY (name, realm_id));
+CREATE TABLE kc.offline_user_session (user_session_id varchar(36), user_id varchar(255), realm_id varchar(36) NOT NULL,
+    created_on integer NOT NULL, offline_flag varchar(4), data text, last_session_refresh integer NOT NULL DEFAULT 0,
+    broker_session_id varchar(1024), version integer DEFAULT 0,
+    CONSTRAINT constraint_offl_us_ses_pk2 PRIMARY KEY (user_session_id, offline_flag));
+CREATE INDEX idx_offline_uss_by_last_session_refresh ON kc.offline_user_session (realm_id, offline_flag, last_session_refresh);
+CREATE TABLE now_s AS SELECT extract(epoch FROM now())::integer AS s;
+INSERT INTO kc.realm SELECT 'realm-' || g, 'r' || g,
+       CASE WHEN g % 3 = 0 THEN 0 ELSE 1000 * g - 180 END,
+       CASE WHEN g % 2 = 0 THEN 1000 * (g + 1) - 180 ELSE 0 END,
+       CASE WHEN g % 4 = 0 THEN -1 ELSE 1000 * (g + 2) - 180 END
+  FROM generate_series(1, 20) g;
+INSERT INTO kc.offline_user_session (user_session_id, user_id, realm_id, created_on, offline_flag, last_session_refresh)
+SELECT 's' || i, 'u' || (i % 97), 'realm-' || (1 + i % 20), (SELECT s FROM now_s) - 100000,
+       (i % 2)::text, (SELECT s FROM now_s) - ((i / 40) % 30) * 1000 - 500
+  FROM generate_series(1, 12000) i;";
+
+/// Keycloak's idle rule per realm and kind, as Keycloak computes it (the 180 s window of its
+/// periodic cleaner; defaults for settings at or below 0; remember-me as the longer of the
+/// two), written as one plain statement: what the policies must leave.
+const KEYCLOAK_ORACLE: &str = "
+DROP TABLE IF EXISTS kept;
+CREATE TABLE kept AS SELECT o.user_session_id, o.offline_flag FROM kc.offline_user_session o JOIN kc.realm r ON r.id = o.realm_id
+ WHERE o.last_session_refresh >= extract(epoch FROM now())::integer - 180 -
+       CASE WHEN o.offline_flag = '1'
+            THEN CASE WHEN r.offline_session_idle_timeout > 0 THEN r.offline_session_idle_timeout ELSE 2592000 END
+            ELSE greatest(CASE WHEN r.sso_idle_timeout > 0 THEN r.sso_idle_timeout ELSE 1800 END,
+                          r.sso_idle_timeout_remember_me) END;";
+
+const KEYCLOAK_LIFESPAN: &str = "$$(SELECT make_interval(secs => 180 +
+     CASE WHEN offline_flag = '1'
+          THEN CASE WHEN r.offline_session_idle_timeout > 0 THEN r.offline_session_idle_timeout ELSE 2592000 END
+          ELSE greatest(CASE WHEN r.sso_idle_timeout > 0 THEN r.sso_idle_timeout ELSE 1800 END, r.sso_idle_timeout_remember_me) END)
+   FROM kc.realm r WHERE r.id = realm_id)$$";
+
+/// Lifespans read per realm from Keycloak's settings: one policy on Keycloak's own index
+/// leaves exactly what Keycloak's per-realm cleanup leaves, at batch sizes that end batches
+/// inside a group and across groups, follows a change of settings and a new realm at the next
+/// batch, and walks the groups by index. Bad lifespans are refused with clear codes.
+#[test]
+fn lifespans_read_per_realm_leave_what_keycloak_leaves() {
+    for batch in [7, 1000] {
+        let db = Cluster::shared().fresh_db();
+        let mut c = db.connect();
+        c.batch_execute(KEYCLOAK_SESSIONS).unwrap();
+        c.batch_execute(&format!(
+            "SELECT lifecycle.add_policy('kc_idle', 'kc.offline_user_session', 'last_session_refresh', time_kind => 'unix_s',
+                    lifespan => {KEYCLOAK_LIFESPAN}, lifespan_per => '{{realm_id, offline_flag}}',
+                    batch_size => {batch}, target_batch_time => NULL, audit => '{{realm_id}}')"
+        ))
+        .unwrap();
+        assert!(c
+            .query_one("SELECT lifecycle._batch_reads_an_index(id) FROM lifecycle.policies WHERE name = 'kc_idle'", &[])
+            .unwrap()
+            .get::<_, bool>(0));
+        let differs = "SELECT count(*) FROM (
+                 (SELECT user_session_id, offline_flag FROM kc.offline_user_session EXCEPT ALL SELECT * FROM kept)
+                 UNION ALL (SELECT * FROM kept EXCEPT ALL SELECT user_session_id, offline_flag FROM kc.offline_user_session)) d";
+        c.batch_execute(KEYCLOAK_ORACLE).unwrap();
+        let before = count(&mut c, "SELECT count(*) FROM kc.offline_user_session");
+        c.batch_execute("CALL lifecycle.reap(max_batches => 100000)").unwrap();
+        assert_eq!(count(&mut c, differs), 0, "batch {batch}: the policy left other sessions than Keycloak's rule");
+        let after = count(&mut c, "SELECT count(*) FROM kc.offline_user_session");
+        assert!(before - after > 1000 && after > 1000, "batch {batch}: {before} -> {after}: the data tests nothing");
+        assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.audit_log WHERE policy = 'kc_idle'"), before - after);
+        // Settings change: realm-5 shortens its idle time, realm-21 appears; the next run follows.
+        c.batch_execute(
+            "UPDATE kc.realm SET sso_idle_timeout = 820, sso_idle_timeout_remember_me = 0 WHERE id = 'realm-5';
+             INSERT INTO kc.realm VALUES ('realm-21', 'r21', 2820, 0, 4820);
+             INSERT INTO kc.offline_user_session (user_session_id, user_id, realm_id, created_on, offline_flag, last_session_refresh)
+             SELECT 'n' || i, 'u1', 'realm-21', 0, (i % 2)::text, (SELECT s FROM now_s) - (i % 10) * 1000 - 500
+               FROM generate_series(1, 100) i;",
+        )
+        .unwrap();
+        c.batch_execute(KEYCLOAK_ORACLE).unwrap();
+        c.batch_execute("CALL lifecycle.reap(max_batches => 100000)").unwrap();
+        assert_eq!(count(&mut c, differs), 0, "batch {batch}: a change of settings was not followed");
+        assert!(count(&mut c, "SELECT count(*) FROM kc.offline_user_session WHERE realm_id = 'realm-21'") < 100);
+        assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired()"), 0, "batch {batch}: steady state");
+    }
+
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    c.batch_execute(KEYCLOAK_SESSIONS).unwrap();
+    let table = "'kc.offline_user_session', 'last_session_refresh', time_kind => 'unix_s'";
+    for (args, want) in [
+        // Not an interval; a column of the row outside lifespan_per; volatile; no such table.
+        ("lifespan => '3600', lifespan_per => '{realm_id}'", "42804"),
+        ("lifespan => 'make_interval(secs => created_on)', lifespan_per => '{realm_id}'", "42703"),
+        ("lifespan => 'random() * interval ''1 hour''', lifespan_per => '{realm_id}'", "22023"),
+        ("lifespan => '(SELECT interval ''1 hour'' FROM kc.nope n WHERE n.id = realm_id)', lifespan_per => '{realm_id}'", "42P01"),
+        // Both lifespans; lifespan_per alone; an index that does not lead with the group.
+        ("older_than => '1 hour', lifespan => 'interval ''1 hour'''", "22023"),
+        ("lifespan_per => '{realm_id}'", "22023"),
+        ("lifespan => 'interval ''1 hour''', lifespan_per => '{offline_flag, realm_id}'", "22023"),
+        ("lifespan => 'interval ''1 hour''', lifespan_per => '{realm_id}', keep_newest => 3", "0A000"),
+        ("lifespan => 'interval ''1 hour''', lifespan_per => '{nope}'", "42703"),
+    ] {
+        let sql = format!("SELECT lifecycle.add_policy('x', {table}, {args})");
+        let (code, message, _) = sqlstate(c.batch_execute(&sql));
+        assert_eq!(code, want, "{args}: {message}");
+    }
+    let sql = format!("SELECT lifecycle.add_policy('x', {table}, lifespan => 'interval ''1 hour''', lifespan_per => '{{user_id}}')");
+    let (_, _, hint) = sqlstate(c.batch_execute(&sql));
+    assert_eq!(hint.as_deref(), Some("CREATE INDEX ON kc.offline_user_session (user_id, last_session_refresh)"));
+    assert_eq!(count(&mut c, "SELECT count(*) FROM lifecycle.policies WHERE name = 'x'"), 0);
+    // One lifespan for the whole table (a settings row), read once per batch.
+    c.batch_execute(
+        "CREATE TABLE kc.settings (id integer PRIMARY KEY, idle integer NOT NULL);
+         INSERT INTO kc.settings VALUES (1, 4820);
+         CREATE INDEX ON kc.offline_user_session (last_session_refresh);
+         SELECT lifecycle.add_policy('one', 'kc.offline_user_session', 'last_session_refresh', time_kind => 'unix_s',
+                lifespan => '(SELECT make_interval(secs => s.idle + 180) FROM kc.settings s WHERE s.id = 1)');",
+    )
+    .unwrap();
+    c.batch_execute("CALL lifecycle.reap()").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM kc.offline_user_session WHERE last_session_refresh < (SELECT s FROM now_s) - 5000"), 0);
+    assert!(count(&mut c, "SELECT count(*) FROM kc.offline_user_session") > 1000);
+}

@@ -11,6 +11,8 @@ mod filter;
 mod holds;
 mod keep;
 mod kinds;
+mod lifespan;
+mod model;
 mod policy;
 mod shards;
 
@@ -180,13 +182,26 @@ fn reads_a_time_range(plan: &serde_json::Value, relid: pg_sys::Oid, time: &str) 
                 let columns = index_columns(relid, text("Index Name"));
                 let is_time = |c: &String| computed::without_outer_parens(c) == computed::without_outer_parens(time);
                 let before_time = columns.iter().take_while(|c| !is_time(c));
-                columns.iter().any(is_time) && before_time.clone().all(|c| condition.contains(&format!("({c} = ")))
+                columns.iter().any(is_time) && before_time.clone().all(|c| fixed_by_equality(condition, c))
             };
             ranged || node.values().any(|v| reads_a_time_range(v, relid, time))
         }
         serde_json::Value::Array(items) => items.iter().any(|v| reads_a_time_range(v, relid, time)),
         _ => false,
     }
+}
+
+/// Whether an Index Cond fixes column `c` by equality: `(c = ...)`, or `((c)::text = ...)`
+/// where the column is compared through a cast (a varchar column, as Keycloak's realm_id).
+fn fixed_by_equality(condition: &str, c: &str) -> bool {
+    if condition.contains(&format!("({c} = ")) {
+        return true;
+    }
+    let cast = format!("(({c})::");
+    condition.match_indices(&cast).any(|(at, _)| {
+        let rest = &condition[at + cast.len()..];
+        rest.split_once(' ').is_some_and(|(type_name, after)| !type_name.contains(')') && after.starts_with("= "))
+    })
 }
 
 /// The key columns of the index called `name` on table `relid` or one of its partitions, as
@@ -327,3 +342,16 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!("../../sql/shards.sql", name = "shards", requires = ["reap", "links", shards::reap_shard]);
 pgrx::extension_sql_file!("../../sql/history.sql", name = "history", requires = ["expiry"]);
 pgrx::extension_sql_file!("../../sql/compliance.sql", name = "compliance", requires = ["reap", holds::add_hold, holds::release_hold]);
+
+#[cfg(test)]
+mod tests {
+    use super::fixed_by_equality;
+
+    #[test]
+    fn equality_is_seen_through_a_cast() {
+        assert!(fixed_by_equality("((nid = $1) AND (requested_at < now()))", "nid"));
+        assert!(fixed_by_equality("(((realm_id)::text = (grp.g0)::text) AND (t < 5))", "realm_id"));
+        assert!(!fixed_by_equality("(((realm_id)::text > (grp.g0)::text))", "realm_id"));
+        assert!(!fixed_by_equality("((realm_id > 'a'))", "realm_id"));
+    }
+}

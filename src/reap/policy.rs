@@ -10,6 +10,7 @@ use super::computed;
 use super::filter::{check_filter, Reach};
 use super::keep;
 use super::kinds::{Dependents, TimeKind};
+use super::lifespan;
 use super::shards;
 use crate::error::{self, Code};
 use crate::role;
@@ -625,6 +626,8 @@ fn store_policy(
     time_expression: Option<&str>,
     keep_newest: Option<i32>,
     keep_per: Option<Vec<Option<String>>>,
+    lifespan: Option<&str>,
+    lifespan_per: Option<Vec<Option<String>>>,
     search_path: Option<&str>,
 ) -> i32 {
     role::extension_owner(); // the tables have this library's shape
@@ -664,9 +667,9 @@ fn store_policy(
     if let Some(zone) = time_zone {
         check_time_zone(zone, kind, time_label);
     }
-    if kind == TimeKind::Ulid && older_than.is_none() && keep_newest.is_none() {
+    if kind == TimeKind::Ulid && older_than.is_none() && keep_newest.is_none() && lifespan.is_none() {
         error::invalid_argument(
-            "a ULID time column records creation time, so it needs older_than or keep_newest".into(),
+            "a ULID time column records creation time, so it needs older_than, lifespan or keep_newest".into(),
             "E.g. older_than => '7 days'.",
         );
     }
@@ -739,6 +742,16 @@ fn store_policy(
         column(relid, c);
     }
     let keys: Vec<String> = key.iter().map(|k| k.name.clone()).collect();
+    let lifespan_per = names(lifespan_per, "lifespan_per").map(|per| {
+        per.into_iter()
+            .map(|name| {
+                let type_name = column(relid, &name).type_name;
+                super::model::Column { name, type_name }
+            })
+            .collect::<Vec<_>>()
+    });
+    let lifespan =
+        lifespan::check_options(relid, &relation, time_column, older_than.is_some(), keep_newest.is_some(), lifespan, lifespan_per);
     keep::check_options(relid, &relation, &keys, time_column, keep_newest, keep_per.as_deref());
     let filter_reads_related = filter.is_some_and(|f| check_filter(relid, &relation, f, Reach::RelatedRows));
     if filter_reads_related && crate::citus::distribution(relid).is_some() {
@@ -798,6 +811,8 @@ fn store_policy(
         time_expression.into(),
         keep_newest.into(),
         keep_per.into(),
+        lifespan.as_ref().map(|l| l.expression.clone()).into(),
+        lifespan.map(|l| l.per.into_iter().map(|c| c.name).collect::<Vec<_>>()).filter(|per| !per.is_empty()).into(),
     ];
     let id = role::as_extension_owner(|| {
         let id = Spi::get_one_with_args::<i32>(
@@ -805,10 +820,10 @@ fn store_policy(
                 INSERT INTO lifecycle.policies (name, relation, key_columns, key_types, time_column, time_type, time_kind,
                     older_than, filter, action, nullify_columns, dependents, audit_columns, batch_size, enabled, owner,
                     target_batch_time, archive, archive_columns, events, event_columns, time_zone, set_to,
-                    time_expression, keep_newest, keep_per)
+                    time_expression, keep_newest, keep_per, lifespan, lifespan_per)
                 VALUES ($1, $2::oid::regclass, $3::name[], $4, $5, $6, $7, $8, $9, $10, $11::name[], $12,
                         $13::name[], $14, $15, $16::oid::regrole, $17, $18::oid::regclass, $19::name[], $20, $21::name[], $22, $23,
-                        $24, $25, $26::name[])
+                        $24, $25, $26::name[], $27, $28::name[])
                 RETURNING id)
              INSERT INTO lifecycle.policy_state (policy_id) SELECT id FROM p RETURNING policy_id",
             &args,
