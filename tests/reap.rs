@@ -1483,6 +1483,15 @@ fn lifespans_read_per_realm_leave_what_keycloak_leaves() {
         assert_eq!(count(&mut c, differs), 0, "batch {batch}: a change of settings was not followed");
         assert!(count(&mut c, "SELECT count(*) FROM kc.offline_user_session WHERE realm_id = 'realm-21'") < 100);
         assert_eq!(count(&mut c, "SELECT lifecycle.reap_expired()"), 0, "batch {batch}: steady state");
+        // A batch visits at most its size in groups, due rows or not (42 groups here).
+        let done: bool = c
+            .query_one(
+                "SELECT sweep_done FROM lifecycle._reap_batch((SELECT id FROM lifecycle.policies WHERE name = 'kc_idle'), NULL)",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(done, batch > 42, "batch {batch}: a steady-state batch walked past its size");
     }
 
     let db = Cluster::shared().fresh_db();

@@ -180,6 +180,8 @@ pub struct Policy {
     filter: Option<String>,
     /// keep_newest and keep_per: the newest N rows of each group are not due.
     keep: Option<(i32, Vec<String>)>,
+    /// keep_per's columns with their types: the groups a keep_newest batch walks.
+    keep_groups: Vec<Column>,
     /// What an updating policy sets (nullify or set_to); None: it deletes.
     update: Option<Update>,
     pub(super) children: Vec<Child>,
@@ -218,6 +220,9 @@ SELECT p.id, p.name, p.owner::oid,
        p.time_expression, p.keep_newest, p.keep_per::text[], p.lifespan, p.lifespan_per::text[],
        (SELECT array_agg(pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY u.ord)
           FROM unnest(p.lifespan_per) WITH ORDINALITY AS u(name, ord)
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = p.relation AND a.attname = u.name),
+       (SELECT array_agg(pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY u.ord)
+          FROM unnest(p.keep_per) WITH ORDINALITY AS u(name, ord)
           JOIN pg_catalog.pg_attribute a ON a.attrelid = p.relation AND a.attname = u.name)
   FROM lifecycle.policies p
   JOIN lifecycle.policy_state s ON s.policy_id = p.id
@@ -280,6 +285,11 @@ impl Policy {
                     },
                     time_zone: row.get(28)?,
                     filter: row.get(11)?,
+                    keep_groups: {
+                        let names: Vec<String> = row.get(32)?.unwrap_or_default();
+                        let types: Vec<String> = row.get(36)?.unwrap_or_default();
+                        names.into_iter().zip(types).map(|(name, type_name)| Column { name, type_name }).collect()
+                    },
                     keep: match row.get::<i32>(31)? {
                         Some(newest) => Some((newest, row.get(32)?.unwrap_or_default())),
                         None => None,
@@ -398,6 +408,8 @@ impl Policy {
             lifespan: None,
             time_zone: definition["time_zone"].as_str().map(str::to_string),
             filter: definition["filter"].as_str().map(str::to_string),
+            // add_policy refuses keep_newest on Citus tables.
+            keep_groups: Vec::new(),
             keep: definition["keep"]
                 .as_array()
                 .map(|k| (k[0].as_i64().unwrap_or_else(|| bad()) as i32, texts(&k[1]).unwrap_or_else(|| bad()))),
@@ -471,15 +483,24 @@ impl Policy {
     pub fn due(&self) -> String {
         let reference = match &self.lifespan {
             Some(lifespan) => format!("(now() - {})", lifespan.of_row()),
-            None if self.older_than.is_some() => "(now() - $3::interval)".into(),
-            None => "now()".into(),
+            None => self.fixed_reference().into(),
         };
-        self.due_against(&reference)
+        self.due_against(&reference, true)
+    }
+
+    /// The reference of an older_than or expiry rule (`due` without a lifespan).
+    fn fixed_reference(&self) -> &'static str {
+        if self.older_than.is_some() {
+            "(now() - $3::interval)"
+        } else {
+            "now()"
+        }
     }
 
     /// The due predicate with the time compared with `reference` (a timestamptz: a row is
-    /// due when its time is before it, or at it for an expiry time).
-    fn due_against(&self, reference: &str) -> String {
+    /// due when its time is before it, or at it for an expiry time); `with_keep`: with
+    /// keep_newest's look at the row's newer rows (a walk reads its group's bound instead).
+    fn due_against(&self, reference: &str, with_keep: bool) -> String {
         let t = self.time_of_row();
         let op = if self.older_than.is_some() || self.lifespan.is_some() { "<" } else { "<=" };
         let mut due = match self.time_kind {
@@ -501,7 +522,7 @@ impl Policy {
         if let Some(filter) = &self.filter {
             due.push_str(&format!(" AND {}", super::filter::spliced(&self.relation, filter)));
         }
-        if let Some((newest, per)) = &self.keep {
+        if let Some((newest, per)) = self.keep.as_ref().filter(|_| with_keep) {
             let keys: Vec<String> = self.keys.iter().map(|k| k.name.clone()).collect();
             let newer = super::keep::condition(&self.relation, &keys, &self.time.name, per, *newest);
             due.push_str(&format!(" AND {newer}"));
@@ -509,14 +530,23 @@ impl Policy {
         due
     }
 
-    /// The groups a batch walks: a lifespan's, when it has lifespan_per.
-    fn walked_groups(&self) -> Option<&Lifespan> {
-        self.lifespan.as_ref().filter(|l| !l.per.is_empty())
+    /// The groups a batch walks (groups.rs): a lifespan's lifespan_per, or keep_newest's
+    /// keep_per. None: the batch walks the time index.
+    fn walked_groups(&self) -> Option<&[Column]> {
+        match &self.lifespan {
+            Some(lifespan) if !lifespan.per.is_empty() => Some(&lifespan.per),
+            _ => Some(self.keep_groups.as_slice()).filter(|g| !g.is_empty()),
+        }
     }
 
     /// The group columns that lead the cursor (none but a walk's).
     fn group_columns(&self) -> &[Column] {
-        self.walked_groups().map_or(&[], |l| l.per.as_slice())
+        self.walked_groups().unwrap_or_default()
+    }
+
+    /// The key columns after the time, in the cursor's order (none for a ULID key).
+    fn keys_after_time(&self) -> Vec<String> {
+        self.keys.iter().map(|k| k.name.clone()).filter(|k| self.time_expression.is_some() || *k != self.time.name).collect()
     }
 
     /// The columns the cursor orders by: the walked group's, then time, then every key column.
@@ -643,15 +673,22 @@ impl Policy {
     /// carry their row key and audit data and are not locked; for a batch they are locked,
     /// and the audit data is taken later from the acted-on rows.
     ///
-    /// With a lifespan per group, this is what one group gives, inside a walk over the groups
-    /// (lifespan.rs): the group is `grp`, whose lifespan is read once, and the rows carry its
-    /// columns out (`gr0...`) for the cursor.
+    /// With groups to walk, this is what one group gives, inside the walk (groups.rs): the
+    /// group is `grp`, with its own values read once (a lifespan's `span`, keep_newest's
+    /// bound `b0...`), and a group with nothing due gives a marker row of NULLs.
     pub fn candidates(&self, preview: bool) -> String {
-        let mut carried: Vec<String> = self.carried().iter().enumerate().map(|(i, c)| format!("{} AS v{i}", col("t", c))).collect();
-        carried.extend((0..self.group_columns().len()).map(|i| format!("grp.g{i} AS gr{i}")));
+        let carried: Vec<String> = self.carried().iter().enumerate().map(|(i, c)| format!("{} AS v{i}", col("t", c))).collect();
         let (row_key, audit) = if preview { (self.row_key("t"), self.audit_data()) } else { ("NULL::text".into(), "NULL::jsonb".into()) };
         let due = match self.walked_groups() {
-            Some(groups) => format!("{} AND {}", groups.in_current_group(), self.due_against("(now() - grp.span)")),
+            Some(groups) if self.lifespan.is_some() => {
+                format!("{} AND {}", super::groups::in_current_group(groups), self.due_against("(now() - grp.span)", false))
+            }
+            Some(groups) => format!(
+                "{} AND {} AND {}",
+                super::groups::in_current_group(groups),
+                self.due_against(self.fixed_reference(), false),
+                super::keep::below_bound(&self.time.name, &self.keys_after_time())
+            ),
             None => self.due(),
         };
         let mut sql = format!(
@@ -670,13 +707,26 @@ impl Policy {
         if !preview {
             sql.push_str(" FOR UPDATE OF t SKIP LOCKED");
         }
-        match self.walked_groups() {
-            Some(groups) => {
-                let start = self.cursor.as_ref().map(|_| groups.per.iter().enumerate().map(|(i, c)| Self::cursor_bound(i, c)).collect());
-                groups.walk(&self.relation, &sql, start)
+        let Some(groups) = self.walked_groups() else { return sql };
+        // The walk starts at the cursor's group and time (the first column after the group).
+        let start = self.cursor.as_ref().map(|_| {
+            let columns = self.cursor_columns();
+            let values = self.cursor_values();
+            let n = groups.len() + 1;
+            (values[..n].to_vec(), columns[..n].iter().enumerate().map(|(i, c)| Self::cursor_bound(i, c)).collect())
+        });
+        let per_group = |alias: &str| -> (String, String) {
+            let group = super::groups::group_of(alias, groups);
+            match (&self.lifespan, &self.keep) {
+                (Some(lifespan), _) => (format!("{} AS span", lifespan.of_group(&group)), String::new()),
+                (None, Some((newest, _))) => {
+                    let bound = super::keep::bound(&self.relation, groups, &group, &self.time.name, &self.keys_after_time(), *newest);
+                    ("kb.*".into(), format!("LEFT JOIN LATERAL ({bound}) kb ON true"))
+                }
+                (None, None) => error::internal("a walk without a per-group rule"),
             }
-            None => sql,
-        }
+        };
+        super::groups::walk(&self.relation, groups, &sql, start, per_group)
     }
 
     /// (`USING` list, `WHERE`) of a statement on the table aliased `alias` that matches the
@@ -702,8 +752,12 @@ impl Policy {
         // when there is something to filter).
         let acted = if self.may_block() || !self.holds.is_empty() {
             // Not materialized: read by the action only, it is a filter over `batch` (already
-            // materialized), not a second copy of the batch.
+            // materialized), not a second copy of the batch. A walk's marker rows (NULLs)
+            // fail it too.
             sql.push_str(", acted AS NOT MATERIALIZED (SELECT * FROM batch WHERE NOT blocked AND NOT held)");
+            "acted"
+        } else if self.walked_groups().is_some() {
+            sql.push_str(", acted AS NOT MATERIALIZED (SELECT * FROM batch WHERE tid IS NOT NULL)");
             "acted"
         } else {
             "batch"
@@ -767,7 +821,7 @@ impl Policy {
         // The audit rows leave as two arrays in the same order (one aggregate pass over the
         // acted-on rows), to be written by `run`.
         sql.push_str(&format!(
-            "{seen} SELECT a.acted, s.examined, s.blocked, {cursor}, a.keys, a.data, a.events, s.held
+            "{seen} SELECT a.acted, s.examined, s.blocked, {cursor}, a.keys, a.data, a.events, s.held, s.walked
                FROM (SELECT count(*) AS acted, {keys} AS keys, {data} AS data, {events} AS events FROM done d) a, seen s",
             seen = self.seen(&[]),
             cursor = self.new_cursor()
@@ -790,7 +844,9 @@ impl Policy {
         } else {
             "max(tm)"
         };
-        format!(", seen AS (SELECT count(*) AS examined, {blocked} AS blocked, {held} AS held, {last} AS last{more} FROM batch)")
+        // `tid` is NULL in a walk's marker rows only (groups with nothing due): not examined,
+        // but walked.
+        format!(", seen AS (SELECT count(tid) AS examined, {blocked} AS blocked, {held} AS held, {last} AS last, count(*) AS walked{more} FROM batch)")
     }
 
     /// The new cursor, as jsonb text: the last row of CTE `batch` in keyset order, with CTE
@@ -804,7 +860,7 @@ impl Policy {
             // The batch comes in cursor order, numbered (`wn`): its last row is the one
             // `seen.last` numbers. (Ordering the batch by (group, time, key) to find it cost
             // a quarter of a 10000-row batch: a realm's key is text.)
-            let mut position: Vec<String> = (0..groups.per.len()).map(|i| format!("b.gr{i}")).collect();
+            let mut position: Vec<String> = (0..groups.len()).map(|i| format!("b.gr{i}")).collect();
             if !self.same_time_and_key() {
                 position.push("b.tm".into());
             }
@@ -1078,7 +1134,8 @@ pub fn execute<R>(policy: &Policy, limit: i32, record: impl FnOnce(&mut SpiClien
             audit_data: row.get_datum_by_ordinal(6)?,
             event_data: row.get_datum_by_ordinal(7)?,
             held: row.get::<i64>(8)?.unwrap_or(0),
-            sweep_done: examined < i64::from(limit),
+            // A walk's batch is full when its rows and the groups it passed fill it.
+            sweep_done: if policy.walked_groups().is_some() { row.get::<i64>(9)?.unwrap_or(0) } else { examined } < i64::from(limit),
         };
         record(client, &done)
     })

@@ -1,10 +1,12 @@
 //! Keep the newest N: a row is due only while at least N newer rows of its group (the rows
 //! with its `keep_per` values, or the whole table) exist, newer by the policy's time and then
-//! its key (MAS's policy-data prune keeps 10; Discourse keeps 60 sessions per user). Each
-//! candidate row asks an index on (group, time) for its N newer rows, so a batch stays
-//! O(batch × N) however large the groups grow.
+//! its key (MAS's policy-data prune keeps 10; Discourse keeps 60 sessions per user). With
+//! keep_per, a batch walks the groups (groups.rs) on an index on (group, time, key): each
+//! group's N-th newest row is read once, by one probe, and the group's rows older than it are
+//! due. Without, each candidate row asks the time index for its N newer rows.
 
 use super::filter::{check_filter, Reach};
+use super::model::Column;
 use crate::error::{self, Code};
 use crate::sql::{self, col};
 use pgrx::prelude::*;
@@ -73,6 +75,11 @@ fn check(relid: pg_sys::Oid, relation: &str, keys: &[String], time: &str, newest
     if newest <= 0 {
         error::invalid_argument(format!("keep_newest must be positive, not {newest}"), "E.g. keep_newest => 10: the 10 newest rows stay.");
     }
+    if !group.is_empty() {
+        // A batch walks the groups (groups.rs), in the index's order.
+        super::groups::check_index(relid, relation, "keep_newest", group, time, keys);
+        return;
+    }
     let led = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (
            SELECT 1 FROM pg_catalog.pg_index i
@@ -98,4 +105,28 @@ fn check(relid: pg_sys::Oid, relation: &str, keys: &[String], time: &str, newest
             Some(format!("CREATE INDEX ON {relation} ({})", columns.join(", ")).as_str()),
         );
     }
+}
+
+/// The N-th newest row of the group whose `per` values are `group` (SQL), as `b0` (its time)
+/// and `b1...` (its key after the time): one backward probe of the (group, time, key) index.
+/// A group of fewer than N rows has none, and nothing of it is due.
+pub fn bound(relation: &str, per: &[Column], group: &[String], time: &str, keys: &[String], newest: i32) -> String {
+    let order: Vec<&str> = std::iter::once(time).chain(keys.iter().map(String::as_str)).collect();
+    let selected: Vec<String> = order.iter().enumerate().map(|(i, c)| format!("{} AS b{i}", col("k", c))).collect();
+    let fixed: Vec<String> = per.iter().zip(group).map(|(c, v)| format!("{} = {v}", col("k", &c.name))).collect();
+    let descending: Vec<String> = order.iter().map(|c| format!("{} DESC", col("k", c))).collect();
+    format!(
+        "SELECT {} FROM {relation} k WHERE {} ORDER BY {} OFFSET {} LIMIT 1",
+        selected.join(", "),
+        fixed.join(" AND "),
+        descending.join(", "),
+        newest - 1
+    )
+}
+
+/// Row `t` is older, by (time, key), than its walked group's bound (`grp.b0...`).
+pub fn below_bound(time: &str, keys: &[String]) -> String {
+    let row: Vec<String> = std::iter::once(time).chain(keys.iter().map(String::as_str)).map(|c| col("t", c)).collect();
+    let bound: Vec<String> = (0..row.len()).map(|i| format!("grp.b{i}")).collect();
+    format!("({}) < ({})", row.join(", "), bound.join(", "))
 }

@@ -8,12 +8,9 @@
 //! one value per group; without `lifespan_per` it sees nothing of the row and is read once
 //! per batch. A lifespan that is NULL makes its group's rows never due.
 //!
-//! A batch stays O(batch + groups): it walks the groups in order on an index led by the
-//! group's columns and then the time column (a loose index scan: one probe finds the next
-//! group), reads each group's lifespan once, and takes that group's due rows from the same
-//! index by a range, until the batch is full. The cursor is (group, time, key): the next
-//! batch starts in the group where the last one stopped. A group with nothing due costs two
-//! probes and the lifespan's lookup.
+//! A batch walks the groups (groups.rs) on an index led by the group's columns and then the
+//! time column, reads each group's lifespan once, and takes that group's due rows from the
+//! same index by a range. A group with nothing due costs two probes and the lifespan's lookup.
 
 use super::filter::{check_filter, Reach};
 use super::model::Column;
@@ -40,49 +37,6 @@ impl Lifespan {
     pub fn of_row(&self) -> String {
         let values: Vec<String> = self.per.iter().map(|c| col("t", &c.name)).collect();
         self.of_group(&values)
-    }
-
-    /// `t`'s group columns equal the walk's current group (`grp.g0, ...`).
-    pub fn in_current_group(&self) -> String {
-        let pairs: Vec<String> = self.per.iter().enumerate().map(|(i, c)| format!("{} = grp.g{i}", col("t", &c.name))).collect();
-        pairs.join(" AND ")
-    }
-
-    /// The candidates of a batch as a walk over the groups of `relation` (quoted): `rows` is
-    /// the candidates statement of one group (the current group is `grp`: its columns `g0...`
-    /// and its lifespan `span`), which must carry `grp`'s columns out as `gr0...`. `start`:
-    /// the cursor's group values (SQL), where the walk begins; None: the first group.
-    ///
-    /// Each step of the recursive CTE finds the next group with one index probe (the first
-    /// entry after the current group). PostgreSQL runs a recursive CTE as far as its reader
-    /// asks, and the LIMIT stops the reader when the batch is full, so the walk goes only as
-    /// far as the batch needs. Groups are visited in order and each group's rows come in
-    /// (time, key) order, so the candidates come in cursor order without sorting them, and
-    /// they are numbered in that order (`wn`, a window that streams): the greatest number is
-    /// the batch's last row, the next cursor.
-    pub fn walk(&self, relation: &str, rows: &str, start: Option<Vec<String>>) -> String {
-        let names: Vec<String> = self.per.iter().map(|c| col("t", &c.name)).collect();
-        let aliases: Vec<String> = (0..self.per.len()).map(|i| format!("g{i}")).collect();
-        let selected: Vec<String> = names.iter().zip(&aliases).map(|(n, a)| format!("{n} AS {a}")).collect();
-        let row = |alias: &str| aliases.iter().map(|a| format!("{alias}.{a}")).collect::<Vec<_>>();
-        let first = match start {
-            Some(values) => format!("({}) >= ({})", names.join(", "), values.join(", ")),
-            None => names.iter().map(|n| format!("{n} IS NOT NULL")).collect::<Vec<_>>().join(" AND "),
-        };
-        let next = |condition: &str| {
-            format!("SELECT {} FROM {relation} t WHERE {condition} ORDER BY {} LIMIT 1", selected.join(", "), names.join(", "))
-        };
-        format!(
-            "WITH RECURSIVE grp AS (
-                 SELECT f.*, {first_span} AS span FROM ({first}) f
-               UNION ALL
-                 SELECT n.*, {next_span} AS span FROM grp, LATERAL ({next}) n)
-             SELECT c.*, pg_catalog.row_number() OVER () AS wn FROM grp CROSS JOIN LATERAL ({rows}) c LIMIT $2",
-            first_span = self.of_group(&row("f")),
-            first = next(&first),
-            next_span = self.of_group(&row("n")),
-            next = next(&format!("({}) > ({})", names.join(", "), row("grp").join(", "))),
-        )
     }
 }
 
@@ -137,7 +91,8 @@ pub fn check_options(
     // Without groups the lifespan is one interval per batch: the time index serves as it
     // does older_than's (add_policy warns without one).
     if !lifespan.per.is_empty() {
-        check_index(relid, relation, time, &lifespan.per);
+        let per: Vec<String> = lifespan.per.iter().map(|c| c.name.clone()).collect();
+        super::groups::check_index(relid, relation, "lifespan", &per, time, &[]);
     }
     Some(lifespan)
 }
@@ -175,33 +130,5 @@ fn same_code(sqlstate: &str) -> Code {
         "42501" => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
         "42883" => Code::ERRCODE_UNDEFINED_FUNCTION,
         _ => Code::ERRCODE_INVALID_PARAMETER_VALUE,
-    }
-}
-
-/// An index leads with the group's columns, in lifespan_per's order, and then the time
-/// column: the walk's next-group probe and each group's range both need that order.
-fn check_index(relid: pg_sys::Oid, relation: &str, time: &str, per: &[Column]) {
-    let mut leading: Vec<String> = per.iter().map(|c| c.name.clone()).collect();
-    leading.push(time.to_string());
-    let led = Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (
-           SELECT 1 FROM pg_catalog.pg_index i
-            WHERE i.indrelid = $1 AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
-              AND i.indnkeyatts >= cardinality($2::text[])
-              AND (SELECT array_agg(a.attname::text ORDER BY k.ord)
-                     FROM unnest(i.indkey[0:cardinality($2::text[]) - 1]) WITH ORDINALITY AS k(attnum, ord)
-                     JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) = $2::text[])",
-        &[relid.into(), leading.clone().into()],
-    )
-    .unwrap_or_else(|e| error::internal(e))
-    .unwrap_or(false);
-    if !led {
-        let columns: Vec<String> = leading.iter().map(|c| ident(c.as_str())).collect();
-        error::raise(
-            Code::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("lifespan needs an index on {relation} led by {}", columns.join(", ")),
-            Some("A batch walks the groups in that index's order and takes each group's due rows from it by a range.".into()),
-            Some(format!("CREATE INDEX ON {relation} ({})", columns.join(", ")).as_str()),
-        );
     }
 }

@@ -8,6 +8,7 @@ mod batch;
 mod children;
 mod computed;
 mod filter;
+mod groups;
 mod holds;
 mod keep;
 mod kinds;
@@ -234,7 +235,8 @@ fn preview(
     let (id, _) = policy_for_change(policy_name);
     let policy = Policy::load(id);
     // `blocked`: the row would be kept, by a child that references it or by a legal hold.
-    let query = format!("SELECT rk, tm::text, blocked OR held, data FROM ({}) c", policy.candidates(true));
+    // A walk's marker rows (groups with nothing due, tid NULL) are not rows.
+    let query = format!("SELECT rk, tm::text, blocked OR held, data FROM ({}) c WHERE c.tid IS NOT NULL", policy.candidates(true));
     let rows = batch::with_batch_plan_shape(|| {
         role::run_as(policy.owner, true, || {
             Spi::connect(|client| {
