@@ -1532,3 +1532,107 @@ fn lifespans_read_per_realm_leave_what_keycloak_leaves() {
     assert_eq!(count(&mut c, "SELECT count(*) FROM kc.offline_user_session WHERE last_session_refresh < (SELECT s FROM now_s) - 5000"), 0);
     assert!(count(&mut c, "SELECT count(*) FROM kc.offline_user_session") > 1000);
 }
+
+/// The SQL block of a docs/recipes.md section (its first, after the heading `## {section}`).
+fn recipe(section: &str) -> String {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/recipes.md")).unwrap();
+    let heading = format!("## {section}");
+    let after = &page[page.find(&heading).unwrap_or_else(|| panic!("no section {section}"))..];
+    let block = after.split("```sql\n").nth(1).expect("a sql block");
+    block.split("\n```").next().unwrap().to_string()
+}
+
+/// Keycloak's whole scheduled cleanup as docs/recipes.md writes it, against Keycloak's rules
+/// as plain SQL on the same data: 30 realms with differing (and unset) timeouts, event
+/// expirations and admin-event attributes; sessions of both kinds with their client sessions;
+/// login and admin events. Times are 500 s away from every cutoff. Then a change of settings.
+#[test]
+fn recipe_keycloak_leaves_what_keycloaks_cleaner_leaves() {
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/recipes.md")).unwrap();
+    let keycloak = &page[page.find("## Keycloak").unwrap()..];
+    let setup: Vec<&str> = keycloak.lines().filter_map(|l| l.strip_prefix("<!-- setup: ")?.strip_suffix(" -->")).collect();
+    c.batch_execute(&setup.join(";\n")).unwrap();
+    c.batch_execute(
+        "CREATE TABLE now_s AS SELECT extract(epoch FROM now())::bigint AS s;
+         INSERT INTO kc.realm SELECT 'realm-' || g, 'r' || g,
+                CASE WHEN g % 5 = 0 THEN NULL WHEN g % 5 = 1 THEN 0 ELSE 1000 * g END,
+                CASE WHEN g % 3 = 0 THEN 0 ELSE 1000 * g - 180 END,
+                CASE WHEN g % 2 = 0 THEN 1000 * (g + 1) - 180 ELSE -1 END,
+                CASE WHEN g % 4 = 0 THEN -1 ELSE 1000 * (g + 2) - 180 END
+           FROM generate_series(1, 30) g;
+         INSERT INTO kc.realm_attribute SELECT 'adminEventsExpiration', 'realm-' || g,
+                CASE WHEN g % 7 = 0 THEN '0' WHEN g % 7 = 1 THEN '' ELSE (2000 * g)::text END
+           FROM generate_series(1, 30) g WHERE g % 6 <> 0;
+         INSERT INTO kc.realm_attribute SELECT 'displayName', 'realm-' || g, 'Realm ' || g FROM generate_series(1, 30) g;
+         INSERT INTO kc.offline_user_session (user_session_id, user_id, realm_id, created_on, offline_flag, last_session_refresh)
+         SELECT 's' || i, 'u' || (i % 97), 'realm-' || (1 + i % 30), 0, (i % 2)::text,
+                (SELECT s FROM now_s) - ((i / 60) % 40) * 1000 - 500
+           FROM generate_series(1, 9000) i;
+         INSERT INTO kc.offline_client_session (user_session_id, client_id, offline_flag, timestamp)
+         SELECT s.user_session_id, 'client-' || k, s.offline_flag, 0 FROM kc.offline_user_session s, generate_series(1, 2) k
+          WHERE length(s.user_session_id) % 3 <> 0 OR k = 1;
+         INSERT INTO kc.event_entity (id, realm_id, event_time, type)
+         SELECT 'e' || i, 'realm-' || (1 + i % 30), ((SELECT s FROM now_s) - ((i / 30) % 60) * 1000 - 500) * 1000, 'LOGIN'
+           FROM generate_series(1, 6000) i;
+         INSERT INTO kc.admin_event_entity (id, realm_id, admin_event_time, operation_type)
+         SELECT 'a' || i, CASE WHEN i % 50 = 0 THEN NULL ELSE 'realm-' || (1 + i % 30) END,
+                ((SELECT s FROM now_s) - ((i / 30) % 80) * 1000 - 500) * 1000, 'UPDATE'
+           FROM generate_series(1, 6000) i;",
+    )
+    .unwrap();
+    // Keycloak's rules, realm by realm, as plain SQL: what must be left.
+    let oracle = "
+        DROP TABLE IF EXISTS kept_sessions, kept_clients, kept_events, kept_admin;
+        CREATE TABLE kept_sessions AS SELECT o.user_session_id, o.offline_flag
+          FROM kc.offline_user_session o JOIN kc.realm r ON r.id = o.realm_id
+         WHERE o.last_session_refresh >= extract(epoch FROM now())::integer - 180 -
+               CASE WHEN o.offline_flag = '1'
+                    THEN CASE WHEN r.offline_session_idle_timeout > 0 THEN r.offline_session_idle_timeout ELSE 2592000 END
+                    ELSE greatest(CASE WHEN r.sso_idle_timeout > 0 THEN r.sso_idle_timeout ELSE 1800 END,
+                                  r.sso_idle_timeout_remember_me) END;
+        CREATE TABLE kept_clients AS SELECT c.user_session_id, c.client_id, c.offline_flag FROM kc.offline_client_session c
+         WHERE (c.user_session_id, c.offline_flag) IN (SELECT * FROM kept_sessions)
+            OR (c.user_session_id, c.offline_flag) NOT IN (SELECT user_session_id, offline_flag FROM kc.offline_user_session);
+        CREATE TABLE kept_events AS SELECT e.id FROM kc.event_entity e LEFT JOIN kc.realm r ON r.id = e.realm_id
+         WHERE NOT coalesce(r.events_expiration > 0 AND e.event_time < (extract(epoch FROM now())::bigint - r.events_expiration) * 1000, false);
+        CREATE TABLE kept_admin AS SELECT e.id FROM kc.admin_event_entity e
+          LEFT JOIN kc.realm_attribute a ON a.realm_id = e.realm_id AND a.name = 'adminEventsExpiration'
+         WHERE NOT coalesce(a.value ~ '^0*[1-9][0-9]*$'
+                            AND e.admin_event_time < (extract(epoch FROM now())::bigint - a.value::bigint) * 1000, false);";
+    let differs = [
+        ("sessions", "SELECT user_session_id, offline_flag FROM kc.offline_user_session", "SELECT * FROM kept_sessions"),
+        ("client sessions", "SELECT user_session_id, client_id, offline_flag FROM kc.offline_client_session", "SELECT * FROM kept_clients"),
+        ("events", "SELECT id FROM kc.event_entity", "SELECT * FROM kept_events"),
+        ("admin events", "SELECT id FROM kc.admin_event_entity", "SELECT * FROM kept_admin"),
+    ];
+    c.batch_execute(oracle).unwrap();
+    let before: Vec<i64> = differs.iter().map(|(_, left, _)| count(&mut c, &format!("SELECT count(*) FROM ({left}) l"))).collect();
+    c.batch_execute(&recipe("Keycloak")).unwrap();
+    c.batch_execute("UPDATE lifecycle.policies SET batch_size = 50, target_batch_time = NULL").unwrap();
+    c.batch_execute("CALL lifecycle.reap(max_batches => 100000)").unwrap();
+    for (round, (what, left, right)) in differs.iter().enumerate() {
+        let sql = format!("SELECT count(*) FROM (({left} EXCEPT ALL {right}) UNION ALL ({right} EXCEPT ALL {left})) d");
+        assert_eq!(count(&mut c, &sql), 0, "{what}: the recipe left other rows than Keycloak's cleaner");
+        let after = count(&mut c, &format!("SELECT count(*) FROM ({left}) l"));
+        assert!(after < before[round] && after > 0, "{what}: {} -> {after}: the data tests nothing", before[round]);
+    }
+    // An admin changes settings: the next run follows them.
+    c.batch_execute(
+        "UPDATE kc.realm SET events_expiration = 3000 WHERE id IN ('realm-5', 'realm-11');
+         UPDATE kc.realm_attribute SET value = '4000' WHERE name = 'adminEventsExpiration' AND realm_id = 'realm-7';
+         UPDATE kc.realm SET sso_idle_timeout = 820, sso_idle_timeout_remember_me = 0 WHERE id = 'realm-8';",
+    )
+    .unwrap();
+    c.batch_execute(oracle).unwrap();
+    c.batch_execute("CALL lifecycle.reap(max_batches => 100000)").unwrap();
+    for (what, left, right) in differs {
+        let sql = format!("SELECT count(*) FROM (({left} EXCEPT ALL {right}) UNION ALL ({right} EXCEPT ALL {left})) d");
+        assert_eq!(count(&mut c, &sql), 0, "{what}: a change of settings was not followed");
+    }
+    for name in ["kc_sessions", "kc_events", "kc_admin_events"] {
+        let sql = format!("SELECT lifecycle._batch_reads_an_index(id) FROM lifecycle.policies WHERE name = '{name}'");
+        assert!(c.query_one(sql.as_str(), &[]).unwrap().get::<_, bool>(0), "{name} does not walk its index");
+    }
+}

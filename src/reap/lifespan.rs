@@ -117,7 +117,7 @@ fn check_scope_and_type(lifespan: &Lifespan) {
             same_code(&sqlstate),
             format!("lifespan {}: {message}", sql::literal(&lifespan.expression)),
             Some(format!("A lifespan reads {scope} (name them in lifespan_per), and other tables through subqueries.")),
-            Some("E.g. (SELECT make_interval(secs => r.sso_idle_timeout) FROM app.realm r WHERE r.id = realm_id)."),
+            Some("E.g. (SELECT make_interval(secs => r.sso_idle_timeout) FROM app.realm r WHERE r.id = t.realm_id)."),
         ),
     }
 }
