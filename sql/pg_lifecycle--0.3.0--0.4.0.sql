@@ -454,3 +454,115 @@ SELECT p.name,
        p.events
   FROM lifecycle.policies p
   JOIN lifecycle.policy_state s ON s.policy_id = p.id;
+
+-- The reaper under a DBA's statement_timeout: CALL lifecycle.reap cuts its time budget to fit.
+-- The time budget a CALL lifecycle.reap can use: its own, or less when the session's
+-- statement_timeout (a DBA's, on the role or the database: the CALL is one statement) would
+-- cancel it first. Then the round stops early, with what it did committed, instead of being
+-- cancelled mid-batch with an error in pg_cron's log; a fifth of the timeout is left for the
+-- last round.
+CREATE FUNCTION lifecycle._reap_time_budget(time_budget interval)
+RETURNS interval
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    timeout interval := current_setting('statement_timeout')::interval;
+    usable interval;
+BEGIN
+    IF timeout <= interval '0' THEN
+        RETURN time_budget;
+    END IF;
+    usable := timeout * 0.8;
+    IF usable >= time_budget THEN
+        RETURN time_budget;
+    END IF;
+    RAISE NOTICE 'pg_lifecycle: time budget % cut to % by statement_timeout %', time_budget, usable, timeout;
+    RETURN usable;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION lifecycle._reap_time_budget(interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lifecycle._reap_time_budget(interval) TO lifecycle_operator;
+
+-- What pg_cron calls: batches until every policy finished one sweep, max_batches rounds were
+-- run or time_budget is spent, committing after each round so locks stay short and a kill
+-- loses at most one batch.
+CREATE OR REPLACE PROCEDURE lifecycle.reap(max_batches integer DEFAULT 1000,
+                                time_budget interval DEFAULT '5 minutes',
+                                batch integer DEFAULT NULL,
+                                policy_name text DEFAULT NULL)
+LANGUAGE plpgsql
+-- No SET clause: Postgres forbids COMMIT in a procedure that has one. It runs with the
+-- caller's rights, and everything it calls is schema-qualified.
+AS $$
+DECLARE
+    -- Procedures cannot carry SET search_path (they could not COMMIT): pin it per
+    -- transaction instead, and give the caller's back at the end.
+    saved_search_path text := pg_catalog.current_setting('search_path');
+    started   timestamptz := pg_catalog.clock_timestamp();
+    finished  integer[] := '{}';
+    rounds    integer := 0;
+    total     bigint := 0;
+    round_acted bigint;
+    all_done  boolean;
+    maintained timestamptz;
+    r record;
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
+    PERFORM lifecycle._require_reap_limits(max_batches, time_budget);
+    time_budget := lifecycle._reap_time_budget(time_budget);
+    IF policy_name IS NOT NULL THEN
+        PERFORM lifecycle._require_policy(policy_name);
+    END IF;
+    PERFORM lifecycle._require_primary();
+    LOOP
+        -- Backpressure: wait while a standby lags or WAL flows too fast, within the budget.
+        PERFORM lifecycle._reap_backpressure(
+            extract(epoch FROM time_budget - (pg_catalog.clock_timestamp() - started)) * 1000);
+        IF pg_catalog.clock_timestamp() - started >= time_budget THEN
+            RAISE NOTICE 'pg_lifecycle: stopping, time budget % spent; the rest is done next run', time_budget;
+            EXIT;
+        END IF;
+        -- A reaper's work is idempotent: if a crash loses the last round's commit, its
+        -- deletes and audit rows are lost together and simply done again next run. So the
+        -- rounds need not wait for a WAL flush (transaction-local; the caller's setting is
+        -- untouched).
+        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+        -- The partitions the rounds' audit and event rows go to (this period's and the
+        -- next), and the history retention: once a minute is enough for both.
+        IF maintained IS NULL OR pg_catalog.clock_timestamp() - maintained >= interval '1 minute' THEN
+            PERFORM lifecycle._maintain_history();
+            maintained := pg_catalog.clock_timestamp();
+        END IF;
+        round_acted := 0;
+        all_done := true;
+        FOR r IN SELECT * FROM lifecycle._reap_round(batch, finished, policy_name) LOOP
+            round_acted := round_acted + r.acted;
+            -- Swept to the end (or failed, or busy in another reaper): done for this call.
+            IF r.sweep_done THEN
+                finished := finished || r.policy_id;
+            ELSE
+                all_done := false;
+            END IF;
+        END LOOP;
+        COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
+        rounds := rounds + 1;
+        total := total + round_acted;
+        RAISE NOTICE 'pg_lifecycle: round %: % rows acted on (% total), % policies done, %',
+            rounds, round_acted, total, pg_catalog.cardinality(finished), pg_catalog.clock_timestamp() - started;
+        -- The round ran every policy not done yet (a policy added meanwhile waits for the
+        -- next run).
+        EXIT WHEN all_done;
+        IF rounds >= max_batches THEN
+            RAISE NOTICE 'pg_lifecycle: stopping after max_batches = % rounds; the rest is done next run', max_batches;
+            EXIT;
+        END IF;
+        IF pg_catalog.clock_timestamp() - started >= time_budget THEN
+            RAISE NOTICE 'pg_lifecycle: stopping, time budget % spent; the rest is done next run', time_budget;
+            EXIT;
+        END IF;
+    END LOOP;
+    PERFORM pg_catalog.set_config('search_path', saved_search_path, true);
+END
+$$;

@@ -250,6 +250,32 @@ BEGIN
 END
 $$;
 
+-- The time budget a CALL lifecycle.reap can use: its own, or less when the session's
+-- statement_timeout (a DBA's, on the role or the database: the CALL is one statement) would
+-- cancel it first. Then the round stops early, with what it did committed, instead of being
+-- cancelled mid-batch with an error in pg_cron's log; a fifth of the timeout is left for the
+-- last round.
+CREATE FUNCTION lifecycle._reap_time_budget(time_budget interval)
+RETURNS interval
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    timeout interval := current_setting('statement_timeout')::interval;
+    usable interval;
+BEGIN
+    IF timeout <= interval '0' THEN
+        RETURN time_budget;
+    END IF;
+    usable := timeout * 0.8;
+    IF usable >= time_budget THEN
+        RETURN time_budget;
+    END IF;
+    RAISE NOTICE 'pg_lifecycle: time budget % cut to % by statement_timeout %', time_budget, usable, timeout;
+    RETURN usable;
+END
+$$;
+
 -- What pg_cron calls: batches until every policy finished one sweep, max_batches rounds were
 -- run or time_budget is spent, committing after each round so locks stay short and a kill
 -- loses at most one batch.
@@ -276,6 +302,7 @@ DECLARE
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, lifecycle, pg_temp', true);
     PERFORM lifecycle._require_reap_limits(max_batches, time_budget);
+    time_budget := lifecycle._reap_time_budget(time_budget);
     IF policy_name IS NOT NULL THEN
         PERFORM lifecycle._require_policy(policy_name);
     END IF;

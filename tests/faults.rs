@@ -383,3 +383,69 @@ fn the_apps_calls_never_wait_long_for_a_row_lock() {
     assert!(app.query_one("SELECT lifecycle.record_activity('u1', 'c1', '{s}')", &[]).unwrap().get::<_, bool>(0));
     assert_eq!(count(&mut app, "SELECT lifecycle.forget_user('u1')"), 2);
 }
+
+/// A backlog that takes a reaper seconds at 50 rows a batch: `n` rows of `table`, all due.
+fn slow_backlog(c: &mut Client, table: &str, n: i64) {
+    c.batch_execute(&format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, expires_at timestamptz NOT NULL);
+         CREATE INDEX ON {table} (expires_at);
+         INSERT INTO {table} SELECT g, now() - g * interval '1 second' FROM generate_series(1, {n}) g;
+         SELECT lifecycle.add_policy('{table}', '{table}', 'expires_at', batch_size => 50, target_batch_time => NULL);"
+    ))
+    .unwrap();
+}
+
+/// A DBA's statement_timeout on the reaper's database: the CALL is one statement, so before
+/// 0.4.0 a long round was cancelled mid-batch (57014 in pg_cron's log). Now the round cuts its
+/// time budget to fit, commits what it did and says so; the next run goes on.
+#[test]
+fn a_dbas_statement_timeout_cuts_the_round_short_instead_of_cancelling_it() {
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    slow_backlog(&mut c, "tokens", 200_000);
+    c.batch_execute(&format!("ALTER DATABASE {} SET statement_timeout = '1500ms'", db.name)).unwrap();
+    let (mut reaper, notices) = Cluster::shared().connect_collecting(&db.name);
+    let started = Instant::now();
+    reaper.batch_execute("CALL lifecycle.reap(100000, '1 hour')").unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    let left = count(&mut c, "SELECT count(*) FROM tokens");
+    assert!(left > 0 && left < 200_000, "{left} rows left: the round did nothing, or everything");
+    assert!(notices.lock().unwrap().iter().any(|n| n.contains("cut to") && n.contains("statement_timeout")));
+    reaper.batch_execute("CALL lifecycle.reap(100000, '1 hour')").unwrap();
+    assert!(count(&mut c, "SELECT count(*) FROM tokens") < left, "the next run did not go on");
+    c.batch_execute(&format!("ALTER DATABASE {} RESET statement_timeout", db.name)).unwrap();
+}
+
+/// A table lock held by another transaction (a migration left open): the reaper's batch on
+/// that table waits lifecycle.reap_lock_timeout at most, fails with 55P03, is reported, and
+/// the round goes on with the other policies and finishes. Before 0.4.0 it waited as long as
+/// the lock was held. The app's own lock_timeout, when shorter, is kept.
+#[test]
+fn a_table_lock_held_elsewhere_fails_one_policys_batch_not_the_round() {
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    slow_backlog(&mut c, "locked", 100);
+    slow_backlog(&mut c, "free", 100);
+    let mut holder = db.connect();
+    holder.batch_execute("BEGIN; LOCK TABLE locked IN ACCESS EXCLUSIVE MODE").unwrap();
+    let mut reaper = db.connect();
+    // A guard, so that a regression fails here instead of hanging the suite.
+    reaper.batch_execute("SET statement_timeout = '20s'; SET lifecycle.reap_lock_timeout = '300ms'").unwrap();
+    let started = Instant::now();
+    reaper.batch_execute("CALL lifecycle.reap(100000, '1 minute')").unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "the round waited {took:?} for the lock");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM free"), 0, "the other policy did not run");
+    let error: String = c
+        .query_one(
+            "SELECT s.last_error FROM lifecycle.policy_state s JOIN lifecycle.policies p ON p.id = s.policy_id WHERE p.name = 'locked'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(error.starts_with("55P03"), "{error}");
+    holder.batch_execute("ROLLBACK").unwrap();
+    reaper.batch_execute("CALL lifecycle.reap(100000, '1 minute')").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM locked"), 0, "the next run did not finish the locked table");
+}

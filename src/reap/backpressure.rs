@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 static MAX_REPLICA_LAG_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 static MAX_WAL_RATE_KB: GucSetting<i32> = GucSetting::<i32>::new(0);
+static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
 /// How long one wait sleeps before it looks again.
 const NAP: Duration = Duration::from_millis(100);
@@ -39,6 +40,29 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::UNIT_KB,
     );
+    GucRegistry::define_int_guc(
+        c"lifecycle.reap_lock_timeout",
+        c"Longest wait of a reaper's batch for a lock another transaction holds (0 = the session's lock_timeout).",
+        c"The batch then fails with 55P03, is rolled back and reported, and its policy is retried next run; \
+          a shorter lock_timeout of the session is kept.",
+        &LOCK_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+}
+
+/// The lock_timeout a batch runs under: lifecycle.reap_lock_timeout, unless the session's
+/// own lock_timeout is already shorter (None: keep the session's). Rows are taken with SKIP
+/// LOCKED, but a table lock (an ALTER TABLE waiting, a VACUUM FULL, a migration left open)
+/// or a child row the app holds would otherwise hold the round, and pg_cron's job, until it
+/// is released.
+pub fn batch_lock_timeout() -> Option<String> {
+    let bound = LOCK_TIMEOUT_MS.get();
+    // SAFETY: reads the backend's own lock_timeout setting (milliseconds, 0 = none).
+    let session = unsafe { pg_sys::LockTimeout };
+    (bound > 0 && (session == 0 || session > bound)).then(|| format!("{bound}ms"))
 }
 
 thread_local! {

@@ -77,9 +77,11 @@ fn reap_round(
         .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| error::internal(e));
+    let lock_timeout = backpressure::batch_lock_timeout();
+    let settings: Vec<(&std::ffi::CStr, &str)> = lock_timeout.iter().map(|t| (c"lock_timeout", t.as_str())).collect();
     let outcomes: Vec<_> = policies
         .into_iter()
-        .map(|(id, name)| match crate::sql::in_subtransaction(|| batch::run(id, batch)) {
+        .map(|(id, name)| match crate::sql::in_subtransaction(|| crate::sql::with_settings(&settings, || batch::run(id, batch))) {
             Ok(outcome) => (id, outcome.acted, outcome.examined, outcome.sweep_done),
             Err((sqlstate, message)) => {
                 note_policy_error(id, &sqlstate, &message);
