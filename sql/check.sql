@@ -37,6 +37,11 @@ BEGIN
             object := 'policy ' || p.name;
             RETURN NEXT;
         END LOOP;
+        FOR detail IN SELECT lifecycle._policy_type_change(p.id) WHERE lifecycle._policy_type_change(p.id) IS NOT NULL LOOP
+            problem := 'policy_column_type_changed'; object := 'policy ' || p.name;
+            detail := format('policy %s: %s; register it again (drop_policy, add_policy) or change the column back', p.name, detail);
+            RETURN NEXT;
+        END LOOP;
         -- As the planner plans a batch: an index led by columns the filter fixes, or a partial
         -- one the rule implies, serves as well as one that starts with the time column. When
         -- no batch can be planned (a column it uses is gone, reported above), by the index list.

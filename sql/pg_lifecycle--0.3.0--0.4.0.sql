@@ -346,6 +346,11 @@ BEGIN
             object := 'policy ' || p.name;
             RETURN NEXT;
         END LOOP;
+        FOR detail IN SELECT lifecycle._policy_type_change(p.id) WHERE lifecycle._policy_type_change(p.id) IS NOT NULL LOOP
+            problem := 'policy_column_type_changed'; object := 'policy ' || p.name;
+            detail := format('policy %s: %s; register it again (drop_policy, add_policy) or change the column back', p.name, detail);
+            RETURN NEXT;
+        END LOOP;
         -- As the planner plans a batch: an index led by columns the filter fixes, or a partial
         -- one the rule implies, serves as well as one that starts with the time column. When
         -- no batch can be planned (a column it uses is gone, reported above), by the index list.
@@ -454,6 +459,26 @@ SELECT p.name,
        p.events
   FROM lifecycle.policies p
   JOIN lifecycle.policy_state s ON s.policy_id = p.id;
+
+-- A batch refuses, and lifecycle.check reports, a policy whose key or time column changed type.
+-- What changed in the types of a policy's key and time columns since it was registered (NULL:
+-- nothing): a batch refuses to run on it (its rule and cursor read the registered types, and a
+-- timestamptz column turned timestamp would be read in the session's zone without a word),
+-- and lifecycle.check reports it.
+CREATE FUNCTION lifecycle._policy_type_change(policy_id integer)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT string_agg(DISTINCT format('column %s is now %s, not %s', quote_ident(c.name), format_type(a.atttypid, NULL), c.registered), '; ')
+      FROM lifecycle.policies p
+     CROSS JOIN LATERAL unnest(p.key_columns || p.time_column, p.key_types || p.time_type) AS c(name, registered)
+      JOIN pg_attribute a ON a.attrelid = p.relation AND a.attname = c.name AND a.attnum > 0 AND NOT a.attisdropped
+     WHERE p.id = policy_id AND format_type(a.atttypid, NULL) <> c.registered
+$$;
+
+REVOKE EXECUTE ON FUNCTION lifecycle._policy_type_change(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lifecycle._policy_type_change(integer) TO lifecycle_operator;
 
 -- The reaper under a DBA's statement_timeout: CALL lifecycle.reap cuts its time budget to fit.
 -- The time budget a CALL lifecycle.reap can use: its own, or less when the session's

@@ -250,6 +250,22 @@ BEGIN
 END
 $$;
 
+-- What changed in the types of a policy's key and time columns since it was registered (NULL:
+-- nothing): a batch refuses to run on it (its rule and cursor read the registered types, and a
+-- timestamptz column turned timestamp would be read in the session's zone without a word),
+-- and lifecycle.check reports it.
+CREATE FUNCTION lifecycle._policy_type_change(policy_id integer)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT string_agg(DISTINCT format('column %s is now %s, not %s', quote_ident(c.name), format_type(a.atttypid, NULL), c.registered), '; ')
+      FROM lifecycle.policies p
+     CROSS JOIN LATERAL unnest(p.key_columns || p.time_column, p.key_types || p.time_type) AS c(name, registered)
+      JOIN pg_attribute a ON a.attrelid = p.relation AND a.attname = c.name AND a.attnum > 0 AND NOT a.attisdropped
+     WHERE p.id = policy_id AND format_type(a.atttypid, NULL) <> c.registered
+$$;
+
 -- The time budget a CALL lifecycle.reap can use: its own, or less when the session's
 -- statement_timeout (a DBA's, on the role or the database: the CALL is one statement) would
 -- cancel it first. Then the round stops early, with what it did committed, instead of being

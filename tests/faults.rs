@@ -449,3 +449,69 @@ fn a_table_lock_held_elsewhere_fails_one_policys_batch_not_the_round() {
     reaper.batch_execute("CALL lifecycle.reap(100000, '1 minute')").unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM locked"), 0, "the next run did not finish the locked table");
 }
+
+/// A policy's table changed under it: an audited column dropped, the time column's type
+/// changed (timestamptz to timestamp: a batch would have read it in the session's zone
+/// without a word), the time index dropped, the table rewritten (VACUUM FULL moves every
+/// row). The broken policies' batches fail with a message naming the policy and the change,
+/// the other policies go on, lifecycle.check() names each, and the rewrite changes nothing.
+#[test]
+fn a_policys_table_changed_under_it_fails_that_policy_clearly_and_check_reports_it() {
+    let db = Cluster::shared().fresh_db();
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE audited (id bigint PRIMARY KEY, expires_at timestamptz NOT NULL, note text);
+         CREATE TABLE retyped (id bigint PRIMARY KEY, expires_at timestamptz NOT NULL);
+         CREATE TABLE unindexed (id bigint PRIMARY KEY, expires_at timestamptz NOT NULL);
+         CREATE TABLE rewritten (id bigint PRIMARY KEY, expires_at timestamptz NOT NULL);
+         CREATE INDEX ON audited (expires_at); CREATE INDEX ON retyped (expires_at);
+         CREATE INDEX unindexed_expires_at ON unindexed (expires_at); CREATE INDEX ON rewritten (expires_at);
+         INSERT INTO audited SELECT g, now() - g * interval '1 minute', 'n' FROM generate_series(1, 100) g;
+         INSERT INTO retyped SELECT g, now() - g * interval '1 minute' FROM generate_series(1, 100) g;
+         INSERT INTO unindexed SELECT g, now() - g * interval '1 minute' FROM generate_series(1, 100) g;
+         INSERT INTO rewritten SELECT g, now() - g * interval '1 minute' FROM generate_series(1, 100) g;
+         SELECT lifecycle.add_policy('audited', 'audited', 'expires_at', audit => '{id,note}', batch_size => 10, target_batch_time => NULL);
+         SELECT lifecycle.add_policy('retyped', 'retyped', 'expires_at', batch_size => 10, target_batch_time => NULL);
+         SELECT lifecycle.add_policy('unindexed', 'unindexed', 'expires_at', batch_size => 10, target_batch_time => NULL);
+         SELECT lifecycle.add_policy('rewritten', 'rewritten', 'expires_at', batch_size => 10, target_batch_time => NULL);
+         SELECT lifecycle.reap_expired();
+         ALTER TABLE audited DROP COLUMN note;
+         ALTER TABLE retyped ALTER COLUMN expires_at TYPE timestamp;
+         DROP INDEX unindexed_expires_at;",
+    )
+    .unwrap();
+    c.batch_execute("VACUUM FULL rewritten").unwrap();
+    c.batch_execute("CALL lifecycle.reap(100000, '1 minute')").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM audited"), 90, "the batch of a policy auditing a dropped column ran");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM retyped"), 90, "a batch read a retyped time column");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM unindexed"), 0, "without its index a policy still works");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM rewritten"), 0, "a rewritten table is reaped as before");
+    let mut error = |name: &str| -> String {
+        c.query_one(
+            "SELECT s.last_error FROM lifecycle.policy_state s JOIN lifecycle.policies p ON p.id = s.policy_id WHERE p.name = $1",
+            &[&name],
+        )
+        .unwrap()
+        .get::<_, Option<String>>(0)
+        .unwrap_or_default()
+    };
+    let retyped = error("retyped");
+    assert!(
+        retyped.starts_with("42804") && retyped.contains("policy retyped") && retyped.contains("timestamp without time zone"),
+        "{retyped}"
+    );
+    let audited = error("audited");
+    assert!(audited.starts_with("42703"), "{audited}");
+    let findings: Vec<String> = c
+        .query("SELECT problem || ' ' || object FROM lifecycle.check(strict => false) ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for want in
+        ["policy_column_missing policy audited", "policy_column_type_changed policy retyped", "policy_without_time_index policy unindexed"]
+    {
+        assert!(findings.iter().any(|f| f == want), "{want} not in {findings:?}");
+    }
+    assert!(!findings.iter().any(|f| f.ends_with("policy rewritten")), "{findings:?}");
+}

@@ -223,7 +223,8 @@ SELECT p.id, p.name, p.owner::oid,
           JOIN pg_catalog.pg_attribute a ON a.attrelid = p.relation AND a.attname = u.name),
        (SELECT array_agg(pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY u.ord)
           FROM unnest(p.keep_per) WITH ORDINALITY AS u(name, ord)
-          JOIN pg_catalog.pg_attribute a ON a.attrelid = p.relation AND a.attname = u.name)
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = p.relation AND a.attname = u.name),
+       CASE WHEN c.oid IS NOT NULL THEN lifecycle._policy_type_change(p.id) END
   FROM lifecycle.policies p
   JOIN lifecycle.policy_state s ON s.policy_id = p.id
   LEFT JOIN pg_catalog.pg_class c ON c.oid = p.relation
@@ -254,6 +255,15 @@ impl Policy {
                     format!("the archive table of policy {name} no longer exists"),
                     None,
                     Some("Create it again (lifecycle.create_archive), or register the policy again without it: nothing is deleted unarchived."),
+                );
+            }
+            if let Some(change) = row.get::<String>(37)? {
+                let name = row.get::<String>(2)?.unwrap_or_default();
+                error::raise(
+                    Code::ERRCODE_DATATYPE_MISMATCH,
+                    format!("policy {name}: {change} since it was registered"),
+                    None,
+                    Some("Its rule and cursor read the types it was registered with: register it again (lifecycle.drop_policy, lifecycle.add_policy), or change the column back."),
                 );
             }
             let key_names: Vec<String> = row.get(5)?.unwrap_or_default();
