@@ -74,7 +74,7 @@ fn elevated_and_sql_running_functions_pin_search_path() {
         "lifecycle._expiry_counters()",
         // Only schema-qualified calls; unpinned so that the tables named in delete_from and
         // block_on resolve in the caller's search_path, as its regclass argument does.
-        "lifecycle.add_policy(text,regclass,name,interval,text,text,name[],text,text[],name[],integer,boolean,text[],interval,text,boolean,name[],text,text[],text,integer,name[])",
+        "lifecycle.add_policy(text,regclass,name,interval,text,text,name[],text,text[],name[],integer,boolean,text[],interval,text,boolean,name[],text,text[],text,integer,name[],text,name[])",
         // Pure: no SQL.
         "lifecycle.add_seconds(timestamp with time zone,double precision)",
         "lifecycle.clamp_expiry(bigint,bigint)",
