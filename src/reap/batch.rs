@@ -204,6 +204,13 @@ pub struct Policy {
     pub(super) reference: bool,
 }
 
+/// Columns of a LOAD row as names (at `names`) and their types (at `types`), pairwise.
+fn columns(row: &pgrx::spi::SpiTupleTable, names: usize, types: usize) -> Result<Vec<Column>, pgrx::spi::Error> {
+    let names: Vec<String> = row.get(names)?.unwrap_or_default();
+    let types: Vec<String> = row.get(types)?.unwrap_or_default();
+    Ok(names.into_iter().zip(types).map(|(name, type_name)| Column { name, type_name }).collect())
+}
+
 /// One row per batch.
 const LOAD: &str = "
 SELECT p.id, p.name, p.owner::oid,
@@ -266,15 +273,13 @@ impl Policy {
                     Some("Its rule and cursor read the types it was registered with: register it again (lifecycle.drop_policy, lifecycle.add_policy), or change the column back."),
                 );
             }
-            let key_names: Vec<String> = row.get(5)?.unwrap_or_default();
-            let key_types: Vec<String> = row.get(6)?.unwrap_or_default();
             Ok((
                 Policy {
                     id: row.get(1)?.unwrap_or_default(),
                     name: row.get(2)?.unwrap_or_default(),
                     owner: row.get(3)?.unwrap_or_default(),
                     relation: row.get(4)?.unwrap_or_default(),
-                    keys: key_names.into_iter().zip(key_types).map(|(name, type_name)| Column { name, type_name }).collect(),
+                    keys: columns(row, 5, 6)?,
                     time: Column { name: row.get(7)?.unwrap_or_default(), type_name: row.get(8)?.unwrap_or_default() },
                     time_expression: row.get(30)?,
                     // The table's CHECK admits only the kinds TimeKind names.
@@ -285,21 +290,12 @@ impl Policy {
                         .unwrap_or_else(|| error::internal("lifecycle.policies holds an unknown time_kind")),
                     older_than: row.get(10)?,
                     lifespan: match row.get::<String>(33)? {
-                        Some(expression) => {
-                            let names: Vec<String> = row.get(34)?.unwrap_or_default();
-                            let types: Vec<String> = row.get(35)?.unwrap_or_default();
-                            let per = names.into_iter().zip(types).map(|(name, type_name)| Column { name, type_name }).collect();
-                            Some(Lifespan { expression, per })
-                        }
+                        Some(expression) => Some(Lifespan { expression, per: columns(row, 34, 35)? }),
                         None => None,
                     },
                     time_zone: row.get(28)?,
                     filter: row.get(11)?,
-                    keep_groups: {
-                        let names: Vec<String> = row.get(32)?.unwrap_or_default();
-                        let types: Vec<String> = row.get(36)?.unwrap_or_default();
-                        names.into_iter().zip(types).map(|(name, type_name)| Column { name, type_name }).collect()
-                    },
+                    keep_groups: columns(row, 32, 36)?,
                     keep: match row.get::<i32>(31)? {
                         Some(newest) => Some((newest, row.get(32)?.unwrap_or_default())),
                         None => None,
