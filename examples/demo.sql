@@ -30,11 +30,14 @@ SELECT name, relation, time_column, time_kind, older_than, action, dependents, f
                             dependents => 'delete', audit => '{id,userid,expiresat}');
 SELECT name FROM lifecycle.add_policy('mas_compat_session_ips', 'mas.compat_sessions', 'last_active_at',
                                       older_than => '30 days', nullify => '{last_active_ip}');
--- The example's compat and OAuth2 sessions reference a user session ON DELETE SET NULL (MAS
--- before its migration): name them in block_on so that a referenced session is kept.
+-- The example's compat sessions reference a user session ON DELETE SET NULL (MAS before its
+-- migration 20260122113523, which the demo applies below): name them in block_on so that a
+-- referenced session is kept. OAuth2 sessions (NO ACTION) block by dependents => 'block';
+-- authentications go with the session, as in MAS's own cleanup.
 SELECT name FROM lifecycle.add_policy('mas_user_sessions', 'mas.user_sessions', 'finished_at',
                                       older_than => '30 days', dependents => 'block',
-                                      block_on => '{mas.compat_sessions(user_session_id), mas.oauth2_sessions(user_session_id)}');
+                                      block_on => '{mas.compat_sessions(user_session_id)}',
+                                      delete_from => '{mas.user_session_authentications(user_session_id)}');
 SELECT * FROM lifecycle.policy_children('mas_user_sessions');
 SELECT name FROM lifecycle.add_policy('mas_queue_jobs', 'mas.queue_jobs', 'queue_job_id', time_kind => 'ulid',
                                       older_than => '30 days', filter => $$status IN ('completed', 'failed')$$);

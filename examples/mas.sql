@@ -28,8 +28,9 @@ CREATE TABLE user_sessions (
 CREATE INDEX user_sessions_finished_at_idx ON user_sessions (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX user_sessions_last_active_at_idx ON user_sessions (last_active_at) WHERE last_active_ip IS NOT NULL;
 
--- Child sessions. compat_sessions.user_session_id starts as ON DELETE SET NULL; MAS later
--- changes it to NO ACTION (two-step, see docs/links.md) so logout can still be traced.
+-- Child sessions. compat_sessions.user_session_id is ON DELETE SET NULL here, as MAS had it
+-- until its migrations 20260122113523 (NO ACTION, NOT VALID) and 20260122114353 (VALIDATE);
+-- docs/links.md and the demo make that change the same way, so logout can still be traced.
 CREATE TABLE compat_sessions (
     compat_session_id uuid PRIMARY KEY,
     user_id           uuid NOT NULL REFERENCES users (user_id),
@@ -43,11 +44,46 @@ CREATE TABLE compat_sessions (
 );
 CREATE INDEX compat_sessions_user_session_id_idx ON compat_sessions (user_session_id);
 CREATE INDEX compat_sessions_last_active_at_idx ON compat_sessions (last_active_at) WHERE last_active_ip IS NOT NULL;
+CREATE INDEX compat_sessions_finished_at_idx ON compat_sessions (finished_at) WHERE finished_at IS NOT NULL;
+
+-- What a compat session holds: tokens (NO ACTION, as in MAS) and SSO logins (SET NULL). MAS
+-- deletes all three with a finished session, in one statement.
+CREATE TABLE compat_access_tokens (
+    compat_access_token_id uuid PRIMARY KEY,
+    compat_session_id      uuid NOT NULL REFERENCES compat_sessions (compat_session_id),
+    access_token           text NOT NULL UNIQUE,
+    created_at             timestamptz NOT NULL,
+    expires_at             timestamptz
+);
+CREATE INDEX compat_access_tokens_session_fk ON compat_access_tokens (compat_session_id);
+
+CREATE TABLE compat_refresh_tokens (
+    compat_refresh_token_id uuid PRIMARY KEY,
+    compat_session_id       uuid NOT NULL REFERENCES compat_sessions (compat_session_id),
+    compat_access_token_id  uuid NOT NULL REFERENCES compat_access_tokens (compat_access_token_id),
+    refresh_token           text NOT NULL UNIQUE,
+    created_at              timestamptz NOT NULL,
+    consumed_at             timestamptz
+);
+CREATE INDEX compat_refresh_tokens_session_fk ON compat_refresh_tokens (compat_session_id);
+CREATE INDEX compat_refresh_tokens_access_token_fk ON compat_refresh_tokens (compat_access_token_id);
+
+CREATE TABLE compat_sso_logins (
+    compat_sso_login_id uuid PRIMARY KEY,
+    redirect_uri        text NOT NULL,
+    login_token         text NOT NULL UNIQUE,
+    compat_session_id   uuid REFERENCES compat_sessions (compat_session_id) ON DELETE SET NULL,
+    user_session_id     uuid REFERENCES user_sessions (user_session_id) ON DELETE CASCADE,
+    created_at          timestamptz NOT NULL,
+    fulfilled_at        timestamptz,
+    exchanged_at        timestamptz
+);
+CREATE INDEX compat_sso_logins_session_fk ON compat_sso_logins (compat_session_id);
 
 CREATE TABLE oauth2_sessions (
     oauth2_session_id uuid PRIMARY KEY,
     user_id           uuid REFERENCES users (user_id),
-    user_session_id   uuid REFERENCES user_sessions (user_session_id) ON DELETE SET NULL,
+    user_session_id   uuid REFERENCES user_sessions (user_session_id),  -- NO ACTION, as in MAS
     scope_list        text[] NOT NULL DEFAULT '{}',
     created_at        timestamptz NOT NULL,
     finished_at       timestamptz,
@@ -68,19 +104,23 @@ CREATE TABLE upstream_oauth_links (
 CREATE TABLE upstream_oauth_authorization_sessions (
     upstream_oauth_authorization_session_id uuid PRIMARY KEY,
     upstream_oauth_provider_id              uuid NOT NULL,
-    upstream_oauth_link_id                  uuid REFERENCES upstream_oauth_links (upstream_oauth_link_id) ON DELETE SET NULL,
+    upstream_oauth_link_id                  uuid REFERENCES upstream_oauth_links (upstream_oauth_link_id),  -- NO ACTION
     user_session_id                         uuid REFERENCES user_sessions (user_session_id) ON DELETE SET NULL,
     state                                   text NOT NULL,
     created_at                              timestamptz NOT NULL,
     completed_at                            timestamptz,
     consumed_at                             timestamptz
 );
+CREATE INDEX upstream_oauth_authorization_sessions_link_fk ON upstream_oauth_authorization_sessions (upstream_oauth_link_id);
+-- MAS's index for its cleanup of orphaned sessions (by ULID, only those without a user session).
+CREATE INDEX upstream_oauth_authorization_sessions_orphaned
+    ON upstream_oauth_authorization_sessions (upstream_oauth_authorization_session_id) WHERE user_session_id IS NULL;
 
 -- Which upstream authorization authenticated which user session: the source of the
 -- upstream_oauth_authorization_sessions.user_session_id link (trigger + backfill in MAS).
 CREATE TABLE user_session_authentications (
     user_session_authentication_id          uuid PRIMARY KEY,
-    user_session_id                         uuid NOT NULL REFERENCES user_sessions (user_session_id) ON DELETE CASCADE,
+    user_session_id                         uuid NOT NULL REFERENCES user_sessions (user_session_id),  -- NO ACTION
     upstream_oauth_authorization_session_id uuid REFERENCES upstream_oauth_authorization_sessions (upstream_oauth_authorization_session_id) ON DELETE SET NULL,
     created_at                              timestamptz NOT NULL
 );

@@ -238,60 +238,59 @@ fn two_consumers_take_every_event_once() {
 }
 
 #[test]
-fn a_reaped_user_session_event_leads_the_consumer_to_its_compat_sessions() {
-    // MAS: a finished browser session is deleted after 30 days; its compat (legacy Matrix)
-    // sessions lose their link (ON DELETE SET NULL) and must be logged out. The event names
-    // the user; the consumer finishes that user's compat sessions that lost their session.
+fn a_reaped_compat_session_event_leads_the_consumer_to_its_copy() {
+    // MAS: a finished compat session is deleted 30 days after it ended, with its tokens and
+    // SSO logins. The event names the session, its user and device; the consumer deletes the
+    // copy it keeps, and only for sessions that were deleted.
     let db = Cluster::shared().fresh_db();
     db.load_example("mas.sql");
     let mut c = db.connect();
     c.batch_execute(
         "SET search_path = mas, public;
          INSERT INTO users (user_id, username) VALUES ('01890000-0000-0000-0000-0000000000e1', 'erin'), ('01890000-0000-0000-0000-0000000000e2', 'finn');
-         INSERT INTO user_sessions (user_session_id, user_id, created_at, finished_at) VALUES
-             ('00000000-0000-0000-0000-0000000000f1', '01890000-0000-0000-0000-0000000000e1', now() - interval '60 days', now() - interval '40 days'),
-             ('00000000-0000-0000-0000-0000000000f2', '01890000-0000-0000-0000-0000000000e2', now() - interval '60 days', now() - interval '1 day');
-         INSERT INTO compat_sessions (compat_session_id, user_id, device_id, user_session_id, created_at) VALUES
-             (gen_random_uuid(), '01890000-0000-0000-0000-0000000000e1', 'PHONE', '00000000-0000-0000-0000-0000000000f1', now()),
-             (gen_random_uuid(), '01890000-0000-0000-0000-0000000000e1', 'LAPTOP', '00000000-0000-0000-0000-0000000000f1', now()),
-             (gen_random_uuid(), '01890000-0000-0000-0000-0000000000e2', 'PHONE', '00000000-0000-0000-0000-0000000000f2', now());
-         SELECT lifecycle.add_policy('mas_user_sessions', 'mas.user_sessions', 'finished_at', older_than => '30 days',
-                                     events => true, event_columns => '{user_id}');",
+         INSERT INTO compat_sessions (compat_session_id, user_id, device_id, created_at, finished_at) VALUES
+             ('00000000-0000-0000-0000-0000000000f1', '01890000-0000-0000-0000-0000000000e1', 'PHONE', now() - interval '60 days', now() - interval '40 days'),
+             ('00000000-0000-0000-0000-0000000000f2', '01890000-0000-0000-0000-0000000000e1', 'LAPTOP', now() - interval '60 days', now() - interval '31 days'),
+             ('00000000-0000-0000-0000-0000000000f3', '01890000-0000-0000-0000-0000000000e2', 'PHONE', now() - interval '60 days', now() - interval '1 day');
+         INSERT INTO compat_access_tokens SELECT gen_random_uuid(), compat_session_id, 'at-' || device_id || user_id, now() FROM compat_sessions;
+         CREATE TABLE session_copies AS SELECT compat_session_id, user_id, device_id FROM compat_sessions;
+         SELECT lifecycle.add_policy('mas_compat_sessions', 'mas.compat_sessions', 'finished_at', older_than => '30 days',
+                                     events => true, event_columns => '{user_id, device_id}',
+                                     delete_from => '{compat_refresh_tokens(compat_session_id), compat_access_tokens(compat_session_id), compat_sso_logins(compat_session_id)}');",
     )
     .unwrap();
-    c.batch_execute("CALL lifecycle.reap(policy_name => 'mas_user_sessions')").unwrap();
+    c.batch_execute("CALL lifecycle.reap(policy_name => 'mas_compat_sessions')").unwrap();
     let mut consumer = db.connect();
     let mut tx = consumer.transaction().unwrap();
     let events = tx
-        .query("SELECT row_key, data->>'user_id' FROM lifecycle.take_events('backchannel_logout', 100, 'mas_user_sessions')", &[])
-        .unwrap();
-    let mut logged_out = 0;
-    for e in &events {
-        let user: String = e.get(1);
-        logged_out += tx
-            .execute(
-                "UPDATE mas.compat_sessions SET finished_at = now()
-                  WHERE user_id = $1::text::uuid AND user_session_id IS NULL AND finished_at IS NULL",
-                &[&user],
-            )
-            .unwrap();
-    }
-    tx.commit().unwrap();
-    let keys: Vec<String> = events.iter().map(|e| e.get(0)).collect();
-    assert!(keys.contains(&"00000000-0000-0000-0000-0000000000f1".to_string()), "no event for the reaped session");
-    assert!(!keys.contains(&"00000000-0000-0000-0000-0000000000f2".to_string()), "an event for a session that was kept");
-    assert!(logged_out >= 2, "the example's own sessions count too");
-    let devices: Vec<(String, bool)> = c
         .query(
-            "SELECT device_id, finished_at IS NOT NULL FROM mas.compat_sessions
-                 WHERE user_id::text LIKE '01890000-0000-0000-0000-0000000000e_' ORDER BY user_id, device_id",
+            "SELECT row_key, data->>'user_id', data->>'device_id' FROM lifecycle.take_events('session_copies', 100, 'mas_compat_sessions')",
             &[],
         )
+        .unwrap();
+    let mut dropped = 0;
+    for e in &events {
+        let key: String = e.get(0);
+        dropped += tx.execute("DELETE FROM mas.session_copies WHERE compat_session_id = $1::text::uuid", &[&key]).unwrap();
+    }
+    tx.commit().unwrap();
+    let mut named: Vec<(String, String)> = events.iter().map(|e| (e.get(1), e.get(2))).collect();
+    named.sort();
+    let erin = "01890000-0000-0000-0000-0000000000e1".to_string();
+    assert_eq!(named, [(erin.clone(), "LAPTOP".into()), (erin, "PHONE".into())], "one event per deleted session, with its user and device");
+    assert_eq!(dropped, 2);
+    let left: Vec<String> = c
+        .query("SELECT device_id FROM mas.session_copies WHERE user_id::text LIKE '01890000-0000-0000-0000-0000000000e_'", &[])
         .unwrap()
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| r.get(0))
         .collect();
-    assert_eq!(devices, [("LAPTOP".into(), true), ("PHONE".into(), true), ("PHONE".into(), false)]);
+    assert_eq!(left, ["PHONE"], "the copy of the session that was kept");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM mas.compat_access_tokens WHERE access_token LIKE 'at-%e1'"),
+        0,
+        "tokens go with their session"
+    );
 }
 
 #[test]

@@ -62,9 +62,28 @@ fn mas_jobs_clear_ips_and_delete_in_fk_order() {
             (ulid_at(now() - interval '8 days'), gen_random_uuid(), NULL, 'sub-old', now() - interval '8 days'),
             (ulid_at(now() - interval '2 days'), gen_random_uuid(), NULL, 'sub-new', now() - interval '2 days'),
             (ulid_at(now() - interval '9 days'), gen_random_uuid(), '01890000-0000-0000-0000-000000000001', 'sub-user', now() - interval '9 days');
+         -- Authorization sessions: 31 and 2 days old without a user session, 9 days old with one,
+         -- and one a day old of the old orphan link (it goes with the link).
          INSERT INTO upstream_oauth_authorization_sessions (upstream_oauth_authorization_session_id, upstream_oauth_provider_id, state, created_at)
          VALUES (ulid_at(now() - interval '31 days'), gen_random_uuid(), 's1', now() - interval '31 days'),
                 (ulid_at(now() - interval '2 days'), gen_random_uuid(), 's2', now() - interval '2 days');
+         INSERT INTO upstream_oauth_authorization_sessions (upstream_oauth_authorization_session_id, upstream_oauth_provider_id, upstream_oauth_link_id, user_session_id, state, created_at)
+         VALUES (ulid_at(now() - interval '9 days'), gen_random_uuid(), NULL,
+                 (SELECT user_session_id FROM compat_sessions ORDER BY 1 LIMIT 1), 's3', now() - interval '9 days'),
+                (ulid_at(now() - interval '1 day'), gen_random_uuid(),
+                 (SELECT upstream_oauth_link_id FROM upstream_oauth_links WHERE subject = 'sub-old'), NULL, 's4', now() - interval '1 day');
+         -- Finished compat sessions, 35 and 5 days ago, each with a token pair and an SSO login.
+         INSERT INTO compat_sessions (compat_session_id, user_id, device_id, created_at, finished_at)
+         SELECT md5('cs' || g)::uuid, '01890000-0000-0000-0000-000000000001', 'FINISHED' || g, now() - interval '40 days',
+                now() - CASE WHEN g <= 2 THEN interval '35 days' ELSE interval '5 days' END
+           FROM generate_series(1, 4) g;
+         INSERT INTO compat_access_tokens SELECT md5('ca' || g)::uuid, md5('cs' || g)::uuid, 'at' || g, now() - interval '40 days'
+           FROM generate_series(1, 4) g;
+         INSERT INTO compat_refresh_tokens SELECT md5('cr' || g)::uuid, md5('cs' || g)::uuid, md5('ca' || g)::uuid, 'rt' || g, now() - interval '40 days'
+           FROM generate_series(1, 4) g;
+         INSERT INTO compat_sso_logins (compat_sso_login_id, redirect_uri, login_token, compat_session_id, created_at)
+         SELECT md5('cl' || g)::uuid, 'https://client.example/', 'lt' || g, md5('cs' || g)::uuid, now() - interval '40 days'
+           FROM generate_series(1, 4) g;
          -- recovery sessions 8 and 1 days old, each with a ticket (tickets cascade).
          INSERT INTO user_recovery_sessions (user_recovery_session_id, email, created_at)
          VALUES (ulid_at(now() - interval '8 days'), 'a@example.com', now() - interval '8 days'),
@@ -85,10 +104,14 @@ fn mas_jobs_clear_ips_and_delete_in_fk_order() {
                                      batch_size => 3, audit => '{user_session_id,finished_at}');
          SELECT lifecycle.add_policy('mas_queue_jobs', 'mas.queue_jobs', 'queue_job_id', time_kind => 'ulid', older_than => '30 days',
                                      filter => $$status IN ('completed', 'failed')$$);
+         SELECT lifecycle.add_policy('mas_compat_sessions', 'mas.compat_sessions', 'finished_at', older_than => '30 days',
+                                     delete_from => '{mas.compat_refresh_tokens(compat_session_id), mas.compat_access_tokens(compat_session_id), mas.compat_sso_logins(compat_session_id)}');
          SELECT lifecycle.add_policy('mas_upstream_sessions', 'mas.upstream_oauth_authorization_sessions',
-                                     'upstream_oauth_authorization_session_id', time_kind => 'ulid', older_than => '30 days');
+                                     'upstream_oauth_authorization_session_id', time_kind => 'ulid', older_than => '7 days',
+                                     filter => 'user_session_id IS NULL');
          SELECT lifecycle.add_policy('mas_orphan_links', 'mas.upstream_oauth_links', 'upstream_oauth_link_id', time_kind => 'ulid',
-                                     older_than => '7 days', filter => 'user_id IS NULL');
+                                     older_than => '7 days', filter => 'user_id IS NULL',
+                                     delete_from => '{mas.upstream_oauth_authorization_sessions(upstream_oauth_link_id)}');
          SELECT lifecycle.add_policy('mas_recovery_sessions', 'mas.user_recovery_sessions', 'user_recovery_session_id',
                                      time_kind => 'ulid', older_than => '7 days');",
     )
@@ -122,7 +145,15 @@ fn mas_jobs_clear_ips_and_delete_in_fk_order() {
     );
     assert_eq!(count(&mut c, "SELECT count(*) FROM mas.queue_jobs WHERE status = 'running'"), 1, "the filter keeps running jobs");
     assert_eq!(count(&mut c, "SELECT count(*) FROM mas.queue_jobs"), 30);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM mas.upstream_oauth_authorization_sessions"), 1);
+    // Gone: the 31-day-old one without a user session, and the orphan link's; kept: the recent
+    // one and the one that led to a user session.
+    let kept = "SELECT string_agg(state, ',' ORDER BY state) FROM mas.upstream_oauth_authorization_sessions";
+    assert_eq!(c.query_one(kept, &[]).unwrap().get::<_, String>(0), "s2,s3");
+    // Finished compat sessions went after 30 days with everything they held; the others stay.
+    let compat = "SELECT (SELECT string_agg(device_id, ',' ORDER BY device_id) FROM mas.compat_sessions WHERE finished_at IS NOT NULL)
+                      || ' ' || (SELECT count(*) FROM mas.compat_access_tokens) || (SELECT count(*) FROM mas.compat_refresh_tokens)
+                      || (SELECT count(*) FROM mas.compat_sso_logins)";
+    assert_eq!(c.query_one(compat, &[]).unwrap().get::<_, String>(0), "FINISHED3,FINISHED4 222");
     assert_eq!(count(&mut c, "SELECT count(*) FROM mas.upstream_oauth_links"), 2, "recent orphan and the associated link stay");
     assert_eq!(count(&mut c, "SELECT count(*) FROM mas.user_recovery_sessions"), 1);
     assert_eq!(count(&mut c, "SELECT count(*) FROM mas.user_recovery_tickets"), 1, "tickets cascade with their session");
@@ -135,16 +166,11 @@ fn mas_jobs_clear_ips_and_delete_in_fk_order() {
     assert_eq!(count(&mut c, "SELECT last_acted FROM lifecycle.policy_status WHERE name = 'mas_user_session_ips'"), 0);
 }
 
-/// MAS's foreign keys as its migrations leave them (the example starts before them): compat
-/// and OAuth2 sessions, and authentications, reference a user session with NO ACTION.
+/// MAS's foreign keys as its migrations leave them: compat sessions reference a user session
+/// with NO ACTION since 20260122113523 (the example starts before it), as OAuth2 sessions and
+/// authentications always have.
 fn mas_current_foreign_keys(c: &mut postgres::Client) {
-    for (constraint, table) in [
-        ("compat_sessions_user_session_id_fkey", "mas.compat_sessions"),
-        ("oauth2_sessions_user_session_id_fkey", "mas.oauth2_sessions"),
-        ("user_session_authentications_user_session_id_fkey", "mas.user_session_authentications"),
-    ] {
-        c.batch_execute(&format!("CALL lifecycle.change_fk_action('{constraint}', 'NO ACTION', '{table}')")).unwrap();
-    }
+    c.batch_execute("CALL lifecycle.change_fk_action('compat_sessions_user_session_id_fkey', 'NO ACTION', 'mas.compat_sessions')").unwrap();
 }
 
 /// MAS's user-session cleanup as one call leaves exactly what MAS's own SQL leaves: finished
@@ -218,6 +244,7 @@ fn mas_user_session_job_leaves_exactly_what_mas_sql_leaves() {
         shown,
         [
             "mas.compat_sessions(user_session_id): block",
+            "mas.compat_sso_logins(user_session_id): the foreign key's own ON DELETE action",
             "mas.oauth2_sessions(user_session_id): block",
             "mas.upstream_oauth_authorization_sessions(user_session_id): the foreign key's own ON DELETE action",
             "mas.user_session_authentications(user_session_id): delete",
