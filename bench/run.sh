@@ -10,6 +10,7 @@ source bench/reap.sh
 source bench/activity.sh
 source bench/compliance.sh
 source bench/rules.sh
+source bench/systems.sh
 trap cluster_stop EXIT
 
 # The reap benchmark's tables (1M tokens: ~200 MB with their indexes) fit in shared buffers,
@@ -32,6 +33,7 @@ case "${BENCH_ONLY:-all}" in all|activity) activity_bench; echo ;; esac
 case "${BENCH_ONLY:-all}" in all|reap) reap_bench ;; reap_scale) reap_scale_bench ;; reap_blocked) per_batch_setup reap1x "$REAP_ROWS"; blocked_bench ;; esac
 case "${BENCH_ONLY:-all}" in all|compliance) echo; compliance_bench ;; esac
 case "${BENCH_ONLY:-all}" in all|rules) echo; rules_bench; times_bench; lifespans_bench ;; times) times_bench ;; lifespans) lifespans_bench ;; esac
+case "${BENCH_ONLY:-all}" in all|systems) echo; systems_bench ;; esac
 
 echo
 echo "bench summary:"
