@@ -1607,6 +1607,18 @@ fn assert_some_went_some_stayed(before: &[i64], after: &[i64], pairs: &[(&str, &
     }
 }
 
+/// Registers a recipe's policies, reaps with small batches from a session in time zone
+/// `zone`, and asserts that each `(what, left, oracle)` pair then agrees, every table having
+/// lost some rows and kept some.
+fn reap_recipe_as_the_system_would(c: &mut postgres::Client, section: &str, zone: &str, pairs: &[(&str, &str, &str)], system: &str) {
+    let before = row_counts(c, pairs);
+    c.batch_execute(&recipe(section)).unwrap();
+    c.batch_execute(&format!("UPDATE lifecycle.policies SET batch_size = 50, target_batch_time = NULL; SET TimeZone = '{zone}'")).unwrap();
+    c.batch_execute("CALL lifecycle.reap(max_batches => 100000)").unwrap();
+    assert_same_rows(c, pairs, &format!("the recipe left other rows than {system}"));
+    assert_some_went_some_stayed(&before, &row_counts(c, pairs), pairs);
+}
+
 /// Keycloak's whole scheduled cleanup as docs/recipes.md writes it, against Keycloak's rules
 /// as plain SQL on the same data: 30 realms with differing (and unset) timeouts, event
 /// expirations and admin-event attributes; sessions of both kinds with their client sessions;
@@ -1670,12 +1682,7 @@ fn recipe_keycloak_leaves_what_keycloaks_cleaner_leaves() {
         ("admin events", "SELECT id FROM kc.admin_event_entity", "SELECT * FROM kept_admin"),
     ];
     c.batch_execute(oracle).unwrap();
-    let before = row_counts(&mut c, &differs);
-    c.batch_execute(&recipe("Keycloak")).unwrap();
-    c.batch_execute("UPDATE lifecycle.policies SET batch_size = 50, target_batch_time = NULL").unwrap();
-    c.batch_execute("CALL lifecycle.reap(max_batches => 100000)").unwrap();
-    assert_same_rows(&mut c, &differs, "the recipe left other rows than Keycloak's cleaner");
-    assert_some_went_some_stayed(&before, &row_counts(&mut c, &differs), &differs);
+    reap_recipe_as_the_system_would(&mut c, "Keycloak", "Asia/Kolkata", &differs, "Keycloak's cleaner");
     // An admin changes settings: the next run follows them.
     c.batch_execute(
         "UPDATE kc.realm SET events_expiration = 3000 WHERE id IN ('realm-5', 'realm-11');
@@ -1764,16 +1771,7 @@ fn recipe_hydra_leaves_what_the_janitor_leaves() {
         ("refresh tokens", "SELECT signature FROM hydra.hydra_oauth2_refresh", "SELECT * FROM kept_refresh"),
         ("grants", "SELECT id FROM hydra.hydra_oauth2_trusted_jwt_bearer_issuer", "SELECT * FROM kept_grants"),
     ];
-    let before = row_counts(&mut c, &differs);
-    c.batch_execute(&recipe("Ory Hydra")).unwrap();
-    c.batch_execute(
-        "UPDATE lifecycle.policies SET batch_size = 50, target_batch_time = NULL;
-         SET TimeZone = 'Pacific/Kiritimati';",
-    )
-    .unwrap();
-    c.batch_execute("CALL lifecycle.reap(max_batches => 100000)").unwrap();
-    assert_same_rows(&mut c, &differs, "the recipe left other rows than the janitor");
-    assert_some_went_some_stayed(&before, &row_counts(&mut c, &differs), &differs);
+    reap_recipe_as_the_system_would(&mut c, "Ory Hydra", "Pacific/Kiritimati", &differs, "the janitor");
     assert_walk_indexes(&mut c, &["hydra_access_tokens", "hydra_refresh_tokens", "hydra_flows", "hydra_grants"]);
 }
 
@@ -1880,16 +1878,7 @@ fn recipe_supabase_leaves_what_its_cleanup_leaves() {
     let oracles: Vec<String> = (0..differs.len()).map(|round| format!("SELECT * FROM oracle_{round}")).collect();
     let differs: Vec<(&str, &str, &str)> =
         differs.iter().zip(&oracles).map(|((what, left, _), right)| (*what, *left, right.as_str())).collect();
-    let before = row_counts(&mut c, &differs);
-    c.batch_execute(&recipe("Supabase Auth")).unwrap();
-    c.batch_execute(
-        "UPDATE lifecycle.policies SET batch_size = 50, target_batch_time = NULL;
-         SET TimeZone = 'America/Los_Angeles';",
-    )
-    .unwrap();
-    c.batch_execute("CALL lifecycle.reap(max_batches => 100000)").unwrap();
-    assert_same_rows(&mut c, &differs, "the recipe left other rows than Supabase's cleanup");
-    assert_some_went_some_stayed(&before, &row_counts(&mut c, &differs), &differs);
+    reap_recipe_as_the_system_would(&mut c, "Supabase Auth", "America/Los_Angeles", &differs, "Supabase's cleanup");
     let revoked = "SELECT count(*) FROM auth.refresh_tokens WHERE revoked AND updated_at > now() - interval '10 minutes'";
     assert!(count(&mut c, revoked) > 0, "no token of an ended session was revoked: the data tests nothing");
     assert_walk_indexes(
