@@ -109,8 +109,9 @@ BEGIN
     END LOOP;
 END $$;
 
--- Keycloak's persistent-session expiry, realm by realm and for both kinds of session: find
--- up to 512 expired sessions, delete their client sessions, then them; until none is left.
+-- Keycloak's persistent-session expiry, realm by realm and for both kinds of session, in the
+-- batched form of 26.5 (the earlier one bulk DELETE per realm; docs/reaping.md): find up to
+-- 512 expired sessions, delete their client sessions, then them; until none is left.
 CREATE PROCEDURE sys.keycloak_expire() LANGUAGE plpgsql AS $$
 DECLARE r record; flag text; cutoff integer; ids varchar[];
 BEGIN
