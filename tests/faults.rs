@@ -4,7 +4,7 @@
 //! backfill running together, after which the invariants must hold. SOAK_SECONDS (default 45)
 //! makes the soak longer.
 mod common;
-use common::data::{mattermost_tokens, unfilled, upstream_history, ADD_LINK};
+use common::data::{mattermost_example, unfilled, upstream_history, ADD_LINK};
 use common::{count, pg_bin, sqlstate, Cluster, ClusterOptions};
 use postgres::Client;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,10 +32,8 @@ fn audit_matches_deletes(c: &mut Client, issued: i64) {
 fn crash_during_a_reap_batch_loses_nothing_and_the_next_run_finishes() {
     let cluster = Cluster::private(ClusterOptions::default());
     let db = cluster.fresh_db();
-    db.load_example("mattermost.sql");
-    let mut c = db.connect();
     let issued = 200_000;
-    mattermost_tokens(&mut c, issued);
+    let mut c = mattermost_example(&db, issued);
     c.batch_execute(
         "SELECT lifecycle.add_policy('mm_pats', 'mattermost.useraccesstokens', 'expiresat', time_kind => 'unix_ms',
                 dependents => 'delete', audit => '{id,userid,expiresat}', batch_size => 100000)",
@@ -561,10 +559,8 @@ fn the_server_killed_at_random_moments_of_a_reap_leaves_no_half_batch() {
     };
     let cluster = Cluster::private(ClusterOptions::default());
     let db = cluster.fresh_db();
-    db.load_example("mattermost.sql");
-    let mut c = db.connect();
     let issued = 200_000;
-    mattermost_tokens(&mut c, issued);
+    let mut c = mattermost_example(&db, issued);
     c.batch_execute(
         "SELECT lifecycle.create_archive('mattermost.useraccesstokens', 'pats_archive', exclude => '{token}');
          SELECT lifecycle.add_policy('mm_pats', 'mattermost.useraccesstokens', 'expiresat', time_kind => 'unix_ms',

@@ -22,12 +22,18 @@ pub fn mattermost_tokens(c: &mut Client, n: i64) {
 pub const MM_POLICY: &str = "SELECT lifecycle.add_policy('mm_pats', 'mattermost.useraccesstokens', 'expiresat',
     time_kind => 'unix_ms', dependents => 'delete', audit => '{id,userid,expiresat}', batch_size => 100)";
 
-/// The Mattermost example with `n` tokens (see `mattermost_tokens`) and the `mm_pats` policy:
-/// a connection, and how many tokens are due.
-pub fn mattermost_with_policy(db: &TestDb<'_>, n: i64) -> (Client, i64) {
+/// The Mattermost example with `n` tokens (see `mattermost_tokens`): a connection.
+pub fn mattermost_example(db: &TestDb<'_>, n: i64) -> Client {
     db.load_example("mattermost.sql");
     let mut c = db.connect();
     mattermost_tokens(&mut c, n);
+    c
+}
+
+/// The Mattermost example with `n` tokens and the `mm_pats` policy: a connection, and how
+/// many tokens are due.
+pub fn mattermost_with_policy(db: &TestDb<'_>, n: i64) -> (Client, i64) {
+    let mut c = mattermost_example(db, n);
     c.batch_execute(MM_POLICY).unwrap();
     let due = count(&mut c, "SELECT count(*) FROM mattermost.useraccesstokens WHERE lifecycle.token_is_expired(expiresat)");
     (c, due)
