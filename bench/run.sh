@@ -11,6 +11,7 @@ source bench/activity.sh
 source bench/compliance.sh
 source bench/rules.sh
 source bench/systems.sh
+source bench/orders.sh
 trap cluster_stop EXIT
 
 # The reap benchmark's tables (1M tokens: ~200 MB with their indexes) fit in shared buffers,
@@ -34,6 +35,7 @@ case "${BENCH_ONLY:-all}" in all|reap) reap_bench ;; reap_scale) reap_scale_benc
 case "${BENCH_ONLY:-all}" in all|compliance) echo; compliance_bench ;; esac
 case "${BENCH_ONLY:-all}" in all|rules) echo; rules_bench; times_bench; lifespans_bench ;; times) times_bench ;; lifespans) lifespans_bench ;; esac
 case "${BENCH_ONLY:-all}" in all|systems) echo; systems_bench ;; esac
+case "${BENCH_ONLY:-all}" in all|orders) echo; orders_bench ;; esac
 
 echo
 echo "bench summary:"

@@ -66,8 +66,11 @@ SQL
     chmod 755 "$NEW_DIR"
     [ "$(id -u)" -eq 0 ] && chown "$PG_USER" "$NEW_DIR"
     # pg_upgrade wants the old cluster's checksum setting; 18's initdb turns them on by default.
-    local checksums=()
-    "$NEW_BIN/initdb" --help | grep -q -- --no-data-checksums && checksums=(--no-data-checksums)
+    # The help text is read whole first: under pipefail, `initdb --help | grep -q` fails whenever
+    # grep's early exit hits initdb with SIGPIPE, and the option was then left out (CI, 17 -> 18).
+    local checksums=() help
+    help=$("$NEW_BIN/initdb" --help)
+    [[ $help == *--no-data-checksums* ]] && checksums=(--no-data-checksums)
     as_pg_user "$NEW_BIN/initdb" -D "$NEW_DIR/data" -U postgres --auth=trust -E UTF8 --locale=C "${checksums[@]}" >/dev/null
     # The new server gets the old one's settings (the upgrade does not carry postgresql.conf).
     as_pg_user grep -E "^(listen_addresses|shared_preload_libraries|cron\.)" "$CLUSTER_DIR/data/postgresql.conf" \

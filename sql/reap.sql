@@ -460,7 +460,9 @@ SELECT p.name,
        coalesce(s.current_batch, p.batch_size) AS batch_size,
        p.target_batch_time,
        p.archive,
-       p.events
+       p.events,
+       -- A physical sweep's cursor is an object (src/reap/order.rs), a time sweep's an array.
+       CASE WHEN s.cursor IS NULL THEN NULL WHEN pg_catalog.jsonb_typeof(s.cursor) = 'object' THEN 'physical' ELSE 'time' END AS sweep_order
   FROM lifecycle.policies p
   JOIN lifecycle.policy_state s ON s.policy_id = p.id;
 

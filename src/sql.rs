@@ -77,6 +77,13 @@ pub fn run_kept<'conn>(
 /// whether PostgreSQL raised it or this library did (error::raise). A cancel
 /// (statement_timeout, pg_cancel_backend) and Rust panics (a bug here) are raised again.
 pub fn in_subtransaction<R>(work: impl FnOnce() -> R) -> Result<R, (String, String)> {
+    in_subtransaction_catching(|code| code != PgSqlErrorCode::ERRCODE_QUERY_CANCELED, work)
+}
+
+/// [`in_subtransaction`] that comes back with only the errors `catch` takes (by SQLSTATE),
+/// rolled back the same way; any other error, a cancel and a panic are raised again as they
+/// were, after the subtransaction is rolled back.
+pub fn in_subtransaction_catching<R>(catch: impl Fn(PgSqlErrorCode) -> bool, work: impl FnOnce() -> R) -> Result<R, (String, String)> {
     // SAFETY: the begin/release/rollback protocol of PL/Python's subtransactions: back to the
     // caller's memory context and resource owner after each step.
     unsafe {
@@ -88,20 +95,20 @@ pub fn in_subtransaction<R>(work: impl FnOnce() -> R) -> Result<R, (String, Stri
             pg_sys::MemoryContextSwitchTo(context);
             pg_sys::CurrentResourceOwner = owner;
         };
+        // The predicate only reads the error code it is given.
+        let catch = AssertUnwindSafe(catch);
         PgTryBuilder::new(AssertUnwindSafe(|| {
             let result = work();
             pg_sys::ReleaseCurrentSubTransaction();
             restore();
             Ok(result)
         }))
-        .catch_others(|caught| {
+        .catch_others(move |caught| {
             restore();
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
             restore();
             match caught {
-                CaughtError::PostgresError(report) | CaughtError::ErrorReport(report)
-                    if report.sql_error_code() != PgSqlErrorCode::ERRCODE_QUERY_CANCELED =>
-                {
+                CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) if catch(report.sql_error_code()) => {
                     Err((sqlstate(report.sql_error_code()), report.message().to_owned()))
                 }
                 other => other.rethrow(),

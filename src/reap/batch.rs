@@ -12,6 +12,7 @@ use super::holds::{self, HoldSet};
 use super::kinds::TimeKind;
 use super::lifespan::Lifespan;
 pub use super::model::Column;
+use super::order::{self, Blocks};
 use super::{archive, policy, shards};
 use crate::error::{self, Code};
 use crate::limits::{BATCH_MAX, BATCH_MIN};
@@ -28,6 +29,10 @@ use std::time::{Duration, Instant};
 /// With a policy's id: its reaper; with -1: the maker of a history partition (sql/history.sql,
 /// lifecycle._create_history_partition, spells it 1279490403).
 const ADVISORY_LOCK_CLASS: i32 = 0x4c43_7963;
+
+/// The rows of a physical batch: those from row `$1` to before row `$4`, the first rows of two
+/// blocks, read by a TID Range Scan.
+const PHYSICAL_RANGE: &str = "t.ctid >= $1::tid AND t.ctid < $4::tid";
 
 /// The plan every batch statement gets, whatever the planner's estimates say. Left to its
 /// estimates, a large LIMIT over a large backlog made the planner read every due row with a
@@ -202,6 +207,8 @@ pub struct Policy {
     pub(super) bookkeeper: pg_sys::Oid,
     /// A Citus reference (or local) table: batches take two statements (`reference_statements`).
     pub(super) reference: bool,
+    /// Where a sweep in physical order is (order.rs); None: the sweep is in time order.
+    physical: Option<Blocks>,
 }
 
 /// Columns of a LOAD row as names (at `names`) and their types (at `types`), pairwise.
@@ -326,6 +333,7 @@ impl Policy {
                     events: if row.get::<bool>(25)?.unwrap_or(false) { Some(row.get(26)?.unwrap_or_default()) } else { None },
                     holds: Vec::new(),
                     reference: false,
+                    physical: None,
                 },
                 row.get::<bool>(20)?.unwrap_or(false),
                 row.get::<String>(27)?.unwrap_or_default(),
@@ -334,6 +342,7 @@ impl Policy {
         let (mut policy, has_children, version) = found
             .unwrap_or_else(|| error::raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("policy with id {id} does not exist"), None, None));
         check_may_act(policy.owner, &policy.name);
+        policy.physical = policy.cursor.as_deref().and_then(Blocks::of_cursor);
         let holds = holds::live(policy.bookkeeper);
         if has_children || holds.iter().any(|h| h.relid != policy.relid) {
             policy.children = children::of_policy(id, &version, policy.relid);
@@ -453,6 +462,7 @@ impl Policy {
             events: None,
             bookkeeper: role::extension_owner(),
             reference: false,
+            physical: None,
         }
     }
 
@@ -683,6 +693,12 @@ impl Policy {
     /// group is `grp`, with its own values read once (a lifespan's `span`, keep_newest's
     /// bound `b0...`), and a group with nothing due gives a marker row of NULLs.
     pub fn candidates(&self, preview: bool) -> String {
+        self.candidates_locked(preview, !preview)
+    }
+
+    /// [`Policy::candidates`], locked or not (`lock`). In physical order they are the due rows
+    /// of the batch's block range, all of them ([`PHYSICAL_RANGE`]).
+    fn candidates_locked(&self, preview: bool, lock: bool) -> String {
         let carried: Vec<String> = self.carried().iter().enumerate().map(|(i, c)| format!("{} AS v{i}", col("t", c))).collect();
         let (row_key, audit) = if preview { (self.row_key("t"), self.audit_data()) } else { ("NULL::text".into(), "NULL::jsonb".into()) };
         let due = match self.walked_groups() {
@@ -706,11 +722,16 @@ impl Policy {
             held = self.held(),
             rel = self.relation,
         );
-        if self.cursor.is_some() {
-            sql.push_str(&format!(" AND {}", self.after_cursor()));
+        if self.physical.is_some() {
+            // The whole range: its size is the batch's (Blocks::end).
+            sql.push_str(&format!(" AND {PHYSICAL_RANGE}"));
+        } else {
+            if self.cursor.is_some() {
+                sql.push_str(&format!(" AND {}", self.after_cursor()));
+            }
+            sql.push_str(&format!(" ORDER BY {} LIMIT $2", self.order()));
         }
-        sql.push_str(&format!(" ORDER BY {} LIMIT $2", self.order()));
-        if !preview {
+        if lock {
             sql.push_str(" FOR UPDATE OF t SKIP LOCKED");
         }
         let Some(groups) = self.walked_groups() else { return sql };
@@ -735,6 +756,19 @@ impl Policy {
         super::groups::walk(&self.relation, groups, &sql, start, per_group)
     }
 
+    /// The CTEs that delete the children a delete takes with the rows of CTE `rows`.
+    fn child_deletes(&self, rows: &str) -> Vec<String> {
+        let deleted = self.children.iter().filter(|c| c.handling == Handling::Delete);
+        deleted
+            .enumerate()
+            .map(|(i, child)| {
+                let (using, cond) = self.matching("c", rows, &child.columns, &child.parent_columns);
+                let using = if using.is_empty() { String::new() } else { format!(" USING {using}") };
+                format!("child_{i} AS (DELETE FROM {} c{using} WHERE {cond})", child.relation)
+            })
+            .collect()
+    }
+
     /// (`USING` list, `WHERE`) of a statement on the table aliased `alias` that matches the
     /// acted-on rows by `columns` = the carried `parent_columns`: one `= ANY` (an index probe
     /// per key) for a single column, a join with the batch for several.
@@ -752,36 +786,51 @@ impl Policy {
     }
 
     /// The whole batch as one statement: returns acted, examined, blocked, new cursor, audit.
-    fn statement(&self) -> String {
-        let mut sql = format!("WITH batch AS ({})", self.candidates(false));
+    /// `lock`: the candidates are locked first (`FOR UPDATE SKIP LOCKED`), as a time-order
+    /// batch always does. Without (physical order's plain statement) the action reads its
+    /// block range itself, with the rule, and PostgreSQL rechecks the rule on the newest
+    /// version of a row changed meanwhile; candidates are read first only to leave out rows
+    /// that children block or holds keep, and children go with the rows the action took
+    /// (`done`).
+    fn statement(&self, lock: bool) -> String {
+        let plain = !lock && self.physical.is_some();
+        let filtered = self.may_block() || !self.holds.is_empty();
+        // Physical order's plain statement with nothing to leave out: the action alone.
+        let direct = plain && !filtered;
+        let mut ctes = Vec::new();
+        if !direct {
+            ctes.push(format!("batch AS ({})", self.candidates_locked(false, !plain)));
+        }
         // The rows to act on: all candidates, or those no child blocks (a second CTE, only
         // when there is something to filter).
-        let acted = if self.may_block() || !self.holds.is_empty() {
+        let acted = if filtered {
             // Not materialized: read by the action only, it is a filter over `batch` (already
             // materialized), not a second copy of the batch. A walk's marker rows (NULLs)
             // fail it too.
-            sql.push_str(", acted AS NOT MATERIALIZED (SELECT * FROM batch WHERE NOT blocked AND NOT held)");
+            ctes.push("acted AS NOT MATERIALIZED (SELECT * FROM batch WHERE NOT blocked AND NOT held)".into());
             "acted"
         } else if self.walked_groups().is_some() {
-            sql.push_str(", acted AS NOT MATERIALIZED (SELECT * FROM batch WHERE tid IS NOT NULL)");
+            ctes.push("acted AS NOT MATERIALIZED (SELECT * FROM batch WHERE tid IS NOT NULL)".into());
             "acted"
         } else {
             "batch"
         };
-        for (i, child) in self.children.iter().filter(|c| c.handling == Handling::Delete).enumerate() {
-            let (using, cond) = self.matching("c", acted, &child.columns, &child.parent_columns);
-            let using = if using.is_empty() { String::new() } else { format!(" USING {using}") };
-            sql.push_str(&format!(", child_{i} AS (DELETE FROM {} c{using} WHERE {cond})", child.relation));
+        let children = self.child_deletes(if plain { "done" } else { acted });
+        if !plain {
+            ctes.extend(children.iter().cloned());
         }
         // The candidates are locked FOR UPDATE above, so their ctids cannot change before the
         // action: a TID scan spares a second index probe per row. Not on partitioned tables,
         // where a ctid is only unique within one partition: there the key matches.
         let key_names: Vec<String> = self.keys.iter().map(|k| k.name.clone()).collect();
-        let (from, target) = if self.partitioned {
+        let (from, target) = if direct {
+            (String::new(), format!("{} AND {}", PHYSICAL_RANGE, self.due()))
+        } else if self.partitioned {
             self.matching("t", acted, &key_names, &key_names)
         } else {
             (String::new(), format!("t.ctid = ANY (ARRAY(SELECT tid FROM {acted}))"))
         };
+        let target = if plain && !direct { format!("{target} AND {}", self.due()) } else { target };
         // The row key only when audit or events name the rows: it is built per row.
         let key = if self.audit.is_some() || self.events.is_some() { self.row_key("t") } else { "NULL::text".into() };
         let mut returning = format!("{key} AS k, {} AS data", self.audit_data());
@@ -793,27 +842,35 @@ impl Policy {
                 returning.push_str(&format!(", {} AS a{i}", col("t", c)));
             }
         }
+        if plain {
+            for (i, c) in self.carried().iter().enumerate() {
+                returning.push_str(&format!(", {} AS v{i}", col("t", c)));
+            }
+        }
         match &self.update {
             None => {
                 let using = if from.is_empty() { String::new() } else { format!(" USING {from}") };
-                sql.push_str(&format!(", done AS (DELETE FROM {rel} t{using} WHERE {target} RETURNING {returning})", rel = self.relation));
+                ctes.push(format!("done AS (DELETE FROM {rel} t{using} WHERE {target} RETURNING {returning})", rel = self.relation));
             }
             Some(update) => {
                 let from = if from.is_empty() { String::new() } else { format!(" FROM {from}") };
-                sql.push_str(&format!(
-                    ", done AS (UPDATE {rel} t SET {sets}{from} WHERE {target} RETURNING {returning})",
+                ctes.push(format!(
+                    "done AS (UPDATE {rel} t SET {sets}{from} WHERE {target} RETURNING {returning})",
                     rel = self.relation,
                     sets = update.sets()
                 ));
             }
+        }
+        if plain {
+            ctes.extend(children);
         }
         // The archive rows are written by the batch's own statement, as the policy's owner
         // (the archive is the owner's table), in the same transaction as the deletes.
         if let Some((archive, columns)) = &self.archive {
             let names: Vec<String> = columns.iter().map(String::as_str).map(ident).collect();
             let values: Vec<String> = (0..columns.len()).map(|i| format!("d.a{i}")).collect();
-            sql.push_str(&format!(
-                ", archived AS (INSERT INTO {archive} ({}, {}, {}) SELECT {}, {}, now() FROM done d)",
+            ctes.push(format!(
+                "archived AS (INSERT INTO {archive} ({}, {}, {}) SELECT {}, {}, now() FROM done d)",
                 names.join(", "),
                 archive::POLICY_COLUMN,
                 archive::TIME_COLUMN,
@@ -821,18 +878,24 @@ impl Policy {
                 sql::literal(&self.name),
             ));
         }
+        // What the batch saw: its candidates, or, acting directly, what it acted on.
+        ctes.push(if direct {
+            "seen AS (SELECT count(*) AS examined, 0::bigint AS blocked, 0::bigint AS held, NULL AS last, count(*) AS walked FROM done)"
+                .into()
+        } else {
+            self.seen(&[])
+        });
         let keys = if self.audit.is_some() || self.events.is_some() { "array_agg(d.k)" } else { "NULL::text[]" };
         let data = if self.audit.is_some() { "array_agg(d.data)" } else { "NULL::jsonb[]" };
         let events = if self.events.is_some() { "array_agg(d.ev)" } else { "NULL::jsonb[]" };
         // The audit rows leave as two arrays in the same order (one aggregate pass over the
         // acted-on rows), to be written by `run`.
-        sql.push_str(&format!(
-            "{seen} SELECT a.acted, s.examined, s.blocked, {cursor}, a.keys, a.data, a.events, s.held, s.walked
+        format!(
+            "WITH {} SELECT a.acted, s.examined, s.blocked, {cursor}, a.keys, a.data, a.events, s.held, s.walked
                FROM (SELECT count(*) AS acted, {keys} AS keys, {data} AS data, {events} AS events FROM done d) a, seen s",
-            seen = self.seen(&[]),
+            ctes.join(", "),
             cursor = self.new_cursor()
-        ));
-        sql
+        )
     }
 
     /// CTE `seen`, one row over CTE `batch`: its counts (examined, blocked, held), the last
@@ -852,7 +915,7 @@ impl Policy {
         };
         // `tid` is NULL in a walk's marker rows only (groups with nothing due): not examined,
         // but walked.
-        format!(", seen AS (SELECT count(tid) AS examined, {blocked} AS blocked, {held} AS held, {last} AS last, count(*) AS walked{more} FROM batch)")
+        format!("seen AS (SELECT count(tid) AS examined, {blocked} AS blocked, {held} AS held, {last} AS last, count(*) AS walked{more} FROM batch)")
     }
 
     /// The new cursor, as jsonb text: the last row of CTE `batch` in keyset order, with CTE
@@ -862,6 +925,10 @@ impl Policy {
     /// take one row cost ~0.7 µs a row, a fifth of a 20000-row batch), and the row is turned
     /// into jsonb once.
     fn new_cursor(&self) -> String {
+        if self.physical.is_some() {
+            // The next range follows this one (Blocks::after_batch).
+            return "NULL::text".into();
+        }
         if let Some(groups) = self.walked_groups() {
             // The batch comes in cursor order, numbered (`wn`): its last row is the one
             // `seen.last` numbers. (Ordering the batch by (group, time, key) to find it cost
@@ -893,7 +960,7 @@ impl Policy {
         let arrays: Vec<String> = (0..n).map(|i| format!("array_agg(v{i}) FILTER (WHERE NOT blocked AND NOT held) AS a{i}")).collect();
         let columns: Vec<String> = (0..n).map(|i| format!("s.a{i}")).collect();
         let select = format!(
-            "WITH batch AS ({}){} SELECT s.examined, s.blocked, {}, s.held, {} FROM seen s",
+            "WITH batch AS ({}), {} SELECT s.examined, s.blocked, {}, s.held, {} FROM seen s",
             self.candidates(false),
             self.seen(&arrays),
             self.new_cursor(),
@@ -902,10 +969,8 @@ impl Policy {
         let params: Vec<String> = (0..n).map(|i| format!("${}", 8 + i)).collect();
         let names: Vec<String> = (0..n).map(|i| format!("v{i}")).collect();
         let mut action = format!("WITH acted AS (SELECT * FROM unnest({}) AS k({}))", params.join(", "), names.join(", "));
-        for (i, child) in self.children.iter().filter(|c| c.handling == Handling::Delete).enumerate() {
-            let (using, cond) = self.matching("c", "acted", &child.columns, &child.parent_columns);
-            let using = if using.is_empty() { String::new() } else { format!(" USING {using}") };
-            action.push_str(&format!(", child_{i} AS (DELETE FROM {} c{using} WHERE {cond})", child.relation));
+        for child in self.child_deletes("acted") {
+            action.push_str(&format!(", {child}"));
         }
         let key_names: Vec<String> = self.keys.iter().map(|k| k.name.clone()).collect();
         let (from, target) = self.matching("t", "acted", &key_names, &key_names);
@@ -950,9 +1015,62 @@ impl Policy {
         self.update.as_ref().map_or("delete", |u| u.action)
     }
 
-    /// `$1` cursor, `$2` limit, `$3` older_than.
+    /// `$1` cursor, `$2` limit, `$3` older_than; in physical order `$1` and `$4` are the rows
+    /// (tids) the batch's range lies between.
     pub fn args<'a>(&'a self, limit: i32) -> Vec<DatumWithOid<'a>> {
-        vec![self.cursor.clone().into(), i64::from(limit).into(), self.older_than.into()]
+        match &self.physical {
+            Some(blocks) => {
+                let (after, before) = blocks.range(limit);
+                vec![after.into(), i64::from(limit).into(), self.older_than.into(), before.into()]
+            }
+            None => vec![self.cursor.clone().into(), i64::from(limit).into(), self.older_than.into()],
+        }
+    }
+
+    /// Forgets the sweep in progress: what is planned next reads from the first due row.
+    pub fn forget_sweep(&mut self) {
+        self.cursor = None;
+        self.physical = None;
+    }
+
+    /// Whether a sweep of this policy may go in physical order: a table of its own (a ctid is
+    /// a row's only on one heap: not a partitioned table's, not a Citus table's), and no walk
+    /// of groups (a walk's order is the groups').
+    fn may_sweep_physically(&self) -> bool {
+        !self.partitioned && !self.reference && self.walked_groups().is_none()
+    }
+
+    /// The planner's estimate of the rows due now, as the policy's owner (the filter may read
+    /// other tables), from the statistics of the time column (and of the filter's columns).
+    pub fn estimated_due_rows(&self) -> Option<f64> {
+        let query = format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} t WHERE {}", self.relation, self.due());
+        let args = vec![Option::<String>::None.into(), 0i64.into(), self.older_than.into()];
+        let plan = role::run_as(self.owner, true, || {
+            // Read-write SPI: in a batch's subtransaction a read-only one refuses EXPLAIN
+            // ("not allowed in a non-volatile function").
+            Spi::connect_mut(|client| client.update(query.as_str(), None, &args)?.first().get_one::<pgrx::Json>())
+                .unwrap_or_else(|e| error::internal(e))
+        })?;
+        plan.0.get(0)?.get("Plan")?.get("Plan Rows")?.as_f64()
+    }
+
+    /// The order of a new sweep (order.rs): physical order from the start of the heap to its
+    /// current end, or None for time order.
+    fn sweep_order(&self) -> Option<Blocks> {
+        if !self.may_sweep_physically() {
+            return None;
+        }
+        // The heap's size now, and its rows per page as the last ANALYZE or VACUUM saw them.
+        let (pages, rows_per_page) = sql::optional_row(
+            "SELECT pg_catalog.pg_relation_size(c.oid) / pg_catalog.current_setting('block_size')::bigint,
+                    CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages ELSE 0 END::float8
+               FROM pg_catalog.pg_class c WHERE c.oid = $1",
+            &[self.relid.into()],
+            |row| Ok((row.get::<i64>(1)?.unwrap_or(0), row.get::<f64>(2)?.unwrap_or(0.0))),
+        )
+        .unwrap_or((0, 0.0));
+        let due = self.estimated_due_rows();
+        order::physical(pages, rows_per_page, due).then(|| Blocks::start(pages, due.unwrap_or(pages as f64) / pages.max(1) as f64))
     }
 
     /// The size of the next batch: fixed, or the adaptive size reached so far.
@@ -1018,6 +1136,12 @@ pub fn run(id: i32, cap: Option<i32>) -> Outcome {
             return shards::run(&policy, limit);
         }
         policy.reference = true;
+    }
+    if policy.cursor.is_none() {
+        policy.physical = policy.sweep_order();
+    } else if policy.physical.is_some() && !policy.may_sweep_physically() {
+        // A table become a Citus reference table halfway through a physical sweep.
+        policy.forget_sweep();
     }
     let action = policy.action();
     execute(&policy, limit, |client, done| {
@@ -1100,8 +1224,11 @@ pub fn execute<R>(policy: &Policy, limit: i32, record: impl FnOnce(&mut SpiClien
         let mut _chosen = None;
         let row = with_batch_plan_shape(|| {
             role::run_as(policy.owner, true, || {
+                if policy.physical.is_some() {
+                    return physical_batch(client, policy, limit);
+                }
                 if !policy.reference {
-                    return sql::run_kept(client, true, &policy.statement(), &policy.args(limit), Some(1));
+                    return sql::run_kept(client, true, &policy.statement(true), &policy.args(limit), Some(1));
                 }
                 let (select, action) = policy.reference_statements();
                 let chosen = sql::run_kept(client, true, &select, &policy.args(limit), Some(1))?.first();
@@ -1130,22 +1257,53 @@ pub fn execute<R>(policy: &Policy, limit: i32, record: impl FnOnce(&mut SpiClien
         })?
         .first();
         let examined = row.get::<i64>(2)?.unwrap_or(0);
+        // A walk's batch is full when its rows and the groups it passed fill it.
+        let short = if policy.walked_groups().is_some() { row.get::<i64>(9)?.unwrap_or(0) } else { examined } < i64::from(limit);
+        let (cursor, sweep_done) = match &policy.physical {
+            Some(blocks) => match blocks.after_batch(limit) {
+                Some(next) => (Some(next.as_cursor()), false),
+                None => (None, true),
+            },
+            None => (row.get::<String>(4)?, short),
+        };
         let done = Done {
             elapsed: started.elapsed(),
             acted: row.get::<i64>(1)?.unwrap_or(0),
             examined,
             blocked: row.get::<i64>(3)?.unwrap_or(0),
-            cursor: row.get::<String>(4)?,
+            cursor,
             audit_keys: row.get_datum_by_ordinal(5)?,
             audit_data: row.get_datum_by_ordinal(6)?,
             event_data: row.get_datum_by_ordinal(7)?,
             held: row.get::<i64>(8)?.unwrap_or(0),
-            // A walk's batch is full when its rows and the groups it passed fill it.
-            sweep_done: if policy.walked_groups().is_some() { row.get::<i64>(9)?.unwrap_or(0) } else { examined } < i64::from(limit),
+            sweep_done,
         };
         record(client, &done)
     })
     .unwrap_or_else(|e| error::internal(e))
+}
+
+/// A batch in physical order: the plain statement, waiting at most order::plain_lock_wait for
+/// a row lock; if an app holds one, that statement is rolled back and the same range is done
+/// by the locking statement, which passes locked rows over (they are retried next sweep).
+fn physical_batch<'conn>(
+    client: &mut SpiClient<'conn>,
+    policy: &Policy,
+    limit: i32,
+) -> Result<pgrx::spi::SpiTupleTable<'conn>, pgrx::spi::Error> {
+    let wait = order::plain_lock_wait();
+    let plain = sql::in_subtransaction_catching(
+        |code| code == Code::ERRCODE_LOCK_NOT_AVAILABLE,
+        || {
+            sql::with_settings(&[(c"lock_timeout", wait.as_str())], || {
+                sql::run_kept(client, true, &policy.statement(false), &policy.args(limit), Some(1))
+            })
+        },
+    );
+    match plain {
+        Ok(done) => done,
+        Err(_) => sql::run_kept(client, true, &policy.statement(true), &policy.args(limit), Some(1)),
+    }
 }
 
 /// What a batch records as the extension owner: one audit row per acted-on row (`$5` keys and

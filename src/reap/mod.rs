@@ -14,6 +14,7 @@ mod keep;
 mod kinds;
 mod lifespan;
 mod model;
+mod order;
 mod policy;
 mod shards;
 
@@ -28,6 +29,7 @@ use ulid::Ulid;
 pub fn init() {
     backpressure::init();
     children::init();
+    order::init();
 }
 
 /// One batch of one policy. Since 0.3.0 the round runs batches itself (`reap_round`); this
@@ -132,14 +134,7 @@ fn caller_may_act_for_owner(policy_id: i32) -> Option<()> {
 #[search_path(pg_catalog, pg_temp)]
 fn estimate_backlog(policy_id: i32) -> Option<i64> {
     caller_may_act_for_owner(policy_id)?;
-    let mut policy = Policy::load(policy_id);
-    policy.cursor = None;
-    let query = format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} t WHERE {}", policy.relation, policy.due());
-    let plan = role::run_as(policy.owner, true, || {
-        Spi::connect(|client| client.select(query.as_str(), None, &policy.args(0))?.first().get_one::<pgrx::Json>())
-            .unwrap_or_else(|e| error::internal(e))
-    })?;
-    plan.0.get(0)?.get("Plan")?.get("Plan Rows")?.as_f64().map(|rows| rows as i64)
+    Policy::load(policy_id).estimated_due_rows().map(|rows| rows as i64)
 }
 
 /// Whether a batch of the policy reads its table by a range of an index, as the planner plans
@@ -153,7 +148,7 @@ fn batch_reads_an_index(policy_id: i32) -> Option<bool> {
     caller_may_act_for_owner(policy_id)?;
     let planned = crate::sql::in_subtransaction(|| {
         let mut policy = Policy::load(policy_id);
-        policy.cursor = None;
+        policy.forget_sweep();
         let query = format!("EXPLAIN (FORMAT JSON) {}", policy.candidates(true));
         batch::with_batch_plan_shape(|| {
             role::run_as(policy.owner, true, || {
@@ -238,7 +233,8 @@ fn preview(
     let policy = Policy::load(id);
     // `blocked`: the row would be kept, by a child that references it or by a legal hold.
     // A walk's marker rows (groups with nothing due, tid NULL) are not rows.
-    let query = format!("SELECT rk, tm::text, blocked OR held, data FROM ({}) c WHERE c.tid IS NOT NULL", policy.candidates(true));
+    // At most max_rows: a physical sweep's next range is its whole block range.
+    let query = format!("SELECT rk, tm::text, blocked OR held, data FROM ({}) c WHERE c.tid IS NOT NULL LIMIT $2", policy.candidates(true));
     let rows = batch::with_batch_plan_shape(|| {
         role::run_as(policy.owner, true, || {
             Spi::connect(|client| {
