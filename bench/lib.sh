@@ -34,3 +34,10 @@ compare() {
     BASE_TPS=$(printf '%.0f' "$BASE_TPS") CAND_TPS=$(printf '%.0f' "$CAND_TPS")
     report "$name" "$CAND_TPS" "$BASE_TPS" "$target"
 }
+
+# fresh_statistics DB TABLE: ANALYZE after the table's load is counted in its statistics (they
+# are reported within a second, in the background), then CHECKPOINT: statistics as autovacuum
+# would have left them, which a new sweep's choice of order reads (src/reap/order.rs).
+fresh_statistics() {
+    psql_q -q -d "$1" -c "SELECT pg_stat_force_next_flush()" -c "SELECT 1" -c "ANALYZE $2" -c "CHECKPOINT" >/dev/null
+}

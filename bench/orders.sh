@@ -3,7 +3,8 @@
 # deleted per second by CALL lifecycle.reap as it chooses (auto), held to time order (0.3.0's
 # only order) and to physical order (where those two cross is the switch), and by one DELETE
 # statement; at 84 % also with audit, against one statement that writes the same audit rows
-# into lifecycle.audit_log; then narrow rows (twice as many, ~157 a page) at ORDERS_NARROW_POINTS.
+# into lifecycle.audit_log; then narrow rows (twice as many, ~157 a page) at ORDERS_NARROW_POINTS;
+# then an app writer's latency while reap sweeps the backlog in each order.
 # Alternating, best of RUNS, each run from a fresh table.
 ORDERS_ROWS=${ORDERS_ROWS:-500000}
 ORDERS_DUE="requested_at < (now() AT TIME ZONE 'UTC') - interval '1 hour' AND nid = (SELECT id FROM o.networks ORDER BY created_at LIMIT 1)"
@@ -26,7 +27,8 @@ orders_reap() {
 # orders_run PERCENT WAY [AUDIT] -> rows/s of one run (WAY: auto, time, physical or one; AUDIT: with audit)
 orders_run() {
     local percent=$1 way=$2 audit=${3:-} audit_arg="" statements
-    psql_q -q -d orderbench -c "CALL o.reset($percent)" -c "CHECKPOINT" >/dev/null
+    psql_q -q -d orderbench -c "CALL o.reset($percent)" >/dev/null
+    fresh_statistics orderbench o.access
     [ -n "$audit" ] && audit_arg=", audit => '{subject}'"
     case $way in
         one)
@@ -65,8 +67,10 @@ orders_point() {
 # orders_narrow_run PERCENT WAY -> rows/s of reap on the narrow table (WAY: auto, time, physical)
 orders_narrow_run() {
     local statements
-    psql_q -q -d orderbench -c "CALL o.reset_narrow($1)" -c "CHECKPOINT" \
-        -c "SELECT lifecycle.drop_policy(name) FROM lifecycle.policies" -c "SELECT lifecycle.add_policy('narrow', 'o.narrow', 'expires_at')" >/dev/null
+    psql_q -q -d orderbench -c "CALL o.reset_narrow($1)" >/dev/null
+    fresh_statistics orderbench o.narrow
+    psql_q -q -d orderbench -c "SELECT lifecycle.drop_policy(name) FROM lifecycle.policies" \
+        -c "SELECT lifecycle.add_policy('narrow', 'o.narrow', 'expires_at')" >/dev/null
     mapfile -t statements < <(orders_reap "$2")
     orders_rate o.narrow "${statements[@]}"
 }
@@ -83,6 +87,33 @@ orders_narrow_point() {
     report "orders: reap (auto) vs time order, narrow rows, $percent % due" "$auto" "$time" 0.95 rows/s
 }
 
+# orders_latency: a pgbench writer updating random Hydra tokens (due and live) while reap (adaptive
+# batches) sweeps the 84 % backlog in each order: the writer's p99 and max latency.
+orders_latency() {
+    local way log p99 max
+    echo "\\set k random(1, $ORDERS_ROWS)
+UPDATE o.access SET scope = scope WHERE signature = 'sig-' || md5(:k::text);" > "$CLUSTER_DIR/orders_writer.sql"
+    for way in time physical; do
+        psql_q -q -d orderbench -c "CALL o.reset(84)" >/dev/null
+        fresh_statistics orderbench o.access
+        psql_q -q -d orderbench -c "SELECT lifecycle.drop_policy(name) FROM lifecycle.policies" \
+            -c "SELECT lifecycle.add_policy('access', 'o.access', 'requested_at', older_than => '1 hour', time_zone => 'UTC')" >/dev/null
+        rm -f "$CLUSTER_DIR"/pgbench_log.*
+        (cd "$CLUSTER_DIR" && "$PG_BIN/pgbench" -n -c 1 -T 12 -l -f orders_writer.sql orderbench >/dev/null 2>&1) &
+        local writer=$!
+        sleep 1
+        psql_q -q -d orderbench -c "SET client_min_messages = warning" -c "SET lifecycle.reap_batch_order = $way" \
+            -c "CALL lifecycle.reap(100000, '10 seconds')" >/dev/null
+        wait "$writer"
+        # pgbench -l: the third field is the transaction's latency in microseconds.
+        read -r p99 max < <(cat "$CLUSTER_DIR"/pgbench_log.* | awk '{print $3}' | sort -n \
+            | awk '{v[NR] = $1} END {printf "%.2f %.2f\n", v[int(NR * 0.99)] / 1000, v[NR] / 1000}')
+        echo "   writer while reap sweeps in $way order: p99 ${p99} ms, max ${max} ms"
+        [ "$way" = physical ] && report "orders: writer max latency, physical order: 100 ms / max" 100 "$max" 1.0 ms
+    done
+    return 0
+}
+
 orders_bench() {
     psql_q -q -d postgres -c "CREATE DATABASE orderbench"
     psql_q -q -d orderbench -c "CREATE EXTENSION pg_lifecycle"
@@ -97,5 +128,6 @@ orders_bench() {
     report "orders: reap (auto) with audit vs one statement with audit, 84 %" "$audited" "$one" 0.8 rows/s
     echo "   $((2 * ORDERS_ROWS)) narrow rows:"
     for percent in ${ORDERS_NARROW_POINTS:-1 2 5 20}; do orders_narrow_point "$percent"; done
+    orders_latency
     psql_q -q -d postgres -c "DROP DATABASE orderbench"
 }

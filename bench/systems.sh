@@ -31,7 +31,8 @@ systems_table() {
 systems_run() {
     local system=$1 way=$2 table before after secs
     table=$(systems_table "$system")
-    psql_q -q -d sysbench -c "CALL sys.reset('$system')" -c "VACUUM $table" -c "CHECKPOINT" >/dev/null
+    psql_q -q -d sysbench -c "CALL sys.reset('$system')" -c "VACUUM $table" >/dev/null
+    fresh_statistics sysbench "$table"
     before=$(psql_q -qtA -d sysbench -c "SELECT count(*) FROM $table")
     if [ "$way" = policy ]; then
         systems_policy "$system"

@@ -1060,17 +1060,24 @@ impl Policy {
         if !self.may_sweep_physically() {
             return None;
         }
-        // The heap's size now, and its rows per page as the last ANALYZE or VACUUM saw them.
-        let (pages, rows_per_page) = sql::optional_row(
-            "SELECT pg_catalog.pg_relation_size(c.oid) / pg_catalog.current_setting('block_size')::bigint,
-                    CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages ELSE 0 END::float8
+        let table = sql::optional_row(
+            "SELECT pg_catalog.pg_relation_size(c.oid) / pg_catalog.current_setting('block_size')::bigint, c.reltuples::float8,
+                    CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages ELSE 0 END::float8,
+                    pg_catalog.pg_stat_get_mod_since_analyze(c.oid)::float8
                FROM pg_catalog.pg_class c WHERE c.oid = $1",
             &[self.relid.into()],
-            |row| Ok((row.get::<i64>(1)?.unwrap_or(0), row.get::<f64>(2)?.unwrap_or(0.0))),
-        )
-        .unwrap_or((0, 0.0));
+            |row| {
+                Ok(order::Table {
+                    pages: row.get::<i64>(1)?.unwrap_or(0),
+                    rows: row.get::<f64>(2)?.unwrap_or(-1.0),
+                    rows_per_page: row.get::<f64>(3)?.unwrap_or(0.0),
+                    changed_since_analyze: row.get::<f64>(4)?.unwrap_or(0.0),
+                })
+            },
+        )?;
         let due = self.estimated_due_rows();
-        order::physical(pages, rows_per_page, due).then(|| Blocks::start(pages, due.unwrap_or(pages as f64) / pages.max(1) as f64))
+        let pages = table.pages;
+        order::physical(&table, due).then(|| Blocks::start(pages, due.unwrap_or(pages as f64) / pages.max(1) as f64))
     }
 
     /// The size of the next batch: fixed, or the adaptive size reached so far.

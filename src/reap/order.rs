@@ -15,7 +15,8 @@
 //! The choice: physical order when the planner's estimate of due rows per heap page reaches
 //! [`PHYSICAL_FROM_DUE_PER_PAGE`] plus a share of the rows a page holds (docs/reaping.md has
 //! the measured curves), for tables it applies to (`Policy::may_sweep_physically`);
-//! `lifecycle.reap_batch_order` can force either.
+//! `lifecycle.reap_batch_order` can force either. Statistics older than most of the table's
+//! changes (a backlog just deleted) give time order until they are taken again.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use serde_json::{json, Value};
@@ -28,6 +29,12 @@ use serde_json::{json, Value};
 /// page, 2 to 5 %); this puts the switch at 1.2 (11 %) and 4.1 (2.6 %).
 const PHYSICAL_FROM_DUE_PER_PAGE: f64 = 1.0;
 const ROWS_PER_EXTRA_DUE_ROW: f64 = 50.0;
+
+/// Statistics older than changes to this share of the table's rows (`n_mod_since_analyze`)
+/// describe another table: the sweep goes in time order until autovacuum (or an ANALYZE) has
+/// looked again. Right after a physical sweep deleted a backlog, the statistics still say most
+/// rows are due; without this every sweep would read the whole table again until then.
+const STALE_FROM_CHANGED_SHARE: f64 = 0.2;
 
 /// Tables smaller than this many pages are swept in time order: either order takes a few
 /// batches, and the time order's plan is the one every small table has always had.
@@ -122,14 +129,37 @@ impl Blocks {
     }
 }
 
-/// Whether a sweep of a table of `pages` pages holding `rows_per_page` rows each (statistics;
-/// 0 unknown) with `due_rows` due (the planner's estimate; None: no estimate) goes in physical
-/// order.
-pub fn physical(pages: i64, rows_per_page: f64, due_rows: Option<f64>) -> bool {
+/// What the choice of a new sweep's order reads: the table's size and statistics, and the
+/// planner's estimate of its due rows.
+pub struct Table {
+    /// The heap's size now.
+    pub pages: i64,
+    /// Rows as the last ANALYZE or VACUUM counted them (`reltuples`; negative: never).
+    pub rows: f64,
+    /// Rows per page then (0: unknown).
+    pub rows_per_page: f64,
+    /// Rows inserted, updated or deleted since the last ANALYZE.
+    pub changed_since_analyze: f64,
+}
+
+impl Table {
+    /// Whether the statistics the estimate comes from still describe the table.
+    fn statistics_current(&self) -> bool {
+        self.rows > 0.0 && self.changed_since_analyze <= STALE_FROM_CHANGED_SHARE * self.rows
+    }
+}
+
+/// Whether a sweep of `table` with `due_rows` due (the planner's estimate; None: no estimate)
+/// goes in physical order.
+pub fn physical(table: &Table, due_rows: Option<f64>) -> bool {
     match BATCH_ORDER.get() {
         Setting::Time => false,
         Setting::Physical => true,
-        Setting::Auto => pages >= PHYSICAL_FROM_PAGES && due_rows.is_some_and(|d| pays_off(d / pages as f64, rows_per_page)),
+        Setting::Auto => {
+            table.pages >= PHYSICAL_FROM_PAGES
+                && table.statistics_current()
+                && due_rows.is_some_and(|d| pays_off(d / table.pages as f64, table.rows_per_page))
+        }
     }
 }
 
@@ -151,6 +181,14 @@ mod tests {
         // Narrow rows, 157 a page: time order at 2 % (where it was still the faster), physical at 5 %.
         assert!(!super::pays_off(3.2, 157.0), "2 %");
         assert!(super::pays_off(7.85, 157.0), "5 %");
+    }
+
+    #[test]
+    fn statistics_from_before_the_last_sweep_are_not_trusted() {
+        let table = |rows: f64, changed: f64| super::Table { pages: 1000, rows, rows_per_page: 10.0, changed_since_analyze: changed };
+        assert!(table(10_000.0, 1000.0).statistics_current());
+        assert!(!table(10_000.0, 8400.0).statistics_current(), "a backlog deleted since");
+        assert!(!table(-1.0, 0.0).statistics_current(), "never analyzed");
     }
 
     #[test]
