@@ -41,3 +41,10 @@ compare() {
 fresh_statistics() {
     psql_q -q -d "$1" -c "SELECT pg_stat_force_next_flush()" -c "SELECT 1" -c "ANALYZE $2" -c "CHECKPOINT" >/dev/null
 }
+
+# pgbench_p99_max DIR -> "p99 max", in ms, of the transactions `pgbench -l` logged in DIR
+pgbench_p99_max() {
+    # pgbench -l: the third field is the transaction's latency in microseconds.
+    cat "$1"/pgbench_log.* | awk '{print $3}' | sort -n \
+        | awk '{v[NR] = $1} END {printf "%.2f %.2f\n", v[int(NR * 0.99)] / 1000, v[NR] / 1000}'
+}

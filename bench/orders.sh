@@ -105,9 +105,7 @@ UPDATE o.access SET scope = scope WHERE signature = 'sig-' || md5(:k::text);" > 
         psql_q -q -d orderbench -c "SET client_min_messages = warning" -c "SET lifecycle.reap_batch_order = $way" \
             -c "CALL lifecycle.reap(100000, '10 seconds')" >/dev/null
         wait "$writer"
-        # pgbench -l: the third field is the transaction's latency in microseconds.
-        read -r p99 max < <(cat "$CLUSTER_DIR"/pgbench_log.* | awk '{print $3}' | sort -n \
-            | awk '{v[NR] = $1} END {printf "%.2f %.2f\n", v[int(NR * 0.99)] / 1000, v[NR] / 1000}')
+        read -r p99 max < <(pgbench_p99_max "$CLUSTER_DIR")
         echo "   writer while reap sweeps in $way order: p99 ${p99} ms, max ${max} ms"
         [ "$way" = physical ] && report "orders: writer max latency, physical order: 100 ms / max" 100 "$max" 1.0 ms
     done

@@ -195,9 +195,7 @@ UPDATE mm.useraccesstokens SET isactive = NOT isactive WHERE id = 't' || :k;" > 
         sleep 1
         psql_q -q -d reapbench -c "SET client_min_messages = warning" -c "CALL lifecycle.reap(100000, '12 seconds')" >/dev/null
         wait "$writer"
-        # pgbench -l: the third field is the transaction's latency in microseconds.
-        read -r p99 max < <(cat "$CLUSTER_DIR"/pgbench_log.* | awk '{print $3}' | sort -n \
-            | awk '{v[NR] = $1} END {printf "%.2f %.2f\n", v[int(NR * 0.99)] / 1000, v[NR] / 1000}')
+        read -r p99 max < <(pgbench_p99_max "$CLUSTER_DIR")
         echo "  writer with $sizing batches: p99 ${p99} ms, max ${max} ms"
         [ "$sizing" = adaptive ] && report "writer max latency with adaptive batches: 100 ms / max" 100 "$max" 1.0 ms
     done
