@@ -6,7 +6,7 @@
 //! most of the table is due, a sweep costs several times one DELETE statement.
 //!
 //! **Physical order** reads the heap in consecutive block ranges (a TID Range Scan), the cursor
-//! a row position: O(pages) per sweep, one pass over the table, each page read once. Its rows
+//! a block number: O(pages) per sweep, one pass over the table, each page read once. Its rows
 //! are deleted by a plain statement with no separate lock step; when that statement meets an
 //! app's row lock it gives up after [`PLAIN_LOCK_WAIT_MS`] and the same range is done again with
 //! `FOR UPDATE SKIP LOCKED`, passing the locked rows over (batch.rs). Rows added or moved past
@@ -15,8 +15,8 @@
 //! The choice: physical order when the planner's estimate of due rows per heap page reaches
 //! [`PHYSICAL_FROM_DUE_PER_PAGE`] plus a share of the rows a page holds (docs/reaping.md has
 //! the measured curves), for tables it applies to (`Policy::may_sweep_physically`);
-//! `lifecycle.reap_batch_order` can force either. Statistics older than most of the table's
-//! changes (a backlog just deleted) give time order until they are taken again.
+//! `lifecycle.reap_batch_order` can force either. Statistics older than changes to a fifth of
+//! the table (a backlog just deleted) give time order until they are taken again.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use serde_json::{json, Value};
