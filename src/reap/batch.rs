@@ -1075,9 +1075,7 @@ impl Policy {
                 })
             },
         )?;
-        let due = self.estimated_due_rows();
-        let pages = table.pages;
-        order::physical(&table, due).then(|| Blocks::start(pages, due.unwrap_or(pages as f64) / pages.max(1) as f64))
+        order::physical_sweep(&table, || self.estimated_due_rows())
     }
 
     /// The size of the next batch: fixed, or the adaptive size reached so far.

@@ -149,16 +149,21 @@ impl Table {
     }
 }
 
-/// Whether a sweep of `table` with `due_rows` due (the planner's estimate; None: no estimate)
-/// goes in physical order.
-pub fn physical(table: &Table, due_rows: Option<f64>) -> bool {
+/// Where a new sweep of `table` starts if it goes in physical order (None: time order).
+/// `due_rows` gives the planner's estimate of due rows (an EXPLAIN): asked only when the
+/// table's size and statistics leave physical order possible, so the steady state of a small
+/// table, every reap call, plans nothing more.
+pub fn physical_sweep(table: &Table, due_rows: impl FnOnce() -> Option<f64>) -> Option<Blocks> {
+    let per_page = |due: Option<f64>| due.unwrap_or(table.pages as f64) / table.pages.max(1) as f64;
     match BATCH_ORDER.get() {
-        Setting::Time => false,
-        Setting::Physical => true,
+        Setting::Time => None,
+        Setting::Physical => Some(Blocks::start(table.pages, per_page(due_rows()))),
         Setting::Auto => {
-            table.pages >= PHYSICAL_FROM_PAGES
-                && table.statistics_current()
-                && due_rows.is_some_and(|d| pays_off(d / table.pages as f64, table.rows_per_page))
+            if table.pages < PHYSICAL_FROM_PAGES || !table.statistics_current() {
+                return None;
+            }
+            let due = due_rows()?;
+            pays_off(per_page(Some(due)), table.rows_per_page).then(|| Blocks::start(table.pages, per_page(Some(due))))
         }
     }
 }
